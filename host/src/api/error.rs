@@ -1,0 +1,140 @@
+//! The one error type at the HTTP edge: a JSON body and an explicit status
+//! for every error the layers below can return.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::registry::RegistryError;
+use crate::runtime::InvokeError;
+
+/// An error answer: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+    /// Extra structured information.
+    pub details: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+/// The JSON error body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorInfo,
+}
+
+/// The inside of the JSON error body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorInfo {
+    /// Stable machine-readable code, e.g. `not_found`, `deadline_exceeded`.
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+    /// Extra structured information, when there is any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), details: None, retry_after: None }
+    }
+
+    /// 400 with code `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 with code `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorInfo { code: self.code.into(), message: self.message, details: self.details },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegistryError::NotFound(_) => ApiError::not_found(message),
+            RegistryError::Manifest(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest", message),
+            RegistryError::Load { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_component", message),
+            RegistryError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            RegistryError::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message),
+            RegistryError::Invoke(e) => e.into(),
+        }
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let code = e.kind();
+        let message = e.to_string();
+        let status = match &e {
+            InvokeError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::WrongCall(_) => StatusCode::BAD_REQUEST,
+            InvokeError::Overloaded { .. } => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1);
+            }
+            InvokeError::Plugin(p) => {
+                let details = serde_json::json!({ "kind": p.kind, "message": p.message });
+                let status = match p.kind {
+                    "invalid-input" => StatusCode::UNPROCESSABLE_ENTITY,
+                    "denied" => StatusCode::FORBIDDEN,
+                    "not-found" => StatusCode::NOT_FOUND,
+                    "retryable" => {
+                        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                            .with_details(details)
+                            .retry_after(5);
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return ApiError::new(status, code, message).with_details(details);
+            }
+            InvokeError::Memory { .. }
+            | InvokeError::Fuel { .. }
+            | InvokeError::StackOverflow
+            | InvokeError::Trap { .. }
+            | InvokeError::ResultTooLarge { .. }
+            | InvokeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::new(e.status(), "bad_request", e.body_text())
+    }
+}

@@ -1,0 +1,59 @@
+//! The `log` host interface: levelled, structured records attributed to the
+//! plugin, its version and the invocation that emitted them.
+
+use crate::runtime::bindings::capstan::plugin::log::{Host, Level};
+use crate::runtime::state::HostState;
+
+/// Longest message kept; longer ones are cut so one plugin cannot flood the log.
+const MAX_MESSAGE: usize = 8 * 1024;
+/// Most fields kept per record.
+const MAX_FIELDS: usize = 32;
+
+impl Host for HostState {
+    async fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        let call = &self.call;
+        let message = truncate(&message, MAX_MESSAGE);
+        let fields: Vec<String> = fields
+            .iter()
+            .take(MAX_FIELDS)
+            .map(|(k, v)| format!("{}={}", truncate(k, 64), truncate(v, 1024)))
+            .collect();
+        let fields = fields.join(" ");
+        macro_rules! emit {
+            ($lvl:ident) => {
+                tracing::$lvl!(
+                    target: "capstan::plugin",
+                    plugin = %call.plugin,
+                    version = %call.version,
+                    invocation = %call.invocation,
+                    fields = %fields,
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            Level::Trace => emit!(trace),
+            Level::Debug => emit!(debug),
+            Level::Info => emit!(info),
+            Level::Warn => emit!(warn),
+            Level::Error => emit!(error),
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

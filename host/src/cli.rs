@@ -1,0 +1,212 @@
+//! Command-line interface: `serve`, and `plugin` subcommands for authors and
+//! operators (scaffold, upload, list, invoke, activate, roll back).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::ServerConfig;
+use crate::manifest::Role;
+
+/// Capstan: an automation server that runs sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags and environment override it.
+    #[arg(long, env = "CAPSTAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address.
+    #[arg(long, env = "CAPSTAN_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (database, blobs, compiled artifacts).
+    #[arg(long, env = "CAPSTAN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Watched plugins directory (default: <data-dir>/plugins).
+    #[arg(long, env = "CAPSTAN_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Do not install the bundled example plugins on first start.
+    #[arg(long)]
+    no_bundled: bool,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "CAPSTAN_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// Server URL.
+    #[arg(long, env = "CAPSTAN_URL", default_value = "http://127.0.0.1:7700")]
+    server: String,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Scaffold a plugin crate for a role.
+    New {
+        /// provisioner, deploy-step, metrics-source or alert-handler.
+        role: Role,
+        /// Plugin name (lowercase letters, digits, `-`).
+        name: String,
+        /// Parent directory of the new crate.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the capstan-sdk crate (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Upload a plugin version (and activate it unless --no-activate).
+    Upload {
+        /// The manifest (capstan.toml).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The component (.wasm).
+        #[arg(long)]
+        component: PathBuf,
+        /// Store without activating.
+        #[arg(long)]
+        no_activate: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List plugins.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Invoke a plugin with a JSON body (`-` reads stdin, `@file` reads a file).
+    Invoke {
+        /// Plugin name.
+        name: String,
+        /// JSON body.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a stored version active.
+    Activate {
+        /// Plugin name.
+        name: String,
+        /// Version.
+        version: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Return to the previously active version.
+    Rollback {
+        /// Plugin name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Plugin(PluginCommand::New { role, name, dir, sdk }) => {
+            let path = crate::scaffold::new_plugin(role, &name, &dir, sdk.as_deref())?;
+            println!("created {}", path.display());
+            println!("build it:  cd {} && cargo build --target wasm32-wasip2 --release", path.display());
+            println!("load it:   copy target/wasm32-wasip2/release/{}.wasm and capstan.toml into the plugins directory", name.replace('-', "_"));
+            Ok(())
+        }
+        Command::Plugin(cmd) => tokio::runtime::Runtime::new()?.block_on(remote(cmd)),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(d) = args.plugins_dir {
+        config.plugins_dir = Some(d);
+    }
+    config.bundled_plugins &= !args.no_bundled;
+    config.log_json |= args.log_json;
+    crate::server::init_tracing(config.log_json);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let server = crate::server::Server::start(config).await?;
+        server.run_until_signal().await
+    })
+}
+
+async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let response = match cmd {
+        PluginCommand::New { .. } => unreachable!("handled locally"),
+        PluginCommand::Upload { manifest, component, no_activate, remote } => {
+            let manifest = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+            let component = std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
+            let form = reqwest::multipart::Form::new()
+                .text("manifest", manifest)
+                .part("component", reqwest::multipart::Part::bytes(component).file_name("plugin.wasm"));
+            client
+                .post(format!("{}/v1/plugins?activate={}", remote.server, !no_activate))
+                .multipart(form)
+                .send()
+                .await
+        }
+        PluginCommand::List { remote } => client.get(format!("{}/v1/plugins", remote.server)).send().await,
+        PluginCommand::Invoke { name, data, remote } => {
+            let body = match data.as_str() {
+                "-" => std::io::read_to_string(std::io::stdin())?,
+                d if d.starts_with('@') => std::fs::read_to_string(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?,
+                d => d.to_string(),
+            };
+            client
+                .post(format!("{}/v1/plugins/{name}/invoke", remote.server))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+        }
+        PluginCommand::Activate { name, version, remote } => {
+            client
+                .put(format!("{}/v1/plugins/{name}/active", remote.server))
+                .json(&serde_json::json!({ "version": version }))
+                .send()
+                .await
+        }
+        PluginCommand::Rollback { name, remote } => {
+            client.post(format!("{}/v1/plugins/{name}/rollback", remote.server)).send().await
+        }
+    }
+    .context("request failed; is the server running? (see --server)")?;
+    let status = response.status();
+    let text = response.text().await?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+        .unwrap_or(text);
+    println!("{pretty}");
+    if !status.is_success() {
+        bail!("server answered {status}");
+    }
+    Ok(())
+}

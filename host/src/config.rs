@@ -1,0 +1,130 @@
+//! Server configuration: embedded defaults, optionally overridden by a TOML
+//! file and then by command-line flags / environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::api::ApiLimits;
+use crate::runtime::RuntimeConfig;
+
+/// Everything `capstan serve` needs. Every field has a working default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Where the database, blobs and compiled artifacts live.
+    pub data_dir: PathBuf,
+    /// The watched plugins directory; `<data_dir>/plugins` if unset.
+    pub plugins_dir: Option<PathBuf>,
+    /// Install the bundled example plugins into a fresh data directory.
+    pub bundled_plugins: bool,
+    /// Log as JSON lines instead of human-readable text.
+    pub log_json: bool,
+    /// Limits applied to plugins.
+    pub limits: LimitsConfig,
+    /// Limits at the HTTP edge.
+    pub api: ApiConfig,
+}
+
+/// Runtime limits (see [`RuntimeConfig`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Memory cap when a manifest sets none, MiB.
+    pub default_memory_mb: u64,
+    /// Deadline when a manifest sets none, ms.
+    pub default_deadline_ms: u64,
+    /// Largest memory any plugin may have, MiB.
+    pub max_memory_mb: u64,
+    /// Largest result, bytes.
+    pub max_result_bytes: usize,
+    /// Invocations that may run at once.
+    pub max_concurrent: usize,
+    /// How long a call may wait for a slot before 503, ms.
+    pub queue_wait_ms: u64,
+}
+
+/// HTTP edge limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest upload, bytes.
+    pub max_upload_bytes: usize,
+    /// Largest other request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data_dir: PathBuf::from("capstan-data"),
+            plugins_dir: None,
+            bundled_plugins: true,
+            log_json: false,
+            limits: LimitsConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let r = RuntimeConfig::default();
+        LimitsConfig {
+            default_memory_mb: r.default_memory_mb,
+            default_deadline_ms: r.default_deadline_ms,
+            max_memory_mb: r.max_memory_mb,
+            max_result_bytes: r.max_result_bytes,
+            max_concurrent: r.max_concurrent,
+            queue_wait_ms: r.queue_wait_ms,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        let a = ApiLimits::default();
+        ApiConfig { max_upload_bytes: a.max_upload_bytes, max_body_bytes: a.max_body_bytes }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML config file; unknown keys are an error.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<ServerConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    /// The plugins directory in effect.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins_dir.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The runtime settings these limits describe.
+    pub fn runtime(&self) -> RuntimeConfig {
+        let l = &self.limits;
+        RuntimeConfig {
+            default_memory_mb: l.default_memory_mb,
+            default_deadline_ms: l.default_deadline_ms,
+            max_result_bytes: l.max_result_bytes,
+            pool_instances: (l.max_concurrent as u32 + 16).max(32),
+            max_memory_mb: l.max_memory_mb,
+            max_concurrent: l.max_concurrent,
+            queue_wait_ms: l.queue_wait_ms,
+        }
+    }
+
+    /// The HTTP edge limits.
+    pub fn api_limits(&self) -> ApiLimits {
+        ApiLimits {
+            max_upload_bytes: self.api.max_upload_bytes,
+            max_body_bytes: self.api.max_body_bytes,
+            ..ApiLimits::default()
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! One invocation: a fresh `Store` with the version's limits, a call into the
+//! role's export, and an account of what it cost.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{WitError, alert_handler, deploy_step, metrics_source, provisioner};
+use super::engine::{EPOCH_TICK, Runtime};
+use super::error::{InvokeError, PluginError};
+use super::limits::{DeadlineExceeded, Limiter, MemoryLimitExceeded};
+use super::load::{Prepared, RoleIndices};
+use super::state::{CallInfo, HostState};
+
+/// A call into one of the role exports.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// `provisioner.plan`.
+    Plan {
+        /// Spec as JSON text.
+        spec: String,
+    },
+    /// `provisioner.apply`.
+    Apply {
+        /// Spec as JSON text.
+        spec: String,
+        /// Persist nothing.
+        dry_run: bool,
+    },
+    /// `provisioner.destroy`.
+    Destroy {
+        /// Spec as JSON text.
+        spec: String,
+        /// Persist nothing.
+        dry_run: bool,
+    },
+    /// `deploy-step.run`.
+    Run {
+        /// Pipeline context.
+        ctx: deploy_step::Context,
+        /// Params as JSON text.
+        params: String,
+    },
+    /// `deploy-step.rollback`.
+    Rollback {
+        /// Pipeline context.
+        ctx: deploy_step::Context,
+        /// Params as JSON text.
+        params: String,
+    },
+    /// `metrics-source.collect`.
+    Collect,
+    /// `alert-handler.handle`.
+    Handle {
+        /// The alert group.
+        group: alert_handler::AlertGroup,
+    },
+}
+
+impl Call {
+    /// The function's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Plan { .. } => "plan",
+            Call::Apply { .. } => "apply",
+            Call::Destroy { .. } => "destroy",
+            Call::Run { .. } => "run",
+            Call::Rollback { .. } => "rollback",
+            Call::Collect => "collect",
+            Call::Handle { .. } => "handle",
+        }
+    }
+}
+
+/// What an invocation returned.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// From `plan`.
+    Plan(provisioner::DesiredState),
+    /// From `apply` or `destroy`.
+    Report(provisioner::Report),
+    /// From `run` or `rollback`.
+    Step(deploy_step::StepResult),
+    /// From `collect`.
+    Metrics(Vec<metrics_source::MetricFamily>),
+    /// From `handle`.
+    Actions(Vec<alert_handler::Action>),
+}
+
+/// How an invocation ended, for accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It returned a value.
+    Ok,
+    /// It failed; the error kind is given.
+    Error(&'static str),
+}
+
+/// What one invocation cost.
+#[derive(Debug, Clone)]
+pub struct Accounting {
+    /// Invocation id.
+    pub invocation: String,
+    /// Function called.
+    pub call: &'static str,
+    /// Wall-clock time including instantiation.
+    pub duration: Duration,
+    /// Fuel consumed.
+    pub fuel_used: u64,
+    /// Peak linear memory, bytes.
+    pub peak_memory: usize,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+type GuestResult<T> = wasmtime::Result<Result<T, WitError>>;
+
+impl Runtime {
+    /// Runs `call` on a fresh instance of `p` within its limits.
+    pub async fn invoke(
+        &self,
+        p: &Prepared,
+        call: Call,
+        invocation: String,
+    ) -> (Result<Output, InvokeError>, Accounting) {
+        let started = Instant::now();
+        let call_name = call.name();
+        let mut account = Accounting {
+            invocation: invocation.clone(),
+            call: call_name,
+            duration: Duration::ZERO,
+            fuel_used: 0,
+            peak_memory: 0,
+            outcome: Outcome::Ok,
+        };
+        let result = match self.admit().await {
+            Ok(_permit) => self.run(p, call, invocation, &mut account).await,
+            Err(e) => Err(e),
+        };
+        account.duration = started.elapsed();
+        if let Err(e) = &result {
+            account.outcome = Outcome::Error(e.kind());
+        }
+        (result, account)
+    }
+
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, InvokeError> {
+        let wait = Duration::from_millis(self.config.queue_wait_ms);
+        match tokio::time::timeout(wait, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(InvokeError::Overloaded {
+                limit: self.config.max_concurrent,
+            }),
+        }
+    }
+
+    async fn run(
+        &self,
+        p: &Prepared,
+        call: Call,
+        invocation: String,
+        account: &mut Accounting,
+    ) -> Result<Output, InvokeError> {
+        let limits = &p.manifest.limits;
+        let deadline_ms = limits.deadline_ms.unwrap_or(self.config.default_deadline_ms);
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        let info = CallInfo {
+            plugin: p.manifest.name.as_str().into(),
+            version: p.manifest.version.as_str().into(),
+            invocation: invocation.into(),
+            settings: p.settings.clone(),
+        };
+        let limiter = Limiter::new(self.memory_cap(&p.manifest), deadline_ms);
+        let mut store = Store::new(&self.engine, HostState::new(info, limiter));
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(fuel).map_err(host)?;
+        // Yield to the executor every tick so a busy plugin never starves the
+        // server's threads, and stop it once its deadline has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let l = &ctx.data().limiter;
+            if Instant::now() >= l.deadline {
+                Err(DeadlineExceeded { deadline_ms: l.deadline_ms }.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        // Host calls (e.g. to a hung API server) are bounded by the same deadline.
+        let budget = Duration::from_millis(deadline_ms) + 2 * EPOCH_TICK;
+        let outcome =
+            tokio::time::timeout(budget, call_guest(&mut store, p, call)).await;
+        account.fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));
+        account.peak_memory = store.data().limiter.peak();
+        let output = match outcome {
+            Err(_elapsed) => return Err(InvokeError::Deadline { deadline_ms }),
+            Ok(Err(trap)) => return Err(classify(trap, &store, fuel)),
+            Ok(Ok(Err(plugin_error))) => {
+                return Err(InvokeError::Plugin(PluginError::from(plugin_error)));
+            }
+            Ok(Ok(Ok(output))) => output,
+        };
+        let tail = store.data().output_tail();
+        if !tail.is_empty() {
+            tracing::debug!(target: "capstan::plugin", output = %tail, "plugin wrote to stdout/stderr");
+        }
+        let size = output_size(&output);
+        if size > self.config.max_result_bytes {
+            return Err(InvokeError::ResultTooLarge {
+                size,
+                limit: self.config.max_result_bytes,
+            });
+        }
+        Ok(output)
+    }
+}
+
+async fn call_guest(
+    store: &mut Store<HostState>,
+    p: &Prepared,
+    call: Call,
+) -> GuestResult<Output> {
+    let instance = p.pre.instantiate_async(&mut *store).await?;
+    let wrong = |role: &str| -> GuestResult<Output> {
+        Err(wasmtime::Error::from(WrongCallError(format!(
+            "`{}` is not a function of a {role} plugin",
+            call.name()
+        ))))
+    };
+    match (&p.indices, call.clone()) {
+        (RoleIndices::Provisioner(i), call) => {
+            let g = i.load(&mut *store, &instance)?;
+            match call {
+                Call::Plan { spec } => Ok(g.call_plan(&mut *store, &spec).await?.map(Output::Plan)),
+                Call::Apply { spec, dry_run } => Ok(g
+                    .call_apply(&mut *store, &spec, dry_run)
+                    .await?
+                    .map(Output::Report)),
+                Call::Destroy { spec, dry_run } => Ok(g
+                    .call_destroy(&mut *store, &spec, dry_run)
+                    .await?
+                    .map(Output::Report)),
+                _ => wrong("provisioner"),
+            }
+        }
+        (RoleIndices::DeployStep(i), call) => {
+            let g = i.load(&mut *store, &instance)?;
+            match call {
+                Call::Run { ctx, params } => Ok(g
+                    .call_run(&mut *store, &ctx, &params)
+                    .await?
+                    .map(Output::Step)),
+                Call::Rollback { ctx, params } => Ok(g
+                    .call_rollback(&mut *store, &ctx, &params)
+                    .await?
+                    .map(Output::Step)),
+                _ => wrong("deploy-step"),
+            }
+        }
+        (RoleIndices::MetricsSource(i), Call::Collect) => {
+            let g = i.load(&mut *store, &instance)?;
+            Ok(g.call_collect(&mut *store).await?.map(Output::Metrics))
+        }
+        (RoleIndices::AlertHandler(i), Call::Handle { group }) => {
+            let g = i.load(&mut *store, &instance)?;
+            Ok(g.call_handle(&mut *store, &group).await?.map(Output::Actions))
+        }
+        (RoleIndices::MetricsSource(_), _) => wrong("metrics-source"),
+        (RoleIndices::AlertHandler(_), _) => wrong("alert-handler"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct WrongCallError(String);
+
+fn host(e: wasmtime::Error) -> InvokeError {
+    InvokeError::Host(format!("{e:#}"))
+}
+
+/// Names a failure precisely: which limit, which trap, and what the guest said.
+fn classify(err: wasmtime::Error, store: &Store<HostState>, fuel: u64) -> InvokeError {
+    if let Some(e) = err.downcast_ref::<WrongCallError>() {
+        return InvokeError::WrongCall(e.0.clone());
+    }
+    if let Some(d) = err.downcast_ref::<DeadlineExceeded>() {
+        return InvokeError::Deadline { deadline_ms: d.deadline_ms };
+    }
+    if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return InvokeError::Memory { cap: m.cap, requested: m.requested };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => InvokeError::Fuel { fuel },
+        Some(Trap::StackOverflow) => InvokeError::StackOverflow,
+        Some(Trap::Interrupt) => InvokeError::Deadline {
+            deadline_ms: store.data().limiter.deadline_ms,
+        },
+        Some(trap) => {
+            let said = store.data().output_tail();
+            let message = if said.is_empty() {
+                trap.to_string()
+            } else {
+                format!("{trap}; the plugin printed: {said}")
+            };
+            InvokeError::Trap { message }
+        }
+        None => InvokeError::Trap {
+            message: format!("{err:#}"),
+        },
+    }
+}
+
+fn kv_size(kv: &[(String, String)]) -> usize {
+    kv.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Bytes of string data in a result: what a client would receive, roughly.
+fn output_size(output: &Output) -> usize {
+    match output {
+        Output::Plan(p) => {
+            p.objects
+                .iter()
+                .map(|o| o.manifest.len() + o.name.len() + o.kind.len() + o.api_version.len())
+                .sum::<usize>()
+                + kv_size(&p.owner_labels)
+                + p.notes.iter().map(String::len).sum::<usize>()
+        }
+        Output::Report(r) => {
+            r.objects.iter().map(|o| o.name.len() + o.kind.len() + 32).sum::<usize>()
+                + r.notes.iter().map(String::len).sum::<usize>()
+        }
+        Output::Step(s) => s.message.len() + kv_size(&s.outputs),
+        Output::Metrics(fams) => fams
+            .iter()
+            .map(|f| {
+                f.name.len()
+                    + f.help.len()
+                    + f.samples.iter().map(|s| kv_size(&s.labels) + 8).sum::<usize>()
+            })
+            .sum(),
+        Output::Actions(actions) => actions
+            .iter()
+            .map(|a| match a {
+                alert_handler::Action::Notify(n) => n.body.len() + n.channel.len(),
+                alert_handler::Action::RunPipeline(r) => r.params.len() + r.pipeline.len(),
+                alert_handler::Action::Kube(k) => k.body.len() + k.name.len() + 64,
+                alert_handler::Action::Silence(s) => kv_size(&s.matchers) + s.comment.len(),
+            })
+            .sum(),
+    }
+}

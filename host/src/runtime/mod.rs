@@ -1,0 +1,15 @@
+//! The Wasm runtime: one engine, one epoch ticker, a compiled `InstancePre`
+//! per plugin version, and a fresh `Store` per invocation with its limits.
+
+pub mod bindings;
+mod engine;
+mod error;
+mod invoke;
+pub mod limits;
+mod load;
+pub mod state;
+
+pub use engine::{Runtime, RuntimeConfig};
+pub use error::{InvokeError, LoadError};
+pub use invoke::{Accounting, Call, Outcome, Output};
+pub use load::Prepared;

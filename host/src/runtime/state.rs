@@ -1,0 +1,76 @@
+//! Per-invocation state: what a fresh `Store` holds for one call.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::limits::Limiter;
+
+/// Bytes of guest stdout/stderr kept per call (panic messages land here).
+pub const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// Who is calling: attributed to every log line and capability use.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    /// Plugin name.
+    pub plugin: Arc<str>,
+    /// Plugin version.
+    pub version: Arc<str>,
+    /// Unique id of this invocation.
+    pub invocation: Arc<str>,
+    /// The plugin's settings, from its manifest.
+    pub settings: Arc<Vec<(String, String)>>,
+}
+
+/// The data of one invocation's `Store`.
+pub struct HostState {
+    /// Attribution for this call.
+    pub call: CallInfo,
+    /// Memory and table accounting and caps.
+    pub limiter: Limiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+}
+
+impl HostState {
+    /// Prepares a fresh state: no environment, no arguments, no preopens, no
+    /// sockets; stdout and stderr go to a bounded in-memory buffer.
+    pub fn new(call: CallInfo, limiter: Limiter) -> Self {
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(stderr.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            call,
+            limiter,
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+        }
+    }
+
+    /// What the guest wrote to stdout/stderr so far (lossy UTF-8, last 2 KiB).
+    pub fn output_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let start = bytes.len().saturating_sub(2048);
+        String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::bindings::capstan::plugin::types::Host for HostState {}

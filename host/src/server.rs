@@ -1,0 +1,127 @@
+//! Assembling and running the server: store, runtime, registry, watcher, API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, Source};
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// A started server.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its registry.
+    pub registry: Arc<Registry>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Server {
+    /// Opens the store, builds the runtime, binds the listener, loads every
+    /// stored plugin, seeds the bundled ones on first start, and starts
+    /// watching the plugins directory. `/healthz` answers while plugins load.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        let store = Arc::new(Store::open(&config.data_dir).context("opening the data directory")?);
+        let runtime = Arc::new(Runtime::new(config.runtime()).map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let state = AppState { registry: registry.clone(), limits: config.api_limits() };
+        let (shutdown, mut rx) = tokio::sync::watch::channel(false);
+        let app = api::router(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+                .context("serving HTTP")
+        });
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
+
+        let loaded = registry.load_all().await?;
+        tracing::info!(plugins = loaded, "registry loaded");
+        if config.bundled_plugins {
+            seed_bundled(&registry, &config).await;
+        }
+        let plugins_dir = config.plugins_dir();
+        let watcher = crate::registry::watch_directory(registry.clone(), plugins_dir.clone())
+            .await
+            .with_context(|| format!("watching {}", plugins_dir.display()))?;
+        tracing::info!(dir = %plugins_dir.display(), "watching plugins directory");
+        registry.mark_ready();
+        Ok(Server { addr, registry, shutdown, task, _watcher: Some(watcher) })
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task")?
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining requests in flight");
+        self.shutdown().await
+    }
+}
+
+/// Installs the bundled plugins into a data directory that has never seen
+/// them; a marker file keeps deleted ones from coming back on restart.
+async fn seed_bundled(registry: &Registry, config: &ServerConfig) {
+    let marker = config.data_dir.join(".bundled-seeded");
+    if marker.exists() {
+        return;
+    }
+    for b in crate::bundled::BUNDLED {
+        match registry.install(b.manifest, b.component.to_vec(), Source::Bundled, true).await {
+            Ok(i) => tracing::info!(plugin = %i.name, version = %i.version, "installed bundled plugin"),
+            Err(e) => tracing::error!(package = b.package, "bundled plugin failed to load: {e}"),
+        }
+    }
+    if let Err(e) = crate::store::write_atomic(&marker, b"") {
+        tracing::warn!("could not write {}: {e}", marker.display());
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Sets up `tracing`: human-readable text, or JSON lines with `json`.
+/// `RUST_LOG` filters (default `info`).
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,68 @@
+//! Durable state: content-addressed blobs on disk, precompiled artifacts, and
+//! a SQLite database (WAL) for plugin versions, the active version and history.
+//! Every write is atomic, so a `kill -9` at any point loses nothing committed.
+
+mod blobs;
+mod db;
+
+use std::io::Write;
+use std::path::Path;
+
+pub use blobs::digest_of;
+pub use db::{HistoryEntry, Store, VersionRecord};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Something referenced does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The write would contradict what is stored.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one,
+/// never a torn one: write a temporary sibling, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile_in(dir)?;
+    tmp.1.write_all(bytes)?;
+    tmp.1.sync_all()?;
+    std::fs::rename(&tmp.0, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    for attempt in 0..100u32 {
+        let name = format!(".tmp-{}-{}-{attempt}", std::process::id(), rand::random::<u32>());
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("could not create a temporary file"))
+}
