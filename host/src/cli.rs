@@ -46,6 +46,9 @@ struct ServeArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "CAPSTAN_LOG_JSON")]
     log_json: bool,
+    /// Secrets encryption key (32 bytes, base64).
+    #[arg(long, env = "CAPSTAN_SECRETS_KEY", hide_env_values = true)]
+    secrets_key: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +152,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.bundled_plugins &= !args.no_bundled;
     config.log_json |= args.log_json;
+    if args.secrets_key.is_some() {
+        config.secrets_key = args.secrets_key;
+    }
     crate::server::init_tracing(config.log_json);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

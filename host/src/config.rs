@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub bundled_plugins: bool,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
+    /// Key that encrypts secrets at rest: 32 bytes, base64. If unset, one is
+    /// generated into `<data_dir>/secrets.key`.
+    pub secrets_key: Option<String>,
     /// Limits applied to plugins.
     pub limits: LimitsConfig,
     /// Limits at the HTTP edge.
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             plugins_dir: None,
             bundled_plugins: true,
             log_json: false,
+            secrets_key: None,
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
         }

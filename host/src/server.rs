@@ -7,6 +7,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::capabilities::kube::Clusters;
+use crate::capabilities::secrets::SecretBox;
+use crate::capabilities::{Audit, CapabilityEnv};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Source};
@@ -30,7 +33,13 @@ impl Server {
     /// watching the plugins directory. `/healthz` answers while plugins load.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         let store = Arc::new(Store::open(&config.data_dir).context("opening the data directory")?);
-        let runtime = Arc::new(Runtime::new(config.runtime()).map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?);
+        let env = Arc::new(CapabilityEnv {
+            store: store.clone(),
+            audit: Audit::start(store.clone()),
+            secrets: SecretBox::load(config.secrets_key.as_deref(), &config.data_dir)?,
+            kube: Clusters::default(),
+        });
+        let runtime = Arc::new(Runtime::new(config.runtime(), env).map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?);
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         let listener = TcpListener::bind(config.listen)

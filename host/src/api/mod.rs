@@ -1,6 +1,7 @@
 //! The HTTP API: routes, JSON shapes, the error type and the OpenAPI document.
 //! This is the only module that knows HTTP.
 
+pub mod auth;
 mod dto;
 pub mod error;
 mod ops;

@@ -1,26 +1,171 @@
 //! Host capabilities: everything a plugin can reach outside its sandbox.
 //!
 //! Each capability lives in its own module and follows the same shape:
-//! its grant is validated once when a plugin version loads, per-invocation
-//! state is prepared for each call, and every host function checks the grant
-//! (deny first) before it acts. Nothing here knows HTTP-the-API.
+//! its grant (`[grants.<name>]` in the manifest) is validated once when a
+//! plugin version loads and turned into a policy; per-invocation state is
+//! prepared for each call; every host function checks the policy first
+//! (deny by default), records the use in the audit log, and only then acts.
 
+pub mod audit;
 pub mod config;
+pub mod fs;
+pub mod http;
+pub mod kube;
+pub mod kv;
 pub mod log;
+pub mod secrets;
 
-/// Schema migrations of capability tables, run after the core ones.
-pub const MIGRATIONS: &[&str] = &[];
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::runtime::bindings::WitError;
+use crate::runtime::state::HostState;
+use crate::store::Store;
+pub use audit::{Audit, AuditRecord};
+
+/// Schema migrations of capability tables, run after the core ones.
+/// Append only: a migration's position is its schema version.
+pub const MIGRATIONS: &[&str] = &[audit::SCHEMA, kv::SCHEMA, secrets::SCHEMA, crate::api::auth::SCHEMA];
 
 /// Everything a manifest grants. The default grants nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Grants {}
+pub struct Grants {
+    /// Outbound HTTP through `wasi:http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<http::HttpGrant>,
+    /// Directories, each mounted at a guest path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<fs::FsGrant>,
+    /// Private key-value state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<kv::KvGrant>,
+    /// Named secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<secrets::SecretsGrant>,
+    /// Kubernetes access, one entry per cluster/scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kube: Vec<kube::KubeGrant>,
+}
 
 impl Grants {
-    /// Checks the grants' own consistency (patterns parse, paths are absolute...).
+    /// Checks what can be checked without the server's environment
+    /// (patterns parse, paths are absolute, verbs exist).
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(h) = &self.http {
+            h.validate().map_err(|e| format!("http: {e}"))?;
+        }
+        fs::validate(&self.fs).map_err(|e| format!("fs: {e}"))?;
+        if let Some(k) = &self.kv {
+            k.validate().map_err(|e| format!("kv: {e}"))?;
+        }
+        for k in &self.kube {
+            k.validate().map_err(|e| format!("kube: {e}"))?;
+        }
         Ok(())
+    }
+}
+
+/// Server-wide state the capabilities share.
+pub struct CapabilityEnv {
+    /// The database (kv, secrets, audit).
+    pub store: Arc<Store>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Decrypts stored secrets.
+    pub secrets: secrets::SecretBox,
+    /// Configured Kubernetes clusters.
+    pub kube: kube::Clusters,
+}
+
+/// A plugin version's grants, checked against the environment once at load.
+#[derive(Debug, Default)]
+pub struct Policies {
+    /// HTTP allowlist, if granted.
+    pub http: Option<Arc<http::HttpPolicy>>,
+    /// Opened directories.
+    pub fs: fs::FsPolicy,
+    /// KV limits, if granted.
+    pub kv: Option<kv::KvGrant>,
+    /// Granted secret names.
+    pub secrets: Vec<String>,
+    /// Kubernetes scopes.
+    pub kube: kube::KubePolicy,
+}
+
+impl Policies {
+    /// Turns grants into policies: opens granted directories, checks that
+    /// kube clusters exist, parses patterns. Fails with a precise reason.
+    pub fn prepare(grants: &Grants, env: &CapabilityEnv) -> Result<Policies, String> {
+        Ok(Policies {
+            http: grants
+                .http
+                .as_ref()
+                .map(|g| http::HttpPolicy::new(g).map(Arc::new))
+                .transpose()
+                .map_err(|e| format!("http: {e}"))?,
+            fs: fs::FsPolicy::open(&grants.fs).map_err(|e| format!("fs: {e}"))?,
+            kv: grants.kv.clone(),
+            secrets: grants.secrets.as_ref().map(|s| s.names.clone()).unwrap_or_default(),
+            kube: kube::KubePolicy::new(&grants.kube, &env.kube).map_err(|e| format!("kube: {e}"))?,
+        })
+    }
+}
+
+/// The capability part of one invocation's state.
+pub struct CallCaps {
+    /// Server-wide state.
+    pub env: Arc<CapabilityEnv>,
+    /// This version's policies.
+    pub policies: Arc<Policies>,
+    /// Secret values handed to the guest in this call, to redact from its output.
+    pub revealed: Vec<String>,
+}
+
+impl HostState {
+    /// Records a capability use in the audit log.
+    pub(crate) fn audit(&self, capability: &str, verb: &str, target: &str, allowed: bool, outcome: &str) {
+        let call = &self.call;
+        self.caps.env.audit.record(AuditRecord {
+            id: 0,
+            at_ms: 0,
+            actor: format!("plugin:{}", call.plugin),
+            plugin: Some(call.plugin.to_string()),
+            version: Some(call.version.to_string()),
+            invocation: Some(call.invocation.to_string()),
+            capability: capability.into(),
+            target: target.into(),
+            verb: verb.into(),
+            allowed,
+            outcome: self.redact(outcome).into_owned(),
+        });
+    }
+
+    /// Audits a denial and returns the guest-facing error.
+    pub(crate) fn deny(&self, capability: &str, verb: &str, target: &str, why: &str) -> WitError {
+        self.audit(capability, verb, target, false, why);
+        WitError::Denied(format!("{capability} {verb} {target}: {why}"))
+    }
+
+    /// Audits the outcome of an allowed use and passes the result through.
+    pub(crate) fn audited<T>(&self, capability: &str, verb: &str, target: &str, result: Result<T, WitError>) -> Result<T, WitError> {
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e:?}"),
+        };
+        self.audit(capability, verb, target, true, &outcome);
+        result
+    }
+
+    /// Replaces every secret value revealed in this call with `[REDACTED]`.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for secret in self.caps.revealed.iter().filter(|s| !s.is_empty()) {
+            if out.contains(secret.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "[REDACTED]"));
+            }
+        }
+        out
     }
 }

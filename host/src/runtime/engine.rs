@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::CapstanHost;
 use super::state::HostState;
+use crate::capabilities::CapabilityEnv;
 
 /// How often the epoch advances; deadlines are accurate to about this much.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -52,16 +53,18 @@ pub struct Runtime {
     pub(super) linker: Linker<HostState>,
     pub(super) config: RuntimeConfig,
     pub(super) permits: tokio::sync::Semaphore,
+    pub(super) env: Arc<CapabilityEnv>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
     /// Builds the engine (pooling allocator, epochs, fuel) and the linker with
     /// WASI and every Capstan host interface.
-    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Runtime> {
+    pub fn new(config: RuntimeConfig, env: Arc<CapabilityEnv>) -> wasmtime::Result<Runtime> {
         let engine = Engine::new(&engine_config(&config))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         CapstanHost::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
@@ -69,6 +72,7 @@ impl Runtime {
             engine,
             linker,
             permits: tokio::sync::Semaphore::new(config.max_concurrent),
+            env,
             config,
             ticker_stop,
         })
@@ -77,6 +81,11 @@ impl Runtime {
     /// The engine, e.g. for benchmarks that compare against bare wasmtime.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The capabilities' shared state.
+    pub fn env(&self) -> &Arc<CapabilityEnv> {
+        &self.env
     }
 
     /// The runtime's settings.

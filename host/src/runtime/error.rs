@@ -41,6 +41,9 @@ pub enum LoadError {
     /// Instantiating the component failed (e.g. its start function trapped).
     #[error("the component fails to instantiate: {0}")]
     Instantiate(String),
+    /// The manifest's grants cannot be honoured (missing directory, unknown cluster...).
+    #[error("the manifest's grants cannot be honoured: {0}")]
+    Grants(String),
     /// The precompiled-artifact cache could not be used.
     #[error("artifact cache: {0}")]
     Cache(String),

@@ -171,7 +171,7 @@ impl Runtime {
             settings: p.settings.clone(),
         };
         let limiter = Limiter::new(self.memory_cap(&p.manifest), deadline_ms);
-        let mut store = Store::new(&self.engine, HostState::new(info, limiter));
+        let mut store = Store::new(&self.engine, HostState::new(info, limiter, p.call_caps(&self.env)));
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(fuel).map_err(host)?;
         // Yield to the executor every tick so a busy plugin never starves the

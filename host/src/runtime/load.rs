@@ -13,6 +13,7 @@ use super::engine::Runtime;
 use super::error::LoadError;
 use super::limits::Limiter;
 use super::state::{CallInfo, HostState};
+use crate::capabilities::{CallCaps, Policies};
 use crate::manifest::{Manifest, Role};
 
 /// The export lookups of one role, resolved once at load.
@@ -34,6 +35,7 @@ pub struct Prepared {
     pub(super) pre: InstancePre<HostState>,
     pub(super) indices: RoleIndices,
     pub(super) settings: Arc<Vec<(String, String)>>,
+    pub(super) policies: Arc<Policies>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -43,6 +45,12 @@ impl std::fmt::Debug for Prepared {
             .field("version", &self.manifest.version)
             .field("digest", &self.digest)
             .finish()
+    }
+}
+
+impl Prepared {
+    pub(super) fn call_caps(&self, env: &Arc<crate::capabilities::CapabilityEnv>) -> CallCaps {
+        CallCaps { env: env.clone(), policies: self.policies.clone(), revealed: Vec::new() }
     }
 }
 
@@ -108,7 +116,9 @@ impl Runtime {
                 alert_handler::GuestIndices::new(&pre).map_err(bad_export)?,
             )),
         };
+        let policies = Policies::prepare(&manifest.grants, &self.env).map_err(LoadError::Grants)?;
         let prepared = Prepared {
+            policies: Arc::new(policies),
             settings: Arc::new(manifest.settings_as_strings()),
             manifest: Arc::new(manifest),
             digest: digest.into(),
@@ -129,7 +139,7 @@ impl Runtime {
             settings: p.settings.clone(),
         };
         let limiter = Limiter::new(self.memory_cap(&p.manifest), 5_000);
-        let mut store = Store::new(&self.engine, HostState::new(call, limiter));
+        let mut store = Store::new(&self.engine, HostState::new(call, limiter, p.call_caps(&self.env)));
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(u64::MAX).map_err(|e| LoadError::Instantiate(e.to_string()))?;
         store.set_epoch_deadline(500);

@@ -7,6 +7,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::Limiter;
+use crate::capabilities::CallCaps;
 
 /// Bytes of guest stdout/stderr kept per call (panic messages land here).
 pub const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
@@ -30,6 +31,11 @@ pub struct HostState {
     pub call: CallInfo,
     /// Memory and table accounting and caps.
     pub limiter: Limiter,
+    /// Capability policies and per-call capability state.
+    pub caps: CallCaps,
+    /// Outbound HTTP hooks (the grant check lives there).
+    pub http_hooks: crate::capabilities::http::HttpHooks,
+    http: wasmtime_wasi_http::WasiHttpCtx,
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
@@ -38,7 +44,7 @@ pub struct HostState {
 impl HostState {
     /// Prepares a fresh state: no environment, no arguments, no preopens, no
     /// sockets; stdout and stderr go to a bounded in-memory buffer.
-    pub fn new(call: CallInfo, limiter: Limiter) -> Self {
+    pub fn new(call: CallInfo, limiter: Limiter, caps: CallCaps) -> Self {
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stdout(stderr.clone())
@@ -47,9 +53,13 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let http_hooks = crate::capabilities::http::HttpHooks::new(&call, &caps);
         HostState {
             call,
             limiter,
+            caps,
+            http_hooks,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
             wasi,
             table: ResourceTable::new(),
             stderr,
@@ -69,6 +79,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

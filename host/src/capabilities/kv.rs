@@ -1,0 +1,185 @@
+//! Key-value state per plugin, in the server's SQLite database. Plugins are
+//! isolated by construction: every query is keyed by the calling plugin's name.
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::bindings::WitError;
+use crate::runtime::bindings::capstan::plugin::kv::Host;
+use crate::runtime::state::HostState;
+
+/// Table of kv entries.
+pub const SCHEMA: &str = r#"
+CREATE TABLE kv (
+    plugin  TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    value   BLOB NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+"#;
+
+/// Longest key, bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Most keys `list-keys` returns.
+pub const MAX_LIST: usize = 1000;
+
+/// `[grants.kv]`: the plugin may keep state, within these limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvGrant {
+    /// Total bytes of keys and values the plugin may store (default 1 MiB).
+    #[serde(default = "default_quota")]
+    pub max_bytes: u64,
+    /// Largest single value (default 64 KiB).
+    #[serde(default = "default_value")]
+    pub max_value_bytes: u64,
+}
+
+fn default_quota() -> u64 {
+    1 << 20
+}
+
+fn default_value() -> u64 {
+    64 << 10
+}
+
+impl KvGrant {
+    /// Checks the limits are positive and consistent.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_bytes == 0 || self.max_value_bytes == 0 {
+            return Err("limits must be positive".into());
+        }
+        if self.max_value_bytes > self.max_bytes {
+            return Err("max_value_bytes exceeds max_bytes".into());
+        }
+        Ok(())
+    }
+}
+
+type KvResult<T> = wasmtime::Result<Result<T, WitError>>;
+
+impl HostState {
+    fn kv_check(&self, verb: &str, key: &str) -> Result<KvGrant, WitError> {
+        let Some(grant) = self.caps.policies.kv.clone() else {
+            return Err(self.deny("kv", verb, key, "the manifest grants no kv"));
+        };
+        if key.len() > MAX_KEY_BYTES {
+            return Err(self.deny("kv", verb, &key[..64], "key longer than 512 bytes"));
+        }
+        Ok(grant)
+    }
+
+    fn kv_db<T>(&self, verb: &str, key: &str, f: impl FnOnce(&rusqlite::Connection, &str) -> Result<T, WitError>) -> Result<T, WitError> {
+        let conn = self.caps.env.store.conn();
+        let result = f(&conn, &self.call.plugin);
+        drop(conn);
+        self.audited("kv", verb, key, result)
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> WitError {
+    WitError::Failed(format!("kv storage: {e}"))
+}
+
+fn check_quota(conn: &rusqlite::Connection, plugin: &str, key: &str, value: &[u8], grant: &KvGrant) -> Result<(), WitError> {
+    if value.len() as u64 > grant.max_value_bytes {
+        return Err(WitError::InvalidInput(format!(
+            "value of {} bytes exceeds the limit of {} bytes",
+            value.len(),
+            grant.max_value_bytes
+        )));
+    }
+    let used: i64 = conn
+        .query_row(
+            "SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0) FROM kv WHERE plugin = ?1 AND key != ?2",
+            params![plugin, key],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let total = used as u64 + (key.len() + value.len()) as u64;
+    if total > grant.max_bytes {
+        return Err(WitError::Denied(format!(
+            "kv quota of {} bytes exceeded ({} bytes would be stored)",
+            grant.max_bytes, total
+        )));
+    }
+    Ok(())
+}
+
+impl Host for HostState {
+    #[tracing::instrument(name = "plugin.kv.get", skip_all, fields(plugin = %self.call.plugin))]
+    async fn get(&mut self, key: String) -> KvResult<Option<Vec<u8>>> {
+        if let Err(e) = self.kv_check("get", &key) {
+            return Ok(Err(e));
+        }
+        Ok(self.kv_db("get", &key, |c, plugin| {
+            c.query_row("SELECT value FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key], |r| r.get(0))
+                .optional()
+                .map_err(db_err)
+        }))
+    }
+
+    #[tracing::instrument(name = "plugin.kv.set", skip_all, fields(plugin = %self.call.plugin))]
+    async fn set(&mut self, key: String, value: Vec<u8>) -> KvResult<()> {
+        let grant = match self.kv_check("set", &key) {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.kv_db("set", &key, |c, plugin| {
+            check_quota(c, plugin, &key, &value, &grant)?;
+            c.execute(
+                "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(plugin, key) DO UPDATE SET value = ?3",
+                params![plugin, key, value],
+            )
+            .map(drop)
+            .map_err(db_err)
+        }))
+    }
+
+    #[tracing::instrument(name = "plugin.kv.set_if_absent", skip_all, fields(plugin = %self.call.plugin))]
+    async fn set_if_absent(&mut self, key: String, value: Vec<u8>) -> KvResult<bool> {
+        let grant = match self.kv_check("set-if-absent", &key) {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.kv_db("set-if-absent", &key, |c, plugin| {
+            check_quota(c, plugin, &key, &value, &grant)?;
+            // One statement under the connection lock: atomic against concurrent calls.
+            c.execute(
+                "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO NOTHING",
+                params![plugin, key, value],
+            )
+            .map(|n| n == 1)
+            .map_err(db_err)
+        }))
+    }
+
+    #[tracing::instrument(name = "plugin.kv.delete", skip_all, fields(plugin = %self.call.plugin))]
+    async fn delete(&mut self, key: String) -> KvResult<bool> {
+        if let Err(e) = self.kv_check("delete", &key) {
+            return Ok(Err(e));
+        }
+        Ok(self.kv_db("delete", &key, |c, plugin| {
+            c.execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key])
+                .map(|n| n == 1)
+                .map_err(db_err)
+        }))
+    }
+
+    #[tracing::instrument(name = "plugin.kv.list_keys", skip_all, fields(plugin = %self.call.plugin))]
+    async fn list_keys(&mut self, prefix: String) -> KvResult<Vec<String>> {
+        if let Err(e) = self.kv_check("list-keys", &prefix) {
+            return Ok(Err(e));
+        }
+        Ok(self.kv_db("list-keys", &prefix, |c, plugin| {
+            let mut stmt = c
+                .prepare("SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?3")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![plugin, prefix, MAX_LIST as i64], |r| r.get(0))
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+        }))
+    }
+}
