@@ -5,11 +5,12 @@
 # (see tests/src/kube_env.rs for how the tests start it).
 #
 #   .ci/kube-testenv.sh install   apt-get install golang-go etcd-server openssl curl dpkg-dev
-#   .ci/kube-testenv.sh build     build kube-apiserver into the cache (once; ~9 min on 2 cores)
+#   .ci/kube-testenv.sh build     build kube-apiserver into the cache (once; 4-9 min on 2 cores)
 #   .ci/kube-testenv.sh path      print the path of the cached binary
 #
 # Both steps are idempotent: `install` does nothing when the packages are there,
-# `build` does nothing when the cached binary runs `--version`. An interrupted
+# `build` does nothing when the cached binary runs `--version` and was built by
+# the current recipe (see RECIPE; it stamps $BIN.recipe). An interrupted
 # build resumes from its work dir (download, unpack, generated code and Go's
 # build cache are kept under the cache dir until the build succeeds).
 #
@@ -20,7 +21,7 @@
 set -Eeuo pipefail
 
 KUBE_VERSION=v1.20.2
-CACHE_ROOT="${CAPSTAN_CACHE:-$HOME/.cache/capstan}"
+CACHE_ROOT="${CAPSTAN_CACHE:-${HOME:-/root}/.cache/capstan}"
 KUBE_DIR="$CACHE_ROOT/kube"
 BIN_DIR="$KUBE_DIR/bin"
 BIN="$BIN_DIR/kube-apiserver"
@@ -196,7 +197,7 @@ build_apiserver() {
             ldflags+=" -X k8s.io/kubernetes/vendor/k8s.io/$pkg.$key"
         done
     done
-    log "building kube-apiserver (about 9 min on 2 cores, cached afterwards; go build -p $JOBS, niced)"
+    log "building kube-apiserver (4-9 min on 2 cores, cached afterwards; go build -p $JOBS, niced)"
     local start=$SECONDS
     mkdir -p "$BIN_DIR"
     nice -n 10 go build -p "$JOBS" -trimpath -ldflags "$ldflags" -o "$BIN.tmp" ./cmd/kube-apiserver

@@ -16,7 +16,9 @@ fn main() -> anyhow::Result<()> {
     let plugins = guest_build::packages_in(&root.join("plugins"))?;
     let names: Vec<String> = plugins.iter().map(|(n, _)| n.clone()).collect();
     let built = guest_build::build_guests(&names, &out_dir)?;
-    let mut code = String::from("/// Example plugins compiled into the binary.\npub const BUNDLED: &[Bundled] = &[\n");
+    let mut code = String::from(
+        "/// Example plugins compiled into the binary.\npub const BUNDLED: &[Bundled] = &[\n",
+    );
     for ((name, dir), (_, wasm)) in plugins.iter().zip(&built) {
         let manifest = dir.join("capstan.toml");
         anyhow::ensure!(manifest.exists(), "plugin {name} has no capstan.toml");

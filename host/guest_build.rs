@@ -8,7 +8,10 @@ use std::process::Command;
 /// Builds `packages` with the `guest` profile and copies each component to
 /// `out_dir/<package>.wasm`. Returns (package, path) pairs.
 pub fn build_guests(packages: &[String], out_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>/out; guests get a
     // target dir of their own beside it so the outer build's lock is not shared.
     let target_dir = out_dir
@@ -69,7 +72,11 @@ pub fn packages_in(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
         let text = std::fs::read_to_string(&manifest)?;
         let name = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("name = \"")
+                    .and_then(|r| r.strip_suffix('"'))
+            })
             .ok_or_else(|| anyhow::anyhow!("no package name in {}", manifest.display()))?;
         found.push((name.to_string(), path));
     }

@@ -16,7 +16,7 @@ include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 /// The bundled plugin whose manifest names `name`.
 pub fn find(name: &str) -> Option<&'static Bundled> {
-    BUNDLED.iter().find(|b| {
-        crate::manifest::Manifest::parse(b.manifest).is_ok_and(|m| m.name == name)
-    })
+    BUNDLED
+        .iter()
+        .find(|b| crate::manifest::Manifest::parse(b.manifest).is_ok_and(|m| m.name == name))
 }

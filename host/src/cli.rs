@@ -125,11 +125,22 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Plugin(PluginCommand::New { role, name, dir, sdk }) => {
+        Command::Plugin(PluginCommand::New {
+            role,
+            name,
+            dir,
+            sdk,
+        }) => {
             let path = crate::scaffold::new_plugin(role, &name, &dir, sdk.as_deref())?;
             println!("created {}", path.display());
-            println!("build it:  cd {} && cargo build --target wasm32-wasip2 --release", path.display());
-            println!("load it:   copy target/wasm32-wasip2/release/{}.wasm and capstan.toml into the plugins directory", name.replace('-', "_"));
+            println!(
+                "build it:  cd {} && cargo build --target wasm32-wasip2 --release",
+                path.display()
+            );
+            println!(
+                "load it:   copy target/wasm32-wasip2/release/{}.wasm and capstan.toml into the plugins directory",
+                name.replace('-', "_")
+            );
             Ok(())
         }
         Command::Plugin(cmd) => tokio::runtime::Runtime::new()?.block_on(remote(cmd)),
@@ -167,23 +178,42 @@ async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let response = match cmd {
         PluginCommand::New { .. } => unreachable!("handled locally"),
-        PluginCommand::Upload { manifest, component, no_activate, remote } => {
-            let manifest = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-            let component = std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
+        PluginCommand::Upload {
+            manifest,
+            component,
+            no_activate,
+            remote,
+        } => {
+            let manifest = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let component = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
             let form = reqwest::multipart::Form::new()
                 .text("manifest", manifest)
-                .part("component", reqwest::multipart::Part::bytes(component).file_name("plugin.wasm"));
+                .part(
+                    "component",
+                    reqwest::multipart::Part::bytes(component).file_name("plugin.wasm"),
+                );
             client
-                .post(format!("{}/v1/plugins?activate={}", remote.server, !no_activate))
+                .post(format!(
+                    "{}/v1/plugins?activate={}",
+                    remote.server, !no_activate
+                ))
                 .multipart(form)
                 .send()
                 .await
         }
-        PluginCommand::List { remote } => client.get(format!("{}/v1/plugins", remote.server)).send().await,
+        PluginCommand::List { remote } => {
+            client
+                .get(format!("{}/v1/plugins", remote.server))
+                .send()
+                .await
+        }
         PluginCommand::Invoke { name, data, remote } => {
             let body = match data.as_str() {
                 "-" => std::io::read_to_string(std::io::stdin())?,
-                d if d.starts_with('@') => std::fs::read_to_string(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?,
+                d if d.starts_with('@') => std::fs::read_to_string(&d[1..])
+                    .with_context(|| format!("reading {}", &d[1..]))?,
                 d => d.to_string(),
             };
             client
@@ -193,7 +223,11 @@ async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
                 .send()
                 .await
         }
-        PluginCommand::Activate { name, version, remote } => {
+        PluginCommand::Activate {
+            name,
+            version,
+            remote,
+        } => {
             client
                 .put(format!("{}/v1/plugins/{name}/active", remote.server))
                 .json(&serde_json::json!({ "version": version }))
@@ -201,7 +235,10 @@ async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
                 .await
         }
         PluginCommand::Rollback { name, remote } => {
-            client.post(format!("{}/v1/plugins/{name}/rollback", remote.server)).send().await
+            client
+                .post(format!("{}/v1/plugins/{name}/rollback", remote.server))
+                .send()
+                .await
         }
     }
     .context("request failed; is the server running? (see --server)")?;

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     /// Key that encrypts secrets at rest: 32 bytes, base64. If unset, one is
     /// generated into `<data_dir>/secrets.key`.
     pub secrets_key: Option<String>,
+    /// The first admin API token. If unset and no token exists yet, one is
+    /// generated and printed once at startup.
+    pub admin_token: Option<String>,
     /// Limits applied to plugins.
     pub limits: LimitsConfig,
     /// Limits at the HTTP edge.
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             bundled_plugins: true,
             log_json: false,
             secrets_key: None,
+            admin_token: None,
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
         }
@@ -92,7 +96,10 @@ impl Default for LimitsConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         let a = ApiLimits::default();
-        ApiConfig { max_upload_bytes: a.max_upload_bytes, max_body_bytes: a.max_body_bytes }
+        ApiConfig {
+            max_upload_bytes: a.max_upload_bytes,
+            max_body_bytes: a.max_body_bytes,
+        }
     }
 }
 
@@ -106,7 +113,9 @@ impl ServerConfig {
 
     /// The plugins directory in effect.
     pub fn plugins_dir(&self) -> PathBuf {
-        self.plugins_dir.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+        self.plugins_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
     }
 
     /// The runtime settings these limits describe.

@@ -164,19 +164,28 @@ impl Manifest {
         if let Some(mb) = self.limits.memory_mb
             && !(1..=MAX_MEMORY_MB).contains(&mb)
         {
-            return field("limits.memory_mb", format!("{mb} is outside 1..={MAX_MEMORY_MB}"));
+            return field(
+                "limits.memory_mb",
+                format!("{mb} is outside 1..={MAX_MEMORY_MB}"),
+            );
         }
         if let Some(ms) = self.limits.deadline_ms
             && !(1..=MAX_DEADLINE_MS).contains(&ms)
         {
-            return field("limits.deadline_ms", format!("{ms} is outside 1..={MAX_DEADLINE_MS}"));
+            return field(
+                "limits.deadline_ms",
+                format!("{ms} is outside 1..={MAX_DEADLINE_MS}"),
+            );
         }
         if self.limits.fuel == Some(0) {
             return field("limits.fuel", "must be positive".into());
         }
         self.grants
             .validate()
-            .map_err(|reason| ManifestError::Field { field: "grants", reason })?;
+            .map_err(|reason| ManifestError::Field {
+                field: "grants",
+                reason,
+            })?;
         Ok(())
     }
 
@@ -199,7 +208,9 @@ impl Manifest {
 pub fn validate_name(name: &str) -> Result<(), ManifestError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {

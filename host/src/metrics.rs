@@ -72,15 +72,57 @@ impl Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         let compile = Histogram::new(exponential_buckets(0.001, 2.5, 12));
         let loaded = Gauge::default();
-        registry.register("plugin_invocations", "Plugin invocations by outcome", invocations.clone());
-        registry.register("plugin_invocation_errors", "Failed invocations by error kind", errors.clone());
-        registry.register("plugin_invocation_duration_seconds", "Invocation latency, instantiation included", duration.clone());
-        registry.register("plugin_invocation_peak_memory_bytes", "Peak linear memory per invocation", peak_memory.clone());
-        registry.register("plugin_fuel_consumed", "Fuel consumed by invocations", fuel.clone());
-        registry.register("plugin_reloads", "Plugin version loads by result", reloads.clone());
-        registry.register("plugin_compile_duration_seconds", "Time to compile or load a component", compile.clone());
-        registry.register("plugins_loaded", "Plugins with an active, loaded version", loaded.clone());
-        Metrics { registry, invocations, errors, duration, peak_memory, fuel, reloads, compile, loaded }
+        registry.register(
+            "plugin_invocations",
+            "Plugin invocations by outcome",
+            invocations.clone(),
+        );
+        registry.register(
+            "plugin_invocation_errors",
+            "Failed invocations by error kind",
+            errors.clone(),
+        );
+        registry.register(
+            "plugin_invocation_duration_seconds",
+            "Invocation latency, instantiation included",
+            duration.clone(),
+        );
+        registry.register(
+            "plugin_invocation_peak_memory_bytes",
+            "Peak linear memory per invocation",
+            peak_memory.clone(),
+        );
+        registry.register(
+            "plugin_fuel_consumed",
+            "Fuel consumed by invocations",
+            fuel.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Plugin version loads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "plugin_compile_duration_seconds",
+            "Time to compile or load a component",
+            compile.clone(),
+        );
+        registry.register(
+            "plugins_loaded",
+            "Plugins with an active, loaded version",
+            loaded.clone(),
+        );
+        Metrics {
+            registry,
+            invocations,
+            errors,
+            duration,
+            peak_memory,
+            fuel,
+            reloads,
+            compile,
+            loaded,
+        }
     }
 
     /// Records one invocation.
@@ -89,17 +131,30 @@ impl Metrics {
             Outcome::Ok => "ok",
             Outcome::Error(kind) => {
                 self.errors
-                    .get_or_create(&ErrorLabels { plugin: plugin.into(), kind: kind.into() })
+                    .get_or_create(&ErrorLabels {
+                        plugin: plugin.into(),
+                        kind: kind.into(),
+                    })
                     .inc();
                 "error"
             }
         };
         self.invocations
-            .get_or_create(&CallLabels { plugin: plugin.into(), call: a.call.into(), outcome: outcome.into() })
+            .get_or_create(&CallLabels {
+                plugin: plugin.into(),
+                call: a.call.into(),
+                outcome: outcome.into(),
+            })
             .inc();
-        let p = PluginLabels { plugin: plugin.into() };
-        self.duration.get_or_create(&p).observe(a.duration.as_secs_f64());
-        self.peak_memory.get_or_create(&p).observe(a.peak_memory as f64);
+        let p = PluginLabels {
+            plugin: plugin.into(),
+        };
+        self.duration
+            .get_or_create(&p)
+            .observe(a.duration.as_secs_f64());
+        self.peak_memory
+            .get_or_create(&p)
+            .observe(a.peak_memory as f64);
         if a.fuel_used < u64::MAX / 2 {
             self.fuel.get_or_create(&p).inc_by(a.fuel_used);
         }
@@ -108,7 +163,12 @@ impl Metrics {
     /// Records a load of a plugin version (`ok` or `error`) and its compile time.
     pub fn record_reload(&self, plugin: &str, ok: bool, compile_secs: Option<f64>) {
         let result = if ok { "ok" } else { "error" };
-        self.reloads.get_or_create(&ReloadLabels { plugin: plugin.into(), result: result.into() }).inc();
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                plugin: plugin.into(),
+                result: result.into(),
+            })
+            .inc();
         if let Some(s) = compile_secs {
             self.compile.observe(s);
         }
@@ -144,7 +204,10 @@ fn render_families(out: &mut String, plugin: &str, families: &[MetricFamily]) {
             tracing::warn!(plugin, name = %f.name, "dropping metric family with an invalid name");
             continue;
         }
-        let base = format!("{prefix}{}", f.name.strip_suffix("_total").unwrap_or(&f.name));
+        let base = format!(
+            "{prefix}{}",
+            f.name.strip_suffix("_total").unwrap_or(&f.name)
+        );
         let (ty, suffix) = match f.kind {
             MetricType::Counter => ("counter", "_total"),
             MetricType::Gauge => ("gauge", ""),
@@ -159,7 +222,11 @@ fn render_families(out: &mut String, plugin: &str, families: &[MetricFamily]) {
                 .filter(|(k, _)| valid_label_name(k))
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
                 .collect();
-            let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
             let _ = writeln!(out, "{base}{suffix}{labels} {}", s.value);
         }
     }
@@ -179,7 +246,9 @@ fn valid_label_name(n: &str) -> bool {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn escape_help(v: &str) -> String {
@@ -199,20 +268,40 @@ mod tests {
                 name: "queue_depth".into(),
                 help: "jobs waiting".into(),
                 kind: MetricType::Gauge,
-                samples: vec![Sample { labels: vec![("queue".into(), "a\"b".into())], value: 42.0 }],
+                samples: vec![Sample {
+                    labels: vec![("queue".into(), "a\"b".into())],
+                    value: 42.0,
+                }],
             },
-            MetricFamily { name: "bad name".into(), help: String::new(), kind: MetricType::Gauge, samples: vec![] },
+            MetricFamily {
+                name: "bad name".into(),
+                help: String::new(),
+                kind: MetricType::Gauge,
+                samples: vec![],
+            },
             MetricFamily {
                 name: "runs_total".into(),
                 help: "runs".into(),
                 kind: MetricType::Counter,
-                samples: vec![Sample { labels: vec![], value: 3.0 }],
+                samples: vec![Sample {
+                    labels: vec![],
+                    value: 3.0,
+                }],
             },
         ];
         let text = m.render(&[("demo-metrics".into(), fams)]);
-        assert!(text.contains("capstan_plugin_demo_metrics_queue_depth{queue=\"a\\\"b\"} 42\n"), "{text}");
-        assert!(text.contains("# TYPE capstan_plugin_demo_metrics_runs counter\n"), "{text}");
-        assert!(text.contains("capstan_plugin_demo_metrics_runs_total 3\n"), "{text}");
+        assert!(
+            text.contains("capstan_plugin_demo_metrics_queue_depth{queue=\"a\\\"b\"} 42\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE capstan_plugin_demo_metrics_runs counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capstan_plugin_demo_metrics_runs_total 3\n"),
+            "{text}"
+        );
         assert!(!text.contains("bad name"));
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# EOF").count(), 1);

@@ -7,7 +7,12 @@ use anyhow::{Context, bail};
 use crate::manifest::{Role, validate_name};
 
 /// Creates `<dir>/<name>/` with Cargo.toml, capstan.toml and src/lib.rs.
-pub fn new_plugin(role: Role, name: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn new_plugin(
+    role: Role,
+    name: &str,
+    dir: &Path,
+    sdk: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     validate_name(name)?;
     let root = dir.join(name);
     if root.exists() {
@@ -68,7 +73,8 @@ deadline_ms = 2000
 
 fn template(role: Role) -> &'static str {
     match role {
-        Role::DeployStep => r#"//! A Capstan deploy step.
+        Role::DeployStep => {
+            r#"//! A Capstan deploy step.
 
 use capstan_sdk::deploy_step::{Context, DeployStep, Outcome, StepResult};
 use capstan_sdk::{Error, log};
@@ -92,8 +98,10 @@ impl DeployStep for Step {
 }
 
 capstan_sdk::export_deploy_step!(Step);
-"#,
-        Role::Provisioner => r#"//! A Capstan provisioner.
+"#
+        }
+        Role::Provisioner => {
+            r#"//! A Capstan provisioner.
 
 use capstan_sdk::provisioner::{DesiredObject, Plan, Provisioner, Report};
 use capstan_sdk::Error;
@@ -133,8 +141,10 @@ impl Provisioner for Prov {
 }
 
 capstan_sdk::export_provisioner!(Prov);
-"#,
-        Role::MetricsSource => r#"//! A Capstan metrics source.
+"#
+        }
+        Role::MetricsSource => {
+            r#"//! A Capstan metrics source.
 
 use capstan_sdk::metrics_source::{MetricFamily, MetricType, MetricsSource, Sample};
 use capstan_sdk::Error;
@@ -153,8 +163,10 @@ impl MetricsSource for Source {
 }
 
 capstan_sdk::export_metrics_source!(Source);
-"#,
-        Role::AlertHandler => r#"//! A Capstan alert handler.
+"#
+        }
+        Role::AlertHandler => {
+            r#"//! A Capstan alert handler.
 
 use capstan_sdk::alert_handler::{Action, AlertGroup, AlertHandler, Notification};
 use capstan_sdk::Error;
@@ -173,6 +185,7 @@ impl AlertHandler for Handler {
 }
 
 capstan_sdk::export_alert_handler!(Handler);
-"#,
+"#
+        }
     }
 }

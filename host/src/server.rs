@@ -39,14 +39,20 @@ impl Server {
             secrets: SecretBox::load(config.secrets_key.as_deref(), &config.data_dir)?,
             kube: Clusters::default(),
         });
-        let runtime = Arc::new(Runtime::new(config.runtime(), env).map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?);
+        let runtime = Arc::new(
+            Runtime::new(config.runtime(), env)
+                .map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?,
+        );
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let state = AppState { registry: registry.clone(), limits: config.api_limits() };
+        let state = AppState {
+            registry: registry.clone(),
+            limits: config.api_limits(),
+        };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let app = api::router(state);
         let task = tokio::spawn(async move {
@@ -70,7 +76,13 @@ impl Server {
             .with_context(|| format!("watching {}", plugins_dir.display()))?;
         tracing::info!(dir = %plugins_dir.display(), "watching plugins directory");
         registry.mark_ready();
-        Ok(Server { addr, registry, shutdown, task, _watcher: Some(watcher) })
+        Ok(Server {
+            addr,
+            registry,
+            shutdown,
+            task,
+            _watcher: Some(watcher),
+        })
     }
 
     /// Stops accepting connections, lets requests in flight finish, and returns.
@@ -95,8 +107,13 @@ async fn seed_bundled(registry: &Registry, config: &ServerConfig) {
         return;
     }
     for b in crate::bundled::BUNDLED {
-        match registry.install(b.manifest, b.component.to_vec(), Source::Bundled, true).await {
-            Ok(i) => tracing::info!(plugin = %i.name, version = %i.version, "installed bundled plugin"),
+        match registry
+            .install(b.manifest, b.component.to_vec(), Source::Bundled, true)
+            .await
+        {
+            Ok(i) => {
+                tracing::info!(plugin = %i.name, version = %i.version, "installed bundled plugin")
+            }
             Err(e) => tracing::error!(package = b.package, "bundled plugin failed to load: {e}"),
         }
     }
@@ -131,6 +148,12 @@ async fn shutdown_signal() {
 pub fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

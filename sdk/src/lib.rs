@@ -62,6 +62,10 @@ pub mod __provisioner {
             "capstan:plugin/types@0.1.0": crate::__host::capstan::plugin::types,
             "capstan:plugin/log@0.1.0": crate::__host::capstan::plugin::log,
             "capstan:plugin/config@0.1.0": crate::__host::capstan::plugin::config,
+            "capstan:plugin/kv@0.1.0": crate::__host::capstan::plugin::kv,
+            "capstan:plugin/secrets@0.1.0": crate::__host::capstan::plugin::secrets,
+            "capstan:plugin/fs@0.1.0": crate::__host::capstan::plugin::fs,
+            "capstan:plugin/kube@0.1.0": crate::__host::capstan::plugin::kube,
         },
     });
 }
@@ -79,6 +83,10 @@ pub mod __deploy_step {
             "capstan:plugin/types@0.1.0": crate::__host::capstan::plugin::types,
             "capstan:plugin/log@0.1.0": crate::__host::capstan::plugin::log,
             "capstan:plugin/config@0.1.0": crate::__host::capstan::plugin::config,
+            "capstan:plugin/kv@0.1.0": crate::__host::capstan::plugin::kv,
+            "capstan:plugin/secrets@0.1.0": crate::__host::capstan::plugin::secrets,
+            "capstan:plugin/fs@0.1.0": crate::__host::capstan::plugin::fs,
+            "capstan:plugin/kube@0.1.0": crate::__host::capstan::plugin::kube,
         },
     });
 }
@@ -96,6 +104,10 @@ pub mod __metrics_source {
             "capstan:plugin/types@0.1.0": crate::__host::capstan::plugin::types,
             "capstan:plugin/log@0.1.0": crate::__host::capstan::plugin::log,
             "capstan:plugin/config@0.1.0": crate::__host::capstan::plugin::config,
+            "capstan:plugin/kv@0.1.0": crate::__host::capstan::plugin::kv,
+            "capstan:plugin/secrets@0.1.0": crate::__host::capstan::plugin::secrets,
+            "capstan:plugin/fs@0.1.0": crate::__host::capstan::plugin::fs,
+            "capstan:plugin/kube@0.1.0": crate::__host::capstan::plugin::kube,
         },
     });
 }
@@ -113,20 +125,24 @@ pub mod __alert_handler {
             "capstan:plugin/types@0.1.0": crate::__host::capstan::plugin::types,
             "capstan:plugin/log@0.1.0": crate::__host::capstan::plugin::log,
             "capstan:plugin/config@0.1.0": crate::__host::capstan::plugin::config,
+            "capstan:plugin/kv@0.1.0": crate::__host::capstan::plugin::kv,
+            "capstan:plugin/secrets@0.1.0": crate::__host::capstan::plugin::secrets,
+            "capstan:plugin/fs@0.1.0": crate::__host::capstan::plugin::fs,
+            "capstan:plugin/kube@0.1.0": crate::__host::capstan::plugin::kube,
         },
     });
 }
 
 pub use __host::capstan::plugin::types::Error;
 
-/// Exports a type implementing [`provisioner::Provisioner`] as the plugin.
-pub use __provisioner::export_provisioner;
+/// Exports a type implementing [`alert_handler::AlertHandler`] as the plugin.
+pub use __alert_handler::export_alert_handler;
 /// Exports a type implementing [`deploy_step::DeployStep`] as the plugin.
 pub use __deploy_step::export_deploy_step;
 /// Exports a type implementing [`metrics_source::MetricsSource`] as the plugin.
 pub use __metrics_source::export_metrics_source;
-/// Exports a type implementing [`alert_handler::AlertHandler`] as the plugin.
-pub use __alert_handler::export_alert_handler;
+/// Exports a type implementing [`provisioner::Provisioner`] as the plugin.
+pub use __provisioner::export_provisioner;
 
 /// Key/value pairs as WIT carries them (labels, outputs, fields).
 pub type KeyValues = Vec<(String, String)>;
@@ -167,8 +183,10 @@ pub mod log {
 
     /// Logs `message` at `level` with structured `fields`.
     pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<(String, String)> =
-            fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         host::log(level, message, &fields);
     }
 
@@ -213,6 +231,30 @@ pub mod config {
     }
 }
 
+pub mod http;
+
+/// Key-value state private to this plugin (needs `[grants.kv]`).
+pub mod kv {
+    pub use crate::__host::capstan::plugin::kv::{delete, get, list_keys, set, set_if_absent};
+}
+
+/// Named secrets (needs `[grants.secrets]`).
+pub mod secrets {
+    pub use crate::__host::capstan::plugin::secrets::get;
+}
+
+/// Files under granted mounts (needs `[[grants.fs]]`).
+pub mod fs {
+    pub use crate::__host::capstan::plugin::fs::{list_dir, read_file, remove_file, write_file};
+}
+
+/// Kubernetes within the plugin's `[[grants.kube]]` scopes.
+pub mod kube {
+    pub use crate::__host::capstan::plugin::kube::{
+        ObjectRef, Rollout, apply, delete, get, list, patch, rollout_status,
+    };
+}
+
 /// Parses JSON text (params, specs) into `T`, mapping failures to
 /// [`Error::InvalidInput`] with serde's message.
 pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
@@ -222,5 +264,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error
 
 /// Looks up `key` in a key/value list.
 pub fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::runtime::bindings::{alert_handler as ah, deploy_step as ds, metrics_source as ms, provisioner as pv};
+use crate::runtime::bindings::{
+    alert_handler as ah, deploy_step as ds, metrics_source as ms, provisioner as pv,
+};
 
 type Map = BTreeMap<String, String>;
 
@@ -98,8 +100,16 @@ impl StepContext {
     pub fn into_wit(self, invocation_hint: &str, plugin: &str) -> ds::Context {
         ds::Context {
             pipeline: self.pipeline,
-            run_id: if self.run_id.is_empty() { invocation_hint.to_string() } else { self.run_id },
-            step: if self.step.is_empty() { plugin.to_string() } else { self.step },
+            run_id: if self.run_id.is_empty() {
+                invocation_hint.to_string()
+            } else {
+                self.run_id
+            },
+            step: if self.step.is_empty() {
+                plugin.to_string()
+            } else {
+                self.step
+            },
             environment: self.environment,
             attempt: self.attempt.max(1),
             inputs: kv(self.inputs),
@@ -239,7 +249,11 @@ impl From<pv::DesiredState> for Plan {
             })
             .collect();
         objects.sort_by_key(|o| o.wave);
-        Plan { objects, owner_labels: map(p.owner_labels), notes: p.notes }
+        Plan {
+            objects,
+            owner_labels: map(p.owner_labels),
+            notes: p.notes,
+        }
     }
 }
 
@@ -273,7 +287,12 @@ impl From<pv::Report> for Report {
             objects: r
                 .objects
                 .into_iter()
-                .map(|o| ObjectRef { api_version: o.api_version, kind: o.kind, namespace: o.namespace, name: o.name })
+                .map(|o| ObjectRef {
+                    api_version: o.api_version,
+                    kind: o.kind,
+                    namespace: o.namespace,
+                    name: o.name,
+                })
                 .collect(),
             dry_run: r.dry_run,
             notes: r.notes,
@@ -302,7 +321,12 @@ impl From<ds::StepResult> for StepResult {
             ds::Outcome::Failed => ("failed", None),
             ds::Outcome::RetryAfter(ms) => ("retry", Some(ms)),
         };
-        StepResult { outcome, retry_after_ms, message: r.message, outputs: map(r.outputs) }
+        StepResult {
+            outcome,
+            retry_after_ms,
+            message: r.message,
+            outputs: map(r.outputs),
+        }
     }
 }
 
@@ -339,7 +363,14 @@ impl From<ms::MetricFamily> for MetricFamily {
                 ms::MetricType::Gauge => "gauge",
                 ms::MetricType::Untyped => "untyped",
             },
-            samples: f.samples.into_iter().map(|s| Sample { labels: map(s.labels), value: s.value }).collect(),
+            samples: f
+                .samples
+                .into_iter()
+                .map(|s| Sample {
+                    labels: map(s.labels),
+                    value: s.value,
+                })
+                .collect(),
         }
     }
 }
@@ -393,15 +424,26 @@ pub enum Action {
 impl From<ah::Action> for Action {
     fn from(a: ah::Action) -> Self {
         match a {
-            ah::Action::Notify(n) => Action::Notify { channel: n.channel, format: n.format, body: json_or_string(n.body) },
-            ah::Action::RunPipeline(r) => Action::RunPipeline { pipeline: r.pipeline, params: json_or_string(r.params) },
+            ah::Action::Notify(n) => Action::Notify {
+                channel: n.channel,
+                format: n.format,
+                body: json_or_string(n.body),
+            },
+            ah::Action::RunPipeline(r) => Action::RunPipeline {
+                pipeline: r.pipeline,
+                params: json_or_string(r.params),
+            },
             ah::Action::Kube(k) => Action::Kube {
                 verb: k.verb,
                 api_version: k.api_version,
                 kind: k.kind,
                 namespace: k.namespace,
                 name: k.name,
-                body: if k.body.is_empty() { Value::Null } else { json_or_string(k.body) },
+                body: if k.body.is_empty() {
+                    Value::Null
+                } else {
+                    json_or_string(k.body)
+                },
             },
             ah::Action::Silence(s) => Action::Silence {
                 matchers: map(s.matchers),

@@ -46,7 +46,13 @@ pub struct ErrorInfo {
 impl ApiError {
     /// An error with a status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: None, retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
     }
 
     /// 400 with code `bad_request`.
@@ -73,11 +79,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorInfo { code: self.code.into(), message: self.message, details: self.details },
+            error: ErrorInfo {
+                code: self.code.into(),
+                message: self.message,
+                details: self.details,
+            },
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -88,10 +100,20 @@ impl From<RegistryError> for ApiError {
         let message = e.to_string();
         match e {
             RegistryError::NotFound(_) => ApiError::not_found(message),
-            RegistryError::Manifest(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest", message),
-            RegistryError::Load { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_component", message),
+            RegistryError::Manifest(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_manifest",
+                message,
+            ),
+            RegistryError::Load { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_component",
+                message,
+            ),
             RegistryError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            RegistryError::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message),
+            RegistryError::Store(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+            }
             RegistryError::Invoke(e) => e.into(),
         }
     }
@@ -105,7 +127,8 @@ impl From<InvokeError> for ApiError {
             InvokeError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::WrongCall(_) => StatusCode::BAD_REQUEST,
             InvokeError::Overloaded { .. } => {
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1);
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                    .retry_after(1);
             }
             InvokeError::Plugin(p) => {
                 let details = serde_json::json!({ "kind": p.kind, "message": p.message });

@@ -68,10 +68,19 @@ pub fn router(state: AppState) -> Router {
     let upload_limit = DefaultBodyLimit::max(state.limits.max_upload_bytes);
     let body_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
     let v1 = Router::new()
-        .route("/plugins", get(plugins::list).post(plugins::upload).layer(upload_limit))
-        .route("/plugins/{name}", get(plugins::show).delete(plugins::delete))
+        .route(
+            "/plugins",
+            get(plugins::list).post(plugins::upload).layer(upload_limit),
+        )
+        .route(
+            "/plugins/{name}",
+            get(plugins::show).delete(plugins::delete),
+        )
         .route("/plugins/{name}/versions", get(plugins::versions))
-        .route("/plugins/{name}/versions/{version}", axum::routing::delete(plugins::delete_version))
+        .route(
+            "/plugins/{name}/versions/{version}",
+            axum::routing::delete(plugins::delete_version),
+        )
         .route("/plugins/{name}/active", put(plugins::activate))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/plugins/{name}/invoke", post(plugins::invoke))

@@ -51,7 +51,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     let body = state.registry.metrics().render(&families);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
 }

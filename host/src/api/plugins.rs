@@ -9,12 +9,12 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::AppState;
 use super::dto;
 use super::error::{ApiError, ErrorBody};
-use super::AppState;
 use crate::manifest::{Manifest, Role};
 use crate::registry::{Installed, LoadFailure, Source};
-use crate::runtime::{Accounting, Call, Output, Outcome};
+use crate::runtime::{Accounting, Call, Outcome, Output};
 use crate::store::{HistoryEntry, VersionRecord};
 
 /// A plugin in the listing.
@@ -64,7 +64,10 @@ fn summary(state: &AppState, name: &str) -> PluginSummary {
         name: name.to_string(),
         role: active.as_ref().map(|p| p.manifest.role),
         active_version: active.as_ref().map(|p| p.manifest.version.clone()),
-        description: active.as_ref().map(|p| p.manifest.description.clone()).unwrap_or_default(),
+        description: active
+            .as_ref()
+            .map(|p| p.manifest.description.clone())
+            .unwrap_or_default(),
         last_error: slot.and_then(|s| s.last_error()),
     }
 }
@@ -73,17 +76,30 @@ fn summary(state: &AppState, name: &str) -> PluginSummary {
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
     responses((status = 200, body = PluginList)))]
 pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
-    let plugins = state.registry.names().iter().map(|n| summary(&state, n)).collect();
-    Json(PluginList { plugins, directory_errors: state.registry.directory_errors() })
+    let plugins = state
+        .registry
+        .names()
+        .iter()
+        .map(|n| summary(&state, n))
+        .collect();
+    Json(PluginList {
+        plugins,
+        directory_errors: state.registry.directory_errors(),
+    })
 }
 
 /// Shows a plugin with its versions and history.
 #[utoipa::path(get, path = "/v1/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = PluginDetail), (status = 404, body = ErrorBody)))]
-pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginDetail>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDetail>, ApiError> {
     let store = state.registry.store();
-    let versions = store.versions(&name).map_err(crate::registry::RegistryError::from)?;
+    let versions = store
+        .versions(&name)
+        .map_err(crate::registry::RegistryError::from)?;
     if versions.is_empty() && state.registry.get_slot(&name).is_err() {
         return Err(ApiError::not_found(format!("no plugin named {name}")));
     }
@@ -93,7 +109,9 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         manifest: active.as_ref().map(|p| (*p.manifest).clone()),
         digest: active.as_ref().map(|p| p.digest.to_string()),
         versions,
-        history: store.history(&name).map_err(crate::registry::RegistryError::from)?,
+        history: store
+            .history(&name)
+            .map_err(crate::registry::RegistryError::from)?,
     }))
 }
 
@@ -135,16 +153,30 @@ pub async fn upload(
             .map_err(|e| ApiError::bad_request(format!("reading part `{name}`: {e}")))?;
         match name.as_str() {
             "manifest" => {
-                manifest = Some(String::from_utf8(data.to_vec()).map_err(|_| ApiError::bad_request("part `manifest` is not UTF-8"))?)
+                manifest = Some(
+                    String::from_utf8(data.to_vec())
+                        .map_err(|_| ApiError::bad_request("part `manifest` is not UTF-8"))?,
+                )
             }
             "component" => component = Some(data.to_vec()),
-            other => return Err(ApiError::bad_request(format!("unexpected part `{other}`; expected `manifest` and `component`"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unexpected part `{other}`; expected `manifest` and `component`"
+                )));
+            }
         }
     }
     let manifest = manifest.ok_or_else(|| ApiError::bad_request("missing part `manifest`"))?;
     let component = component.ok_or_else(|| ApiError::bad_request("missing part `component`"))?;
-    let installed = state.registry.install(&manifest, component, Source::Api, q.activate).await?;
-    let status = if installed.changed { StatusCode::CREATED } else { StatusCode::OK };
+    let installed = state
+        .registry
+        .install(&manifest, component, Source::Api, q.activate)
+        .await?;
+    let status = if installed.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(installed)))
 }
 
@@ -152,7 +184,10 @@ pub async fn upload(
 #[utoipa::path(delete, path = "/v1/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.registry.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -161,8 +196,15 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 #[utoipa::path(get, path = "/v1/plugins/{name}/versions", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = [VersionRecord]), (status = 404, body = ErrorBody)))]
-pub async fn versions(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<VersionRecord>>, ApiError> {
-    let versions = state.registry.store().versions(&name).map_err(crate::registry::RegistryError::from)?;
+pub async fn versions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionRecord>>, ApiError> {
+    let versions = state
+        .registry
+        .store()
+        .versions(&name)
+        .map_err(crate::registry::RegistryError::from)?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!("no plugin named {name}")));
     }
@@ -209,16 +251,25 @@ pub async fn activate(
 ) -> Result<Json<ActiveVersion>, ApiError> {
     let Json(body) = body?;
     state.registry.activate(&name, &body.version).await?;
-    Ok(Json(ActiveVersion { name, active_version: body.version }))
+    Ok(Json(ActiveVersion {
+        name,
+        active_version: body.version,
+    }))
 }
 
 /// Returns to the previously active version.
 #[utoipa::path(post, path = "/v1/plugins/{name}/rollback", tag = "plugins",
     params(("name" = String, Path)),
     responses((status = 200, body = ActiveVersion), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ActiveVersion>, ApiError> {
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ActiveVersion>, ApiError> {
     let version = state.registry.rollback(&name).await?;
-    Ok(Json(ActiveVersion { name, active_version: version }))
+    Ok(Json(ActiveVersion {
+        name,
+        active_version: version,
+    }))
 }
 
 /// What an invocation cost.
@@ -297,19 +348,39 @@ pub async fn invoke(
         Output::Plan(p) => serde_json::to_value(dto::Plan::from(p)),
         Output::Report(r) => serde_json::to_value(dto::Report::from(r)),
         Output::Step(s) => serde_json::to_value(dto::StepResult::from(s)),
-        Output::Metrics(f) => serde_json::to_value(f.into_iter().map(dto::MetricFamily::from).collect::<Vec<_>>()),
-        Output::Actions(a) => serde_json::to_value(a.into_iter().map(dto::Action::from).collect::<Vec<_>>()),
+        Output::Metrics(f) => serde_json::to_value(
+            f.into_iter()
+                .map(dto::MetricFamily::from)
+                .collect::<Vec<_>>(),
+        ),
+        Output::Actions(a) => {
+            serde_json::to_value(a.into_iter().map(dto::Action::from).collect::<Vec<_>>())
+        }
     }
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_error", e.to_string()))?;
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "host_error",
+            e.to_string(),
+        )
+    })?;
     Ok(Json(InvokeResponse {
         plugin: name,
-        invocation: info(&account, &ran.manifest.version, ran.manifest.limits.fuel.is_some()),
+        invocation: info(
+            &account,
+            &ran.manifest.version,
+            ran.manifest.limits.fuel.is_some(),
+        ),
         result,
     }))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], role: Role) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid body for a {role} plugin: {e}")))
 }
@@ -322,19 +393,35 @@ fn parse_call(role: Role, plugin: &str, body: &[u8]) -> Result<Call, ApiError> {
             let spec = text(r.spec);
             match r.action.as_str() {
                 "plan" => Call::Plan { spec },
-                "apply" => Call::Apply { spec, dry_run: r.dry_run },
-                "destroy" => Call::Destroy { spec, dry_run: r.dry_run },
-                other => return Err(ApiError::bad_request(format!("unknown action `{other}`; a provisioner has plan, apply and destroy"))),
+                "apply" => Call::Apply {
+                    spec,
+                    dry_run: r.dry_run,
+                },
+                "destroy" => Call::Destroy {
+                    spec,
+                    dry_run: r.dry_run,
+                },
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown action `{other}`; a provisioner has plan, apply and destroy"
+                    )));
+                }
             }
         }
         Role::DeployStep => {
             let r: dto::StepRequest = parse(body, role)?;
-            let ctx = r.context.into_wit(&format!("adhoc-{}", rand::random::<u32>()), plugin);
+            let ctx = r
+                .context
+                .into_wit(&format!("adhoc-{}", rand::random::<u32>()), plugin);
             let params = text(r.params);
             match r.action.as_str() {
                 "run" => Call::Run { ctx, params },
                 "rollback" => Call::Rollback { ctx, params },
-                other => return Err(ApiError::bad_request(format!("unknown action `{other}`; a deploy step has run and rollback"))),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown action `{other}`; a deploy step has run and rollback"
+                    )));
+                }
             }
         }
         Role::MetricsSource => {
@@ -343,7 +430,9 @@ fn parse_call(role: Role, plugin: &str, body: &[u8]) -> Result<Call, ApiError> {
         }
         Role::AlertHandler => {
             let group: dto::AlertGroup = parse(body, role)?;
-            Call::Handle { group: group.into() }
+            Call::Handle {
+                group: group.into(),
+            }
         }
     })
 }
@@ -352,11 +441,19 @@ fn parse_call(role: Role, plugin: &str, body: &[u8]) -> Result<Call, ApiError> {
 #[utoipa::path(get, path = "/v1/plugins/{name}/invocations", tag = "plugins",
     params(("name" = String, Path)),
     responses((status = 200, body = [InvocationInfo]), (status = 404, body = ErrorBody)))]
-pub async fn invocations(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<InvocationInfo>>, ApiError> {
+pub async fn invocations(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<InvocationInfo>>, ApiError> {
     let slot = state.registry.get_slot(&name)?;
     let (version, fuel) = slot
         .active()
         .map(|p| (p.manifest.version.clone(), p.manifest.limits.fuel.is_some()))
         .unwrap_or_default();
-    Ok(Json(slot.recent().iter().map(|a| info(a, &version, fuel)).collect()))
+    Ok(Json(
+        slot.recent()
+            .iter()
+            .map(|a| info(a, &version, fuel))
+            .collect(),
+    ))
 }

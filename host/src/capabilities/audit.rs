@@ -111,7 +111,8 @@ impl Audit {
     pub async fn flush(&self) {
         let (done, wait) = channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
-            let _ = tokio::task::spawn_blocking(move || wait.recv_timeout(Duration::from_secs(10))).await;
+            let _ = tokio::task::spawn_blocking(move || wait.recv_timeout(Duration::from_secs(10)))
+                .await;
         }
     }
 

@@ -51,11 +51,22 @@ pub fn validate(grants: &[FsGrant]) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     for g in grants {
         if !g.host_path.is_absolute() {
-            return Err(format!("host_path `{}` must be absolute", g.host_path.display()));
+            return Err(format!(
+                "host_path `{}` must be absolute",
+                g.host_path.display()
+            ));
         }
         let guest = Path::new(&g.guest_path);
-        if !guest.is_absolute() || guest.components().any(|c| matches!(c, Component::ParentDir)) || g.guest_path == "/" {
-            return Err(format!("guest_path `{}` must be an absolute path below `/` without `..`", g.guest_path));
+        if !guest.is_absolute()
+            || guest
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+            || g.guest_path == "/"
+        {
+            return Err(format!(
+                "guest_path `{}` must be an absolute path below `/` without `..`",
+                g.guest_path
+            ));
         }
         if !seen.insert(g.guest_path.trim_end_matches('/').to_string()) {
             return Err(format!("guest_path `{}` is mounted twice", g.guest_path));
@@ -85,7 +96,11 @@ impl FsPolicy {
         for g in grants {
             let dir = Dir::open_ambient_dir(&g.host_path, ambient_authority())
                 .map_err(|e| format!("cannot open {}: {e}", g.host_path.display()))?;
-            mounts.push(Mount { guest: g.guest_path.trim_end_matches('/').to_string(), dir: Arc::new(dir), mode: g.mode });
+            mounts.push(Mount {
+                guest: g.guest_path.trim_end_matches('/').to_string(),
+                dir: Arc::new(dir),
+                mode: g.mode,
+            });
         }
         // Longest mount first, so nested mounts win.
         mounts.sort_by_key(|m| std::cmp::Reverse(m.guest.len()));
@@ -98,14 +113,26 @@ impl FsPolicy {
         let mount = self
             .mounts
             .iter()
-            .find(|m| path == m.guest || path.strip_prefix(&m.guest).is_some_and(|r| r.starts_with('/')))
+            .find(|m| {
+                path == m.guest
+                    || path
+                        .strip_prefix(&m.guest)
+                        .is_some_and(|r| r.starts_with('/'))
+            })
             .ok_or("path is not under a granted mount")?;
         let rest = path[mount.guest.len()..].trim_start_matches('/');
         let rel = Path::new(rest);
-        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
             return Err("path must not contain `..`");
         }
-        let rel = if rest.is_empty() { PathBuf::from(".") } else { rel.to_path_buf() };
+        let rel = if rest.is_empty() {
+            PathBuf::from(".")
+        } else {
+            rel.to_path_buf()
+        };
         Ok((mount, rel))
     }
 }
@@ -115,18 +142,27 @@ type FsResult<T> = wasmtime::Result<Result<T, WitError>>;
 fn io_err(e: std::io::Error) -> WitError {
     match e.kind() {
         ErrorKind::NotFound => WitError::NotFound(e.to_string()),
-        ErrorKind::PermissionDenied => WitError::Denied(format!("{e} (outside the granted directory?)")),
+        ErrorKind::PermissionDenied => {
+            WitError::Denied(format!("{e} (outside the granted directory?)"))
+        }
         _ => WitError::Failed(e.to_string()),
     }
 }
 
 impl HostState {
     /// Deny first: the path must resolve under a mount with the needed mode.
-    fn fs_check(&self, verb: &str, path: &str, write: bool) -> Result<(Arc<Dir>, PathBuf), WitError> {
+    fn fs_check(
+        &self,
+        verb: &str,
+        path: &str,
+        write: bool,
+    ) -> Result<(Arc<Dir>, PathBuf), WitError> {
         let policy = &self.caps.policies.fs;
         match policy.resolve(path) {
             Err(why) => Err(self.deny("fs", verb, path, why)),
-            Ok((m, _)) if write && m.mode == Mode::Ro => Err(self.deny("fs", verb, path, "mount is read-only")),
+            Ok((m, _)) if write && m.mode == Mode::Ro => {
+                Err(self.deny("fs", verb, path, "mount is read-only"))
+            }
             Ok((m, rel)) => Ok((m.dir.clone(), rel)),
         }
     }
@@ -143,7 +179,9 @@ impl HostState {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         match result {
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => Err(self.deny("fs", verb, path, &format!("refused by the sandbox: {e}"))),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                Err(self.deny("fs", verb, path, &format!("refused by the sandbox: {e}")))
+            }
             other => self.audited("fs", verb, path, other.map_err(io_err)),
         }
     }
@@ -162,7 +200,10 @@ impl Host for HostState {
                 let mut buf = Vec::new();
                 file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf)?;
                 if buf.len() as u64 > MAX_FILE_BYTES {
-                    return Err(std::io::Error::new(ErrorKind::FileTooLarge, "file larger than 16 MiB"));
+                    return Err(std::io::Error::new(
+                        ErrorKind::FileTooLarge,
+                        "file larger than 16 MiB",
+                    ));
                 }
                 Ok(buf)
             })
@@ -176,9 +217,13 @@ impl Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         if data.len() as u64 > MAX_FILE_BYTES {
-            return Ok(Err(WitError::InvalidInput("file larger than 16 MiB".into())));
+            return Ok(Err(WitError::InvalidInput(
+                "file larger than 16 MiB".into(),
+            )));
         }
-        Ok(self.fs_run("write", &path, move || dir.write(&rel, &data)).await)
+        Ok(self
+            .fs_run("write", &path, move || dir.write(&rel, &data))
+            .await)
     }
 
     #[tracing::instrument(name = "plugin.fs.list_dir", skip_all, fields(plugin = %self.call.plugin, path = %path))]
@@ -205,7 +250,9 @@ impl Host for HostState {
             Ok(x) => x,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.fs_run("remove", &path, move || dir.remove_file(&rel)).await)
+        Ok(self
+            .fs_run("remove", &path, move || dir.remove_file(&rel))
+            .await)
     }
 }
 
@@ -216,8 +263,16 @@ mod tests {
     #[test]
     fn resolution_stays_inside_mounts() {
         let a = tempfile::tempdir().unwrap();
-        let policy = FsPolicy::open(&[FsGrant { host_path: a.path().into(), guest_path: "/data".into(), mode: Mode::Ro }]).unwrap();
-        assert_eq!(policy.resolve("/data/x/y.txt").unwrap().1, PathBuf::from("x/y.txt"));
+        let policy = FsPolicy::open(&[FsGrant {
+            host_path: a.path().into(),
+            guest_path: "/data".into(),
+            mode: Mode::Ro,
+        }])
+        .unwrap();
+        assert_eq!(
+            policy.resolve("/data/x/y.txt").unwrap().1,
+            PathBuf::from("x/y.txt")
+        );
         assert_eq!(policy.resolve("/data").unwrap().1, PathBuf::from("."));
         assert!(policy.resolve("/database/x").is_err());
         assert!(policy.resolve("/data/../etc/passwd").is_err());
@@ -227,7 +282,11 @@ mod tests {
 
     #[test]
     fn grants_are_validated() {
-        let g = |h: &str, guest: &str| FsGrant { host_path: h.into(), guest_path: guest.into(), mode: Mode::Rw };
+        let g = |h: &str, guest: &str| FsGrant {
+            host_path: h.into(),
+            guest_path: guest.into(),
+            mode: Mode::Rw,
+        };
         assert!(validate(&[g("relative", "/x")]).is_err());
         assert!(validate(&[g("/tmp", "x")]).is_err());
         assert!(validate(&[g("/tmp", "/")]).is_err());

@@ -45,7 +45,11 @@ pub struct HttpHooks {
 impl HttpHooks {
     /// Hooks for one invocation.
     pub fn new(call: &CallInfo, caps: &CallCaps) -> HttpHooks {
-        HttpHooks { policy: caps.policies.http.clone(), audit: caps.env.audit.clone(), call: call.clone() }
+        HttpHooks {
+            policy: caps.policies.http.clone(),
+            audit: caps.env.audit.clone(),
+            call: call.clone(),
+        }
     }
 
     fn record(&self, target: &str, verb: &str, allowed: bool, outcome: &str) {

@@ -42,7 +42,14 @@ impl Host for HostState {
     async fn get(&mut self, target: ObjectRef) -> KubeResult<String> {
         Ok(Err(self.deny("kube", "get", &target.name, "not granted")))
     }
-    async fn list(&mut self, cluster: String, _a: String, _k: String, _n: Option<String>, _l: String) -> KubeResult<String> {
+    async fn list(
+        &mut self,
+        cluster: String,
+        _a: String,
+        _k: String,
+        _n: Option<String>,
+        _l: String,
+    ) -> KubeResult<String> {
         Ok(Err(self.deny("kube", "list", &cluster, "not granted")))
     }
     async fn apply(&mut self, cluster: String, _m: String, _d: bool) -> KubeResult<String> {
@@ -52,9 +59,24 @@ impl Host for HostState {
         Ok(Err(self.deny("kube", "patch", &target.name, "not granted")))
     }
     async fn delete(&mut self, target: ObjectRef, _d: bool) -> KubeResult<()> {
-        Ok(Err(self.deny("kube", "delete", &target.name, "not granted")))
+        Ok(Err(self.deny(
+            "kube",
+            "delete",
+            &target.name,
+            "not granted",
+        )))
     }
-    async fn rollout_status(&mut self, cluster: String, _n: String, _name: String) -> KubeResult<Rollout> {
-        Ok(Err(self.deny("kube", "rollout-status", &cluster, "not granted")))
+    async fn rollout_status(
+        &mut self,
+        cluster: String,
+        _n: String,
+        _name: String,
+    ) -> KubeResult<Rollout> {
+        Ok(Err(self.deny(
+            "kube",
+            "rollout-status",
+            &cluster,
+            "not granted",
+        )))
     }
 }

@@ -69,7 +69,12 @@ impl HostState {
         Ok(grant)
     }
 
-    fn kv_db<T>(&self, verb: &str, key: &str, f: impl FnOnce(&rusqlite::Connection, &str) -> Result<T, WitError>) -> Result<T, WitError> {
+    fn kv_db<T>(
+        &self,
+        verb: &str,
+        key: &str,
+        f: impl FnOnce(&rusqlite::Connection, &str) -> Result<T, WitError>,
+    ) -> Result<T, WitError> {
         let conn = self.caps.env.store.conn();
         let result = f(&conn, &self.call.plugin);
         drop(conn);
@@ -81,7 +86,13 @@ fn db_err(e: rusqlite::Error) -> WitError {
     WitError::Failed(format!("kv storage: {e}"))
 }
 
-fn check_quota(conn: &rusqlite::Connection, plugin: &str, key: &str, value: &[u8], grant: &KvGrant) -> Result<(), WitError> {
+fn check_quota(
+    conn: &rusqlite::Connection,
+    plugin: &str,
+    key: &str,
+    value: &[u8],
+    grant: &KvGrant,
+) -> Result<(), WitError> {
     if value.len() as u64 > grant.max_value_bytes {
         return Err(WitError::InvalidInput(format!(
             "value of {} bytes exceeds the limit of {} bytes",
@@ -113,9 +124,13 @@ impl Host for HostState {
             return Ok(Err(e));
         }
         Ok(self.kv_db("get", &key, |c, plugin| {
-            c.query_row("SELECT value FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key], |r| r.get(0))
-                .optional()
-                .map_err(db_err)
+            c.query_row(
+                "SELECT value FROM kv WHERE plugin = ?1 AND key = ?2",
+                params![plugin, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
         }))
     }
 
@@ -161,9 +176,12 @@ impl Host for HostState {
             return Ok(Err(e));
         }
         Ok(self.kv_db("delete", &key, |c, plugin| {
-            c.execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key])
-                .map(|n| n == 1)
-                .map_err(db_err)
+            c.execute(
+                "DELETE FROM kv WHERE plugin = ?1 AND key = ?2",
+                params![plugin, key],
+            )
+            .map(|n| n == 1)
+            .map_err(db_err)
         }))
     }
 

@@ -26,7 +26,12 @@ pub use audit::{Audit, AuditRecord};
 
 /// Schema migrations of capability tables, run after the core ones.
 /// Append only: a migration's position is its schema version.
-pub const MIGRATIONS: &[&str] = &[audit::SCHEMA, kv::SCHEMA, secrets::SCHEMA, crate::api::auth::SCHEMA];
+pub const MIGRATIONS: &[&str] = &[
+    audit::SCHEMA,
+    kv::SCHEMA,
+    secrets::SCHEMA,
+    crate::api::auth::SCHEMA,
+];
 
 /// Everything a manifest grants. The default grants nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -107,8 +112,13 @@ impl Policies {
                 .map_err(|e| format!("http: {e}"))?,
             fs: fs::FsPolicy::open(&grants.fs).map_err(|e| format!("fs: {e}"))?,
             kv: grants.kv.clone(),
-            secrets: grants.secrets.as_ref().map(|s| s.names.clone()).unwrap_or_default(),
-            kube: kube::KubePolicy::new(&grants.kube, &env.kube).map_err(|e| format!("kube: {e}"))?,
+            secrets: grants
+                .secrets
+                .as_ref()
+                .map(|s| s.names.clone())
+                .unwrap_or_default(),
+            kube: kube::KubePolicy::new(&grants.kube, &env.kube)
+                .map_err(|e| format!("kube: {e}"))?,
         })
     }
 }
@@ -125,7 +135,14 @@ pub struct CallCaps {
 
 impl HostState {
     /// Records a capability use in the audit log.
-    pub(crate) fn audit(&self, capability: &str, verb: &str, target: &str, allowed: bool, outcome: &str) {
+    pub(crate) fn audit(
+        &self,
+        capability: &str,
+        verb: &str,
+        target: &str,
+        allowed: bool,
+        outcome: &str,
+    ) {
         let call = &self.call;
         self.caps.env.audit.record(AuditRecord {
             id: 0,
@@ -149,7 +166,13 @@ impl HostState {
     }
 
     /// Audits the outcome of an allowed use and passes the result through.
-    pub(crate) fn audited<T>(&self, capability: &str, verb: &str, target: &str, result: Result<T, WitError>) -> Result<T, WitError> {
+    pub(crate) fn audited<T>(
+        &self,
+        capability: &str,
+        verb: &str,
+        target: &str,
+        result: Result<T, WitError>,
+    ) -> Result<T, WitError> {
         let outcome = match &result {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("error: {e:?}"),

@@ -70,8 +70,9 @@ impl SecretBox {
                         .map_err(|e| SecretError::Invalid(format!("{}: {e}", path.display())))?,
                     Err(_) => {
                         let key: [u8; 32] = rand::random();
-                        crate::store::write_atomic(&path, engine.encode(key).as_bytes())
-                            .map_err(|e| SecretError::Storage(format!("write {}: {e}", path.display())))?;
+                        crate::store::write_atomic(&path, engine.encode(key).as_bytes()).map_err(
+                            |e| SecretError::Storage(format!("write {}: {e}", path.display())),
+                        )?;
                         restrict(&path);
                         tracing::warn!(path = %path.display(), "generated a secrets key; set CAPSTAN_SECRETS_KEY to manage it yourself");
                         key.to_vec()
@@ -80,16 +81,23 @@ impl SecretBox {
             }
         };
         if bytes.len() != 32 {
-            return Err(SecretError::Invalid(format!("secrets key must be 32 bytes, got {}", bytes.len())));
+            return Err(SecretError::Invalid(format!(
+                "secrets key must be 32 bytes, got {}",
+                bytes.len()
+            )));
         }
-        Ok(SecretBox { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)) })
+        Ok(SecretBox {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+        })
     }
 
     /// Stores (or replaces) a secret.
     pub fn put(&self, store: &Store, name: &str, value: &str) -> Result<(), SecretError> {
         validate_name(name)?;
         if value.len() > 64 * 1024 {
-            return Err(SecretError::Invalid("secret values are limited to 64 KiB".into()));
+            return Err(SecretError::Invalid(
+                "secret values are limited to 64 KiB".into(),
+            ));
         }
         let nonce: [u8; 12] = rand::random();
         let ciphertext = self
@@ -111,9 +119,11 @@ impl SecretBox {
     pub fn get(&self, store: &Store, name: &str) -> Result<String, SecretError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = store
             .conn()
-            .query_row("SELECT nonce, ciphertext FROM secrets WHERE name = ?1", params![name], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT nonce, ciphertext FROM secrets WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(|e| SecretError::Storage(e.to_string()))?;
         let (nonce, ciphertext) = row.ok_or_else(|| SecretError::NotFound(name.into()))?;
@@ -145,15 +155,24 @@ impl SecretBox {
         let rows = stmt
             .query_map([], |r| r.get(0))
             .map_err(|e| SecretError::Storage(e.to_string()))?;
-        rows.collect::<Result<_, _>>().map_err(|e| SecretError::Storage(e.to_string()))
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| SecretError::Storage(e.to_string()))
     }
 }
 
 fn validate_name(name: &str) -> Result<(), SecretError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(()) } else { Err(SecretError::Invalid(format!("secret name `{name}` must be 1-128 of [A-Za-z0-9._-]"))) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretError::Invalid(format!(
+            "secret name `{name}` must be 1-128 of [A-Za-z0-9._-]"
+        )))
+    }
 }
 
 #[cfg(unix)]
@@ -169,12 +188,22 @@ impl Host for HostState {
     #[tracing::instrument(name = "plugin.secrets.get", skip_all, fields(plugin = %self.call.plugin, secret = %name))]
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, WitError>> {
         if !self.caps.policies.secrets.contains(&name) {
-            return Ok(Err(self.deny("secrets", "get", &name, "secret not granted to this plugin")));
+            return Ok(Err(self.deny(
+                "secrets",
+                "get",
+                &name,
+                "secret not granted to this plugin",
+            )));
         }
-        let result = self.caps.env.secrets.get(&self.caps.env.store, &name).map_err(|e| match e {
-            SecretError::NotFound(n) => WitError::NotFound(format!("no secret named {n}")),
-            other => WitError::Failed(other.to_string()),
-        });
+        let result = self
+            .caps
+            .env
+            .secrets
+            .get(&self.caps.env.store, &name)
+            .map_err(|e| match e {
+                SecretError::NotFound(n) => WitError::NotFound(format!("no secret named {n}")),
+                other => WitError::Failed(other.to_string()),
+            });
         if let Ok(value) = &result {
             self.caps.revealed.push(value.clone());
         }
@@ -192,14 +221,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let sb = SecretBox::load(None, dir.path()).unwrap();
-        sb.put(&store, "slack-webhook", "https://hooks.example/very-secret").unwrap();
-        assert_eq!(sb.get(&store, "slack-webhook").unwrap(), "https://hooks.example/very-secret");
-        let raw: Vec<u8> = store.conn().query_row("SELECT ciphertext FROM secrets", [], |r| r.get(0)).unwrap();
+        sb.put(&store, "slack-webhook", "https://hooks.example/very-secret")
+            .unwrap();
+        assert_eq!(
+            sb.get(&store, "slack-webhook").unwrap(),
+            "https://hooks.example/very-secret"
+        );
+        let raw: Vec<u8> = store
+            .conn()
+            .query_row("SELECT ciphertext FROM secrets", [], |r| r.get(0))
+            .unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("very-secret"));
         // The same key file decrypts after a restart; another key does not.
         let again = SecretBox::load(None, dir.path()).unwrap();
-        assert_eq!(again.get(&store, "slack-webhook").unwrap(), "https://hooks.example/very-secret");
-        let other = SecretBox::load(Some(&base64::engine::general_purpose::STANDARD.encode([7u8; 32])), dir.path()).unwrap();
+        assert_eq!(
+            again.get(&store, "slack-webhook").unwrap(),
+            "https://hooks.example/very-secret"
+        );
+        let other = SecretBox::load(
+            Some(&base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
+            dir.path(),
+        )
+        .unwrap();
         assert!(other.get(&store, "slack-webhook").is_err());
         assert!(sb.put(&store, "bad name", "x").is_err());
     }

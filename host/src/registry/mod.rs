@@ -109,12 +109,20 @@ impl Slot {
 
     /// The last failed load, if it is newer than the active version.
     pub fn last_error(&self) -> Option<LoadFailure> {
-        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Recent invocations, newest last.
     pub fn recent(&self) -> Vec<Accounting> {
-        self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -254,7 +262,13 @@ impl Registry {
             self.swap_in(&name, prepared);
         }
         tracing::info!(plugin = %name, %version, digest = %&digest[..12], source = source.as_str(), activated = swap, "installed");
-        Ok(Installed { name, version, digest, active: swap || is_active, changed })
+        Ok(Installed {
+            name,
+            version,
+            digest,
+            active: swap || is_active,
+            changed,
+        })
     }
 
     /// Makes a stored version the active one.
@@ -268,7 +282,9 @@ impl Registry {
         let _guard = self.changes.lock().await;
         self.known(name)?;
         let target = self.store.rollback_target(name)?.ok_or_else(|| {
-            RegistryError::Conflict(format!("{name} has no earlier active version to roll back to"))
+            RegistryError::Conflict(format!(
+                "{name} has no earlier active version to roll back to"
+            ))
         })?;
         self.activate_locked(name, &target, "rollback").await?;
         Ok(target)
@@ -278,7 +294,10 @@ impl Registry {
     pub async fn delete(&self, name: &str) -> Result<(), RegistryError> {
         let _guard = self.changes.lock().await;
         self.store.delete_plugin(name)?;
-        self.slots.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.slots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         self.metrics.set_loaded(self.loaded_count());
         Ok(())
     }
@@ -290,7 +309,11 @@ impl Registry {
     }
 
     /// Invokes the active version of `name`.
-    pub async fn invoke(&self, name: &str, call: Call) -> Result<(Output, Accounting, Arc<Prepared>), RegistryError> {
+    pub async fn invoke(
+        &self,
+        name: &str,
+        call: Call,
+    ) -> Result<(Output, Accounting, Arc<Prepared>), RegistryError> {
         let slot = self.get_slot(name)?;
         let plugin = slot.active().ok_or_else(|| {
             RegistryError::NotFound(format!("plugin {name} has no loaded version"))
@@ -327,16 +350,27 @@ impl Registry {
 
     /// Names of all plugins that have a slot (loaded, or failed to load).
     pub fn names(&self) -> Vec<String> {
-        self.slots.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Errors of plugin-directory entries that could not even be attributed to a plugin.
     pub fn directory_errors(&self) -> BTreeMap<String, String> {
-        self.directory_errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.directory_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_directory_error(&self, path: &str, error: Option<String>) {
-        let mut errors = self.directory_errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = self
+            .directory_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match error {
             Some(e) => errors.insert(path.to_string(), e),
             None => errors.remove(path),
@@ -350,7 +384,12 @@ impl Registry {
         Ok(())
     }
 
-    async fn activate_locked(&self, name: &str, version: &str, action: &str) -> Result<(), RegistryError> {
+    async fn activate_locked(
+        &self,
+        name: &str,
+        version: &str,
+        action: &str,
+    ) -> Result<(), RegistryError> {
         self.known(name)?;
         let prepared = match self.load_version(name, version).await {
             Ok(p) => p,
@@ -366,7 +405,11 @@ impl Registry {
     }
 
     /// Compiles (or loads the cached artifact of) a stored version.
-    async fn load_version(&self, name: &str, version: &str) -> Result<Arc<Prepared>, RegistryError> {
+    async fn load_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<Prepared>, RegistryError> {
         let record = self
             .store
             .version(name, version)?
@@ -376,18 +419,29 @@ impl Registry {
         self.prepare(manifest, &bytes).await
     }
 
-    async fn prepare(&self, manifest: Manifest, bytes: &[u8]) -> Result<Arc<Prepared>, RegistryError> {
+    async fn prepare(
+        &self,
+        manifest: Manifest,
+        bytes: &[u8],
+    ) -> Result<Arc<Prepared>, RegistryError> {
         let (name, version) = (manifest.name.clone(), manifest.version.clone());
         let digest = digest_of(bytes);
-        let artifact = self.store.artifact_path(&digest, &self.runtime.compatibility_key());
+        let artifact = self
+            .store
+            .artifact_path(&digest, &self.runtime.compatibility_key());
         let runtime = self.runtime.clone();
         let owned = bytes.to_vec();
         let started = Instant::now();
-        let load_err = |source| RegistryError::Load { name: name.clone(), version: version.clone(), source };
-        let component = tokio::task::spawn_blocking(move || runtime.compile_cached(&owned, &artifact))
-            .await
-            .map_err(|e| load_err(LoadError::Compile(format!("compiler task failed: {e}"))))?
-            .map_err(load_err)?;
+        let load_err = |source| RegistryError::Load {
+            name: name.clone(),
+            version: version.clone(),
+            source,
+        };
+        let component =
+            tokio::task::spawn_blocking(move || runtime.compile_cached(&owned, &artifact))
+                .await
+                .map_err(|e| load_err(LoadError::Compile(format!("compiler task failed: {e}"))))?
+                .map_err(load_err)?;
         let compile_secs = started.elapsed().as_secs_f64();
         let prepared = self
             .runtime
@@ -425,9 +479,20 @@ impl Registry {
 
     fn record_failure(&self, name: &str, version: &str, e: &RegistryError) {
         self.metrics.record_reload(name, false, None);
-        let failure = LoadFailure { version: version.into(), error: e.to_string(), at: now() };
-        *self.slot(name).last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
-        if let Err(err) = self.store.note(name, version, "load-failed", &e.to_string()) {
+        let failure = LoadFailure {
+            version: version.into(),
+            error: e.to_string(),
+            at: now(),
+        };
+        *self
+            .slot(name)
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(failure);
+        if let Err(err) = self
+            .store
+            .note(name, version, "load-failed", &e.to_string())
+        {
             tracing::warn!("could not record load failure: {err}");
         }
     }

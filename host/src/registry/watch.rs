@@ -72,7 +72,10 @@ async fn scan(registry: &Registry, dir: &Path, seen: &mut HashMap<PathBuf, Strin
             continue;
         }
         seen.insert(path.clone(), fingerprint);
-        match registry.install(&text, bytes, Source::Directory, true).await {
+        match registry
+            .install(&text, bytes, Source::Directory, true)
+            .await
+        {
             Ok(i) => {
                 registry.set_directory_error(&key, None);
                 if i.changed {
@@ -93,13 +96,21 @@ fn read_entry(manifest_path: &Path) -> Result<(String, Vec<u8>), String> {
     let component = match &manifest.component {
         Some(rel) => {
             let rel = Path::new(rel);
-            if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(format!("component path `{}` must stay inside the plugins directory", rel.display()));
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(format!(
+                    "component path `{}` must stay inside the plugins directory",
+                    rel.display()
+                ));
             }
             manifest_path.with_file_name(rel)
         }
         None => manifest_path.with_extension("wasm"),
     };
-    let bytes = std::fs::read(&component).map_err(|e| format!("read component {}: {e}", component.display()))?;
+    let bytes = std::fs::read(&component)
+        .map_err(|e| format!("read component {}: {e}", component.display()))?;
     Ok((text, bytes))
 }

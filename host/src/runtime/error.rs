@@ -18,7 +18,9 @@ pub enum LoadError {
     #[error("the component does not compile: {0}")]
     Compile(String),
     /// The component does not export its role's interface.
-    #[error("the manifest says role `{role}`, but the component does not export `{expected}`{found}")]
+    #[error(
+        "the manifest says role `{role}`, but the component does not export `{expected}`{found}"
+    )]
     WrongWorld {
         /// Role from the manifest.
         role: String,

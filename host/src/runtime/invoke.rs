@@ -162,7 +162,9 @@ impl Runtime {
         account: &mut Accounting,
     ) -> Result<Output, InvokeError> {
         let limits = &p.manifest.limits;
-        let deadline_ms = limits.deadline_ms.unwrap_or(self.config.default_deadline_ms);
+        let deadline_ms = limits
+            .deadline_ms
+            .unwrap_or(self.config.default_deadline_ms);
         let fuel = limits.fuel.unwrap_or(u64::MAX);
         let info = CallInfo {
             plugin: p.manifest.name.as_str().into(),
@@ -171,7 +173,10 @@ impl Runtime {
             settings: p.settings.clone(),
         };
         let limiter = Limiter::new(self.memory_cap(&p.manifest), deadline_ms);
-        let mut store = Store::new(&self.engine, HostState::new(info, limiter, p.call_caps(&self.env)));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(info, limiter, p.call_caps(&self.env)),
+        );
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(fuel).map_err(host)?;
         // Yield to the executor every tick so a busy plugin never starves the
@@ -180,16 +185,23 @@ impl Runtime {
         store.epoch_deadline_callback(|ctx| {
             let l = &ctx.data().limiter;
             if Instant::now() >= l.deadline {
-                Err(DeadlineExceeded { deadline_ms: l.deadline_ms }.into())
+                Err(DeadlineExceeded {
+                    deadline_ms: l.deadline_ms,
+                }
+                .into())
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's yield_now lets the I/O driver run before this task
+                // is polled again; a plain yield would starve it.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
 
         // Host calls (e.g. to a hung API server) are bounded by the same deadline.
         let budget = Duration::from_millis(deadline_ms) + 2 * EPOCH_TICK;
-        let outcome =
-            tokio::time::timeout(budget, call_guest(&mut store, p, call)).await;
+        let outcome = tokio::time::timeout(budget, call_guest(&mut store, p, call)).await;
         account.fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));
         account.peak_memory = store.data().limiter.peak();
         let output = match outcome {
@@ -215,11 +227,7 @@ impl Runtime {
     }
 }
 
-async fn call_guest(
-    store: &mut Store<HostState>,
-    p: &Prepared,
-    call: Call,
-) -> GuestResult<Output> {
+async fn call_guest(store: &mut Store<HostState>, p: &Prepared, call: Call) -> GuestResult<Output> {
     let instance = p.pre.instantiate_async(&mut *store).await?;
     let wrong = |role: &str| -> GuestResult<Output> {
         Err(wasmtime::Error::from(WrongCallError(format!(
@@ -263,7 +271,9 @@ async fn call_guest(
         }
         (RoleIndices::AlertHandler(i), Call::Handle { group }) => {
             let g = i.load(&mut *store, &instance)?;
-            Ok(g.call_handle(&mut *store, &group).await?.map(Output::Actions))
+            Ok(g.call_handle(&mut *store, &group)
+                .await?
+                .map(Output::Actions))
         }
         (RoleIndices::MetricsSource(_), _) => wrong("metrics-source"),
         (RoleIndices::AlertHandler(_), _) => wrong("alert-handler"),
@@ -284,10 +294,15 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, fuel: u64) -> Invoke
         return InvokeError::WrongCall(e.0.clone());
     }
     if let Some(d) = err.downcast_ref::<DeadlineExceeded>() {
-        return InvokeError::Deadline { deadline_ms: d.deadline_ms };
+        return InvokeError::Deadline {
+            deadline_ms: d.deadline_ms,
+        };
     }
     if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
-        return InvokeError::Memory { cap: m.cap, requested: m.requested };
+        return InvokeError::Memory {
+            cap: m.cap,
+            requested: m.requested,
+        };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => InvokeError::Fuel { fuel },
@@ -326,7 +341,10 @@ fn output_size(output: &Output) -> usize {
                 + p.notes.iter().map(String::len).sum::<usize>()
         }
         Output::Report(r) => {
-            r.objects.iter().map(|o| o.name.len() + o.kind.len() + 32).sum::<usize>()
+            r.objects
+                .iter()
+                .map(|o| o.name.len() + o.kind.len() + 32)
+                .sum::<usize>()
                 + r.notes.iter().map(String::len).sum::<usize>()
         }
         Output::Step(s) => s.message.len() + kv_size(&s.outputs),
@@ -335,7 +353,10 @@ fn output_size(output: &Output) -> usize {
             .map(|f| {
                 f.name.len()
                     + f.help.len()
-                    + f.samples.iter().map(|s| kv_size(&s.labels) + 8).sum::<usize>()
+                    + f.samples
+                        .iter()
+                        .map(|s| kv_size(&s.labels) + 8)
+                        .sum::<usize>()
             })
             .sum(),
         Output::Actions(actions) => actions

@@ -50,7 +50,11 @@ impl std::fmt::Debug for Prepared {
 
 impl Prepared {
     pub(super) fn call_caps(&self, env: &Arc<crate::capabilities::CapabilityEnv>) -> CallCaps {
-        CallCaps { env: env.clone(), policies: self.policies.clone(), revealed: Vec::new() }
+        CallCaps {
+            env: env.clone(),
+            policies: self.policies.clone(),
+            revealed: Vec::new(),
+        }
     }
 }
 
@@ -72,7 +76,9 @@ impl Runtime {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, artifact) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %artifact.display(), "recompiling: cached artifact unusable: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %artifact.display(), "recompiling: cached artifact unusable: {e}")
+                }
             }
         }
         let component = self.compile(bytes)?;
@@ -139,9 +145,14 @@ impl Runtime {
             settings: p.settings.clone(),
         };
         let limiter = Limiter::new(self.memory_cap(&p.manifest), 5_000);
-        let mut store = Store::new(&self.engine, HostState::new(call, limiter, p.call_caps(&self.env)));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(call, limiter, p.call_caps(&self.env)),
+        );
         store.limiter(|s| &mut s.limiter);
-        store.set_fuel(u64::MAX).map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        store
+            .set_fuel(u64::MAX)
+            .map_err(|e| LoadError::Instantiate(e.to_string()))?;
         store.set_epoch_deadline(500);
         let instance = p
             .pre

@@ -205,7 +205,13 @@ impl Store {
     }
 
     /// Appends a history entry without changing anything else.
-    pub fn note(&self, name: &str, version: &str, action: &str, detail: &str) -> Result<(), StoreError> {
+    pub fn note(
+        &self,
+        name: &str,
+        version: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         history(&self.conn(), name, version, action, detail)?;
         Ok(())
     }
@@ -262,7 +268,9 @@ impl Store {
             params![name, version],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound(format!("{name} has no version {version}")));
+            return Err(StoreError::NotFound(format!(
+                "{name} has no version {version}"
+            )));
         }
         history(&tx, name, version, "delete-version", "")?;
         tx.commit()?;
@@ -284,7 +292,13 @@ impl Store {
     }
 }
 
-fn history(conn: &Connection, name: &str, version: &str, action: &str, detail: &str) -> rusqlite::Result<()> {
+fn history(
+    conn: &Connection,
+    name: &str,
+    version: &str,
+    action: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO history (name, version, action, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![name, version, action, detail, now()],
@@ -311,9 +325,13 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         .copied()
         .chain(crate::capabilities::MIGRATIONS.iter().copied())
         .collect();
-    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    let current: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in all.iter().enumerate().skip(current) {
-        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
     }
     Ok(())
 }
@@ -339,7 +357,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         for v in ["1.0.0", "1.1.0", "1.2.0"] {
-            s.insert_version(&rec(v, &format!("{v:0>64}")), false).unwrap();
+            s.insert_version(&rec(v, &format!("{v:0>64}")), false)
+                .unwrap();
             s.set_active("p", v, "activate").unwrap();
         }
         assert_eq!(s.rollback_target("p").unwrap().as_deref(), Some("1.1.0"));
@@ -354,11 +373,22 @@ mod tests {
     fn same_version_other_content_is_a_conflict() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        assert!(s.insert_version(&rec("1.0.0", &"a".repeat(64)), false).unwrap());
-        assert!(!s.insert_version(&rec("1.0.0", &"a".repeat(64)), false).unwrap());
-        let e = s.insert_version(&rec("1.0.0", &"b".repeat(64)), false).unwrap_err();
+        assert!(
+            s.insert_version(&rec("1.0.0", &"a".repeat(64)), false)
+                .unwrap()
+        );
+        assert!(
+            !s.insert_version(&rec("1.0.0", &"a".repeat(64)), false)
+                .unwrap()
+        );
+        let e = s
+            .insert_version(&rec("1.0.0", &"b".repeat(64)), false)
+            .unwrap_err();
         assert!(e.to_string().contains("new version"), "{e}");
-        assert!(s.insert_version(&rec("1.0.0", &"b".repeat(64)), true).unwrap());
+        assert!(
+            s.insert_version(&rec("1.0.0", &"b".repeat(64)), true)
+                .unwrap()
+        );
     }
 
     #[test]
@@ -366,10 +396,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.insert_version(&rec("1.0.0", &"a".repeat(64)), false).unwrap();
+            s.insert_version(&rec("1.0.0", &"a".repeat(64)), false)
+                .unwrap();
             s.set_active("p", "1.0.0", "activate").unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.active_versions().unwrap(), vec![("p".into(), "1.0.0".into())]);
+        assert_eq!(
+            s.active_versions().unwrap(),
+            vec![("p".into(), "1.0.0".into())]
+        );
     }
 }

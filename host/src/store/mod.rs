@@ -52,7 +52,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     for attempt in 0..100u32 {
-        let name = format!(".tmp-{}-{}-{attempt}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            ".tmp-{}-{}-{attempt}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let path = dir.join(name);
         match std::fs::OpenOptions::new()
             .write(true)

@@ -16,11 +16,17 @@ impl AlertHandler for AlertNotify {
         let format = config::get_or("format", "slack");
         let channel = config::get_or("channel", "ops");
         let title = title(&group);
-        let lines: Vec<String> = group.alerts.iter().map(|a| {
-            let summary = lookup(&a.annotations, "summary").or(lookup(&a.annotations, "description")).unwrap_or("(no summary)");
-            let severity = lookup(&a.labels, "severity").unwrap_or("none");
-            format!("[{}] {} ({severity})", a.status.to_uppercase(), summary)
-        }).collect();
+        let lines: Vec<String> = group
+            .alerts
+            .iter()
+            .map(|a| {
+                let summary = lookup(&a.annotations, "summary")
+                    .or(lookup(&a.annotations, "description"))
+                    .unwrap_or("(no summary)");
+                let severity = lookup(&a.labels, "severity").unwrap_or("none");
+                format!("[{}] {} ({severity})", a.status.to_uppercase(), summary)
+            })
+            .collect();
         let body = match format.as_str() {
             "slack" => json!({
                 "text": title,
@@ -37,17 +43,29 @@ impl AlertHandler for AlertNotify {
                 "msgtype": "markdown",
                 "markdown": { "content": format!("**{title}**\n{}", lines.iter().map(|l| format!("> {l}")).collect::<Vec<_>>().join("\n")) },
             }),
-            other => return Err(Error::InvalidInput(format!("setting `format` is `{other}`; expected slack, dingtalk or wecom"))),
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "setting `format` is `{other}`; expected slack, dingtalk or wecom"
+                )));
+            }
         };
-        let mut actions = vec![Action::Notify(Notification { channel, format, body: body.to_string() })];
+        let mut actions = vec![Action::Notify(Notification {
+            channel,
+            format,
+            body: body.to_string(),
+        })];
         if config::get_or("run_runbooks", "true") == "true" {
             for alert in group.alerts.iter().filter(|a| a.status == "firing") {
                 if let Some(runbook) = lookup(&alert.annotations, "runbook") {
-                    let labels: serde_json::Map<String, serde_json::Value> =
-                        alert.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                    let labels: serde_json::Map<String, serde_json::Value> = alert
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .collect();
                     actions.push(Action::RunPipeline(PipelineRequest {
                         pipeline: runbook.to_string(),
-                        params: json!({ "alert": labels, "fingerprint": alert.fingerprint }).to_string(),
+                        params: json!({ "alert": labels, "fingerprint": alert.fingerprint })
+                            .to_string(),
                     }));
                 }
             }

@@ -8,12 +8,19 @@ struct HttpProbe;
 impl MetricsSource for HttpProbe {
     fn collect() -> Result<Vec<MetricFamily>, Error> {
         let targets = config::get_or("targets", "");
-        let targets: Vec<&str> = targets.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        let targets: Vec<&str> = targets
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
         Ok(vec![MetricFamily {
             name: "targets".into(),
             help: "Number of configured probe targets".into(),
             kind: MetricType::Gauge,
-            samples: vec![Sample { labels: vec![], value: targets.len() as f64 }],
+            samples: vec![Sample {
+                labels: vec![],
+                value: targets.len() as f64,
+            }],
         }])
     }
 }

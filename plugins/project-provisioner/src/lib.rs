@@ -38,7 +38,8 @@ fn default_envs() -> Vec<String> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -47,7 +48,9 @@ fn parse(spec: &str) -> Result<Spec, Error> {
     let spec: Spec = capstan_sdk::parse_json(spec)?;
     for (what, v) in [("name", &spec.name), ("team", &spec.team)] {
         if !is_dns_label(v) {
-            return Err(Error::InvalidInput(format!("{what} `{v}` is not a valid DNS-1123 label")));
+            return Err(Error::InvalidInput(format!(
+                "{what} `{v}` is not a valid DNS-1123 label"
+            )));
         }
     }
     if spec.environments.is_empty() {
@@ -56,13 +59,22 @@ fn parse(spec: &str) -> Result<Spec, Error> {
     for env in &spec.environments {
         let ns = format!("{}-{env}", spec.name);
         if !is_dns_label(&ns) {
-            return Err(Error::InvalidInput(format!("namespace `{ns}` for environment `{env}` is not a valid DNS-1123 label")));
+            return Err(Error::InvalidInput(format!(
+                "namespace `{ns}` for environment `{env}` is not a valid DNS-1123 label"
+            )));
         }
     }
     Ok(spec)
 }
 
-fn object(api_version: &str, kind: &str, namespace: Option<&str>, name: &str, wave: u32, body: Value) -> DesiredObject {
+fn object(
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    wave: u32,
+    body: Value,
+) -> DesiredObject {
     DesiredObject {
         api_version: api_version.into(),
         kind: kind.into(),
@@ -74,13 +86,17 @@ fn object(api_version: &str, kind: &str, namespace: Option<&str>, name: &str, wa
 }
 
 fn plan_for(spec: &Spec) -> Plan {
-    let quota = spec.quota.as_ref().map(|q| (q.cpu.clone(), q.memory.clone(), q.pods.to_string())).unwrap_or_else(|| {
-        (
-            config::get_or("default_cpu", "4"),
-            config::get_or("default_memory", "8Gi"),
-            config::get_or("default_pods", "50"),
-        )
-    });
+    let quota = spec
+        .quota
+        .as_ref()
+        .map(|q| (q.cpu.clone(), q.memory.clone(), q.pods.to_string()))
+        .unwrap_or_else(|| {
+            (
+                config::get_or("default_cpu", "4"),
+                config::get_or("default_memory", "8Gi"),
+                config::get_or("default_pods", "50"),
+            )
+        });
     let labels = json!({ "capstan.dev/project": spec.name, "capstan.dev/team": spec.team });
     let mut objects = Vec::new();
     for env in &spec.environments {
@@ -95,14 +111,25 @@ fn plan_for(spec: &Spec) -> Plan {
             "apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta("project-quota"),
             "spec": { "hard": { "requests.cpu": quota.0, "requests.memory": quota.1, "pods": quota.2 } },
         })));
-        objects.push(object("v1", "LimitRange", Some(&ns), "project-defaults", 1, json!({
-            "apiVersion": "v1", "kind": "LimitRange", "metadata": meta("project-defaults"),
-            "spec": { "limits": [{ "type": "Container",
-                "default": { "cpu": "500m", "memory": "512Mi" },
-                "defaultRequest": { "cpu": "100m", "memory": "128Mi" } }] },
-        })));
-        let mut subjects = vec![json!({ "kind": "Group", "name": spec.team, "apiGroup": "rbac.authorization.k8s.io" })];
-        subjects.extend(spec.admins.iter().map(|g| json!({ "kind": "Group", "name": g, "apiGroup": "rbac.authorization.k8s.io" })));
+        objects.push(object(
+            "v1",
+            "LimitRange",
+            Some(&ns),
+            "project-defaults",
+            1,
+            json!({
+                "apiVersion": "v1", "kind": "LimitRange", "metadata": meta("project-defaults"),
+                "spec": { "limits": [{ "type": "Container",
+                    "default": { "cpu": "500m", "memory": "512Mi" },
+                    "defaultRequest": { "cpu": "100m", "memory": "128Mi" } }] },
+            }),
+        ));
+        let mut subjects = vec![
+            json!({ "kind": "Group", "name": spec.team, "apiGroup": "rbac.authorization.k8s.io" }),
+        ];
+        subjects.extend(spec.admins.iter().map(
+            |g| json!({ "kind": "Group", "name": g, "apiGroup": "rbac.authorization.k8s.io" }),
+        ));
         objects.push(object("rbac.authorization.k8s.io/v1", "RoleBinding", Some(&ns), "team-edit", 1, json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta("team-edit"),
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit" },
@@ -111,7 +138,10 @@ fn plan_for(spec: &Spec) -> Plan {
     }
     let mut notes = Vec::new();
     if spec.quota.is_none() {
-        notes.push(format!("no quota given; using defaults cpu={} memory={} pods={}", quota.0, quota.1, quota.2));
+        notes.push(format!(
+            "no quota given; using defaults cpu={} memory={} pods={}",
+            quota.0, quota.1, quota.2
+        ));
     }
     Plan {
         objects,
@@ -123,7 +153,12 @@ fn plan_for(spec: &Spec) -> Plan {
 fn refs(plan: &Plan) -> Vec<ObjectRef> {
     plan.objects
         .iter()
-        .map(|o| ObjectRef { api_version: o.api_version.clone(), kind: o.kind.clone(), namespace: o.namespace.clone(), name: o.name.clone() })
+        .map(|o| ObjectRef {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+        })
         .collect()
 }
 
@@ -146,7 +181,11 @@ impl Provisioner for ProjectProvisioner {
     fn destroy(spec: String, dry_run: bool) -> Result<Report, Error> {
         let mut plan = plan_for(&parse(&spec)?);
         plan.objects.reverse();
-        Ok(Report { objects: refs(&plan), dry_run, notes: vec!["objects are removed in reverse wave order".into()] })
+        Ok(Report {
+            objects: refs(&plan),
+            dry_run,
+            notes: vec!["objects are removed in reverse wave order".into()],
+        })
     }
 }
 

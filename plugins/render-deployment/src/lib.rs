@@ -43,11 +43,21 @@ impl DeployStep for RenderDeployment {
         log::log(
             log::Level::Info,
             "rendered deployment",
-            &[("name", &p.name), ("image", &p.image), ("environment", &ctx.environment)],
+            &[
+                ("name", &p.name),
+                ("image", &p.image),
+                ("environment", &ctx.environment),
+            ],
         );
         Ok(StepResult {
             outcome: Outcome::Succeeded,
-            message: format!("rendered {} object(s) for {} ({} x {})", objects.len(), p.name, p.replicas, p.image),
+            message: format!(
+                "rendered {} object(s) for {} ({} x {})",
+                objects.len(),
+                p.name,
+                p.replicas,
+                p.image
+            ),
             outputs: vec![
                 ("manifest".into(), Value::Array(objects).to_string()),
                 ("image".into(), p.image.clone()),
@@ -75,39 +85,66 @@ fn invalid(msg: String) -> Error {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
 fn validate(p: &Params) -> Result<(), Error> {
     if !is_dns_label(&p.name) {
-        return Err(invalid(format!("name `{}` is not a valid DNS-1123 label", p.name)));
+        return Err(invalid(format!(
+            "name `{}` is not a valid DNS-1123 label",
+            p.name
+        )));
     }
     if let Some(ns) = &p.namespace
         && !is_dns_label(ns)
     {
-        return Err(invalid(format!("namespace `{ns}` is not a valid DNS-1123 label")));
+        return Err(invalid(format!(
+            "namespace `{ns}` is not a valid DNS-1123 label"
+        )));
     }
     let max: u32 = config::get_or("max_replicas", "50").parse().unwrap_or(50);
     if p.replicas > max {
-        return Err(invalid(format!("replicas {} exceeds the maximum of {max}", p.replicas)));
+        return Err(invalid(format!(
+            "replicas {} exceeds the maximum of {max}",
+            p.replicas
+        )));
     }
     if p.image.is_empty() || p.image.contains(char::is_whitespace) {
-        return Err(invalid(format!("image `{}` is not a valid reference", p.image)));
+        return Err(invalid(format!(
+            "image `{}` is not a valid reference",
+            p.image
+        )));
     }
     let last = p.image.rsplit('/').next().unwrap_or_default();
     let pinned = p.image.contains("@sha256:") || last.contains(':') && !last.ends_with(":latest");
     if config::get_or("forbid_latest", "true") == "true" && !pinned {
-        return Err(invalid(format!("image `{}` must be pinned to a tag other than `latest` or a digest", p.image)));
+        return Err(invalid(format!(
+            "image `{}` must be pinned to a tag other than `latest` or a digest",
+            p.image
+        )));
     }
     let allowed = config::get_or("allowed_registries", "");
-    let registries: Vec<&str> = allowed.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    if !registries.is_empty() && !registries.iter().any(|r| p.image.starts_with(&format!("{r}/"))) {
-        return Err(invalid(format!("image `{}` is not from an allowed registry ({allowed})", p.image)));
+    let registries: Vec<&str> = allowed
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !registries.is_empty()
+        && !registries
+            .iter()
+            .any(|r| p.image.starts_with(&format!("{r}/")))
+    {
+        return Err(invalid(format!(
+            "image `{}` is not from an allowed registry ({allowed})",
+            p.image
+        )));
     }
     for key in p.env.keys() {
-        let ok = key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !key.starts_with(|c: char| c.is_ascii_digit());
+        let ok = key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !key.starts_with(|c: char| c.is_ascii_digit());
         if key.is_empty() || !ok {
             return Err(invalid(format!("env var name `{key}` is not valid")));
         }
@@ -120,7 +157,11 @@ fn render(p: &Params, ctx: &Context) -> Vec<Value> {
     labels.insert("app.kubernetes.io/name".into(), p.name.clone());
     labels.insert("app.kubernetes.io/managed-by".into(), "capstan".into());
     let selector = json!({ "app.kubernetes.io/name": p.name });
-    let env: Vec<Value> = p.env.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect();
+    let env: Vec<Value> = p
+        .env
+        .iter()
+        .map(|(k, v)| json!({ "name": k, "value": v }))
+        .collect();
     let mut container = json!({ "name": p.name, "image": p.image, "env": env });
     if let Some(port) = p.port {
         container["ports"] = json!([{ "containerPort": port, "name": "http" }]);
