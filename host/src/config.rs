@@ -29,10 +29,20 @@ pub struct ServerConfig {
     /// The first admin API token. If unset and no token exists yet, one is
     /// generated and printed once at startup.
     pub admin_token: Option<String>,
+    /// Kubernetes clusters plugins may be granted (`[[kube.clusters]]`).
+    pub kube: KubeSection,
     /// Limits applied to plugins.
     pub limits: LimitsConfig,
     /// Limits at the HTTP edge.
     pub api: ApiConfig,
+}
+
+/// The `[kube]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeSection {
+    /// Clusters by name.
+    pub clusters: Vec<crate::capabilities::kube::ClusterConfig>,
 }
 
 /// Runtime limits (see [`RuntimeConfig`]).
@@ -73,6 +83,7 @@ impl Default for ServerConfig {
             log_json: false,
             secrets_key: None,
             admin_token: None,
+            kube: KubeSection::default(),
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
         }

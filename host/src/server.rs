@@ -37,7 +37,7 @@ impl Server {
             store: store.clone(),
             audit: Audit::start(store.clone()),
             secrets: SecretBox::load(config.secrets_key.as_deref(), &config.data_dir)?,
-            kube: Clusters::default(),
+            kube: Clusters::new(config.kube.clusters.clone()),
         });
         let runtime = Arc::new(
             Runtime::new(config.runtime(), env)

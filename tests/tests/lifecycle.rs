@@ -485,3 +485,29 @@ async fn openapi_document_lists_the_api() {
     }
     assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
 }
+
+#[tokio::test]
+async fn graceful_shutdown_drains_calls_in_flight() {
+    let server = TestServer::start().await;
+    server
+        .install(&step_manifest("1.0.0"), &guest(guests::FAULT_STEP))
+        .await;
+    let in_flight = {
+        let rb = server
+            .request(reqwest::Method::POST, "/v1/plugins/step/invoke")
+            .json(&json!({ "params": { "fault": "slow", "ms": 600 } }));
+        tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let url = server.url.clone();
+    server.stop().await;
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the call in flight finished"
+    );
+    assert!(
+        reqwest::get(format!("{url}/healthz")).await.is_err(),
+        "no new connections after shutdown"
+    );
+}

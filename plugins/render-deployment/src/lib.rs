@@ -2,13 +2,20 @@
 //! port is given) from a few parameters, validating them the way a reviewer
 //! would: DNS-1123 names, pinned image tags, allowed registries, sane replicas.
 //!
-//! Params: `{"name", "image", "replicas"?, "namespace"?, "port"?, "env"?: {K: V}, "labels"?: {K: V}}`.
-//! Outputs: `manifest` (a JSON list of objects), `image`, `replicas`.
+//! Params: `{"name", "image", "replicas"?, "namespace"?, "port"?, "env"?: {K: V}, "labels"?: {K: V},
+//! "apply"?: bool, "dry_run"?: bool}`.
+//! Outputs: `manifest` (a JSON list of objects), `image`, `replicas`; with `apply`,
+//! also `applied` (the objects as the cluster returned them).
+//!
+//! With `"apply": true` the objects are server-side applied to the cluster named
+//! by the `cluster` setting, which needs a `[[grants.kube]]` for the namespace,
+//! `apps/Deployment` (and `Service`) and the `apply` verb. `rollback` deletes
+//! what `run` applied.
 
 use std::collections::BTreeMap;
 
 use capstan_sdk::deploy_step::{Context, DeployStep, Outcome, StepResult};
-use capstan_sdk::{Error, config, log};
+use capstan_sdk::{Error, config, kube, log};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,6 +34,10 @@ struct Params {
     env: BTreeMap<String, String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    apply: bool,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 fn one() -> u32 {

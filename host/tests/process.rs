@@ -1,0 +1,147 @@
+//! The real `capstan` binary: first start with the bundled plugins, upload
+//! and activate over HTTP, `kill -9`, restart, and find everything as it was.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "process-test-admin-token";
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(data: &std::path::Path) -> Proc {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("CAPSTAN_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start capstan");
+    let proc = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{}/readyz", proc.url)).send().await
+            && r.status() == 200
+        {
+            return proc;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("capstan did not become ready");
+}
+
+async fn json(rb: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let r = rb.bearer_auth(TOKEN).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn kill_dash_nine_loses_nothing_committed() {
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut proc = start(data.path()).await;
+
+    let (status, list) = json(client.get(format!("{}/v1/plugins", proc.url))).await;
+    assert_eq!(status, 200);
+    let bundled = list["plugins"].as_array().unwrap().len();
+    assert!(
+        bundled >= 4,
+        "the bundled example plugins are installed on first start: {list}"
+    );
+
+    // Upload 1.1.0 of the bundled deploy step (same component, new manifest).
+    let (_, detail) = json(client.get(format!("{}/v1/plugins/render-deployment", proc.url))).await;
+    let digest = detail["digest"].as_str().unwrap().to_string();
+    let manifest = capstan::bundled::find("render-deployment")
+        .unwrap()
+        .manifest
+        .replace("version = \"1.0.0\"", "version = \"1.1.0\"");
+    let component = capstan::bundled::find("render-deployment")
+        .unwrap()
+        .component
+        .to_vec();
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", manifest)
+        .part("component", reqwest::multipart::Part::bytes(component));
+    let (status, body) = json(
+        client
+            .post(format!("{}/v1/plugins", proc.url))
+            .multipart(form),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["digest"], digest.as_str());
+
+    // The answer means it is committed: kill -9 right away.
+    proc.child.kill().unwrap();
+    proc.child.wait().unwrap();
+
+    let proc = start(data.path()).await;
+    let (_, list) = json(client.get(format!("{}/v1/plugins", proc.url))).await;
+    assert_eq!(list["plugins"].as_array().unwrap().len(), bundled, "{list}");
+    let (_, detail) = json(client.get(format!("{}/v1/plugins/render-deployment", proc.url))).await;
+    assert_eq!(detail["active_version"], "1.1.0");
+    let (status, body) = json(
+        client
+            .post(format!("{}/v1/plugins/render-deployment/invoke", proc.url))
+            .json(&serde_json::json!({ "params": { "name": "web", "image": "nginx:1.27.0" } })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["invocation"]["version"], "1.1.0");
+    // Bundled plugins deleted by the operator stay deleted across restarts.
+    let (status, _) = json(client.delete(format!("{}/v1/plugins/http-probe", proc.url))).await;
+    assert_eq!(status, 204);
+    drop(proc);
+    let proc = start(data.path()).await;
+    let (status, _) = json(client.get(format!("{}/v1/plugins/http-probe", proc.url))).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let mut proc = start(data.path()).await;
+    let pid = proc.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = proc.child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited = exited.expect("capstan exits after SIGTERM");
+    assert!(exited.success(), "exit status {exited}");
+}

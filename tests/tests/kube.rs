@@ -1,0 +1,449 @@
+//! Kubernetes capability against a real kube-apiserver + etcd on loopback
+//! (built from Debian's source package by `.ci/kube-testenv.sh`). The test
+//! checks the cluster's state independently with `curl` and the admin token.
+
+use capstan::capabilities::audit::AuditQuery;
+use capstan::capabilities::kube::ClusterConfig;
+use capstan_tests::kube_env::{self, KubeEnv};
+use capstan_tests::{TestServer, bundled, guest, guests, manifest, probe};
+use serde_json::{Value, json};
+
+fn env() -> &'static KubeEnv {
+    kube_env::shared()
+}
+
+/// An API request as the cluster admin, independent of Capstan.
+fn admin(method: &str, path: &str, body: Option<&Value>, content_type: &str) -> (u16, Value) {
+    let env = env();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sk", "-X", method, "-w", "\n%{http_code}"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", env.admin_token))
+        .arg("-H")
+        .arg(format!("Content-Type: {content_type}"));
+    if let Some(b) = body {
+        cmd.arg("--data-binary").arg(b.to_string());
+    }
+    let out = cmd
+        .arg(format!("{}{path}", env.server))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn ensure_namespace(ns: &str) {
+    let (status, body) = admin(
+        "POST",
+        "/api/v1/namespaces",
+        Some(&json!({ "metadata": { "name": ns } })),
+        "application/json",
+    );
+    assert!(
+        status == 201 || status == 409,
+        "create namespace {ns}: {status} {body}"
+    );
+}
+
+fn deployment(ns: &str, name: &str) -> (u16, Value) {
+    admin(
+        "GET",
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
+        None,
+        "application/json",
+    )
+}
+
+async fn server_with_cluster() -> TestServer {
+    let kubeconfig = env().kubeconfig.clone();
+    TestServer::start_with(move |c| {
+        c.kube.clusters = vec![ClusterConfig {
+            name: "test".into(),
+            kubeconfig,
+            context: None,
+            timeout_ms: 10_000,
+        }];
+        c.limits.default_deadline_ms = 20_000;
+    })
+    .await
+}
+
+async fn audit(server: &TestServer, plugin: &str) -> Vec<capstan::capabilities::AuditRecord> {
+    let env = server
+        .server
+        .as_ref()
+        .unwrap()
+        .registry
+        .runtime()
+        .env()
+        .clone();
+    env.audit
+        .query(&AuditQuery {
+            plugin: Some(plugin.into()),
+            capability: Some("kube".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn deployer_manifest(ns: &str) -> String {
+    let (bundled_manifest, _) = bundled("render-deployment");
+    assert!(bundled_manifest.contains("role = \"deploy-step\""));
+    manifest(
+        "deployer",
+        "1.0.0",
+        "deploy-step",
+        &format!(
+            r#"[settings]
+cluster = "test"
+forbid_latest = true
+[limits]
+deadline_ms = 20000
+[[grants.kube]]
+cluster = "test"
+namespaces = ["{ns}"]
+resources = ["apps/Deployment", "Service"]
+verbs = ["apply", "delete"]
+"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn granted_plugin_deploys_into_its_namespace_and_is_denied_elsewhere() {
+    ensure_namespace("kt-deploy-a");
+    ensure_namespace("kt-deploy-b");
+    let server = server_with_cluster().await;
+    server
+        .install(
+            &deployer_manifest("kt-deploy-a"),
+            &bundled("render-deployment").1,
+        )
+        .await;
+
+    let params = |ns: &str| json!({ "params": { "name": "web", "namespace": ns, "image": "registry.local/web:1.2.3", "replicas": 2, "port": 8080, "apply": true } });
+    let (status, body) = server.invoke("deployer", params("kt-deploy-a")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["result"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("applied 2 object(s)"),
+        "{body}"
+    );
+
+    let (status, d) = deployment("kt-deploy-a", "web");
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.local/web:1.2.3"
+    );
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"capstan-plugin-deployer"),
+        "{managers:?}"
+    );
+    let (status, _) = admin(
+        "GET",
+        "/api/v1/namespaces/kt-deploy-a/services/web",
+        None,
+        "application/json",
+    );
+    assert_eq!(status, 200);
+
+    // Another namespace: denied by Capstan before any request reaches the cluster.
+    let (status, body) = server.invoke("deployer", params("kt-deploy-b")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["details"]["kind"], "denied");
+    assert!(
+        body["error"]["details"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespace `kt-deploy-b` is not granted"),
+        "{body}"
+    );
+    assert_eq!(deployment("kt-deploy-b", "web").0, 404);
+
+    let records = audit(&server, "deployer").await;
+    assert!(records.iter().any(|r| r.allowed
+        && r.verb == "apply"
+        && r.target == "test:apps/v1/Deployment kt-deploy-a/web"
+        && r.outcome == "ok"));
+    let denied = records.iter().find(|r| !r.allowed).expect("denial audited");
+    assert_eq!(denied.target, "test:apps/v1/Deployment kt-deploy-b/web");
+    assert!(
+        denied
+            .outcome
+            .contains("namespace `kt-deploy-b` is not granted")
+    );
+
+    // Rollback removes what run applied.
+    let (status, body) = server
+        .invoke(
+            "deployer",
+            json!({ "action": "rollback", "params": params("kt-deploy-a")["params"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["message"], "removed 2 object(s) of web");
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        deployment("kt-deploy-a", "web").0 == 404
+    });
+    assert!(gone, "deployment still there after rollback");
+}
+
+#[tokio::test]
+async fn dry_run_apply_persists_nothing() {
+    ensure_namespace("kt-dry");
+    let server = server_with_cluster().await;
+    server
+        .install(
+            &deployer_manifest("kt-dry"),
+            &bundled("render-deployment").1,
+        )
+        .await;
+    let (status, body) = server
+        .invoke("deployer", json!({ "params": { "name": "dry", "namespace": "kt-dry", "image": "registry.local/dry:1.0.0", "apply": true, "dry_run": true } }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["result"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("dry-run applied 1 object(s)"),
+        "{body}"
+    );
+    let applied: Value =
+        serde_json::from_str(body["result"]["outputs"]["applied"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        applied[0]["metadata"]["name"], "dry",
+        "the server answered with the object it would create"
+    );
+    assert_eq!(
+        deployment("kt-dry", "dry").0,
+        404,
+        "dry run must not create the object"
+    );
+    let records = audit(&server, "deployer").await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.verb == "apply (dry-run)" && r.allowed)
+    );
+}
+
+#[tokio::test]
+async fn kinds_verbs_namespaces_and_clusters_outside_the_grant_are_denied() {
+    ensure_namespace("kt-scope");
+    let (status, _) = admin(
+        "POST",
+        "/api/v1/namespaces/kt-scope/configmaps",
+        Some(&json!({ "metadata": { "name": "settings" }, "data": { "color": "blue" } })),
+        "application/json",
+    );
+    assert!(status == 201 || status == 409);
+    let server = server_with_cluster().await;
+    let grants = r#"[[grants.kube]]
+cluster = "test"
+namespaces = ["kt-scope"]
+resources = ["ConfigMap"]
+verbs = ["get", "list"]
+"#;
+    server
+        .install(
+            &manifest("scoped", "1.0.0", "deploy-step", grants),
+            &guest(guests::PROBE),
+        )
+        .await;
+    let target = |ns: &str, kind: &str, api: &str| json!({ "cluster": "test", "api_version": api, "kind": kind, "namespace": ns, "name": "settings" });
+
+    let mut allowed = target("kt-scope", "ConfigMap", "v1");
+    allowed["op"] = json!("kube-get");
+    let got = probe(&server, "scoped", allowed).await;
+    assert!(
+        got.starts_with("ok:") && got.contains("\"color\":\"blue\""),
+        "{got}"
+    );
+
+    let attempts = vec![
+        (
+            "kube-get",
+            target("kt-scope", "Secret", "v1"),
+            "kind `Secret` is not granted",
+        ),
+        (
+            "kube-get",
+            target("default", "ConfigMap", "v1"),
+            "namespace `default` is not granted",
+        ),
+        (
+            "kube-delete",
+            target("kt-scope", "ConfigMap", "v1"),
+            "verb `delete` is not granted",
+        ),
+        (
+            "kube-patch",
+            target("kt-scope", "ConfigMap", "v1"),
+            "verb `patch` is not granted",
+        ),
+        (
+            "kube-get",
+            json!({ "cluster": "prod", "api_version": "v1", "kind": "ConfigMap", "namespace": "kt-scope", "name": "settings" }),
+            "cluster `prod` is not granted",
+        ),
+        (
+            "kube-list",
+            json!({ "cluster": "test", "api_version": "v1", "kind": "ConfigMap" }),
+            "cluster-scoped access is not granted",
+        ),
+        (
+            "kube-apply",
+            json!({ "cluster": "test", "manifest": { "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "x", "namespace": "kt-scope" } } }),
+            "verb `apply` is not granted",
+        ),
+    ];
+    for (op, mut params, why) in attempts {
+        params["op"] = json!(op);
+        params["patch"] = json!({ "data": { "color": "red" } });
+        let got = probe(&server, "scoped", params).await;
+        assert!(
+            got.starts_with("err:Denied") && got.contains(why),
+            "{op}: expected denial `{why}`, got {got}"
+        );
+    }
+    let (_, cm) = admin(
+        "GET",
+        "/api/v1/namespaces/kt-scope/configmaps/settings",
+        None,
+        "application/json",
+    );
+    assert_eq!(cm["data"]["color"], "blue", "nothing was changed");
+    let records = audit(&server, "scoped").await;
+    assert_eq!(
+        records.iter().filter(|r| !r.allowed).count(),
+        7,
+        "{records:#?}"
+    );
+    assert_eq!(records.iter().filter(|r| r.allowed).count(), 1);
+}
+
+#[tokio::test]
+async fn wait_rollout_retries_until_the_deployment_is_available() {
+    ensure_namespace("kt-rollout");
+    let server = server_with_cluster().await;
+    server
+        .install(
+            &deployer_manifest("kt-rollout"),
+            &bundled("render-deployment").1,
+        )
+        .await;
+    let (m, wasm) = bundled("wait-rollout");
+    let m = m.replace("cluster = \"default\"", "cluster = \"test\"")
+        + "\n[[grants.kube]]\ncluster = \"test\"\nnamespaces = [\"kt-rollout\"]\nresources = [\"apps/Deployment\"]\nverbs = [\"get\"]\n";
+    server.install(&m, &wasm).await;
+    let (status, body) = server
+        .invoke("deployer", json!({ "params": { "name": "api", "namespace": "kt-rollout", "image": "registry.local/api:2.0.0", "replicas": 2, "apply": true } }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let wait = json!({ "params": { "name": "api", "namespace": "kt-rollout" } });
+    let (status, body) = server.invoke("wait-rollout", wait.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["outcome"], "retry", "{body}");
+    assert_eq!(body["result"]["retry_after_ms"], 2000);
+
+    // No kubelet here: play its part and report the pods as available.
+    let (_, d) = deployment("kt-rollout", "api");
+    let status_patch = json!({ "status": {
+        "observedGeneration": d["metadata"]["generation"], "replicas": 2, "updatedReplicas": 2,
+        "readyReplicas": 2, "availableReplicas": 2 } });
+    let (code, body) = admin(
+        "PATCH",
+        "/apis/apps/v1/namespaces/kt-rollout/deployments/api/status",
+        Some(&status_patch),
+        "application/merge-patch+json",
+    );
+    assert_eq!(code, 200, "{body}");
+    let (status, body) = server.invoke("wait-rollout", wait).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["outcome"], "succeeded", "{body}");
+    assert_eq!(body["result"]["outputs"]["available"], "2");
+}
+
+#[tokio::test]
+async fn a_hung_api_server_cannot_hold_a_plugin() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _hold = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(8) {
+            conns.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("hung.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: hung\n  cluster:\n    server: https://{addr}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: hung\n  context:\n    cluster: hung\n    user: u\ncurrent-context: hung\n"
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(move |c| {
+        c.kube.clusters = vec![ClusterConfig {
+            name: "hung".into(),
+            kubeconfig,
+            context: None,
+            timeout_ms: 500,
+        }];
+    })
+    .await;
+    let grants = "[limits]\ndeadline_ms = 5000\n[[grants.kube]]\ncluster = \"hung\"\nnamespaces = [\"x\"]\nresources = [\"ConfigMap\"]\nverbs = [\"get\"]\n";
+    server
+        .install(
+            &manifest("hung", "1.0.0", "deploy-step", grants),
+            &guest(guests::PROBE),
+        )
+        .await;
+    let got = probe(&server, "hung", json!({ "op": "kube-get", "cluster": "hung", "api_version": "v1", "kind": "ConfigMap", "namespace": "x", "name": "y" })).await;
+    assert!(got.starts_with("err:Retryable"), "{got}");
+    // The host call's own timeout fired, well before the invocation deadline.
+    assert!(
+        got.contains("did not answer within 500 ms") || got.contains("unreachable"),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn a_grant_for_an_unknown_cluster_is_refused_at_load() {
+    let server = server_with_cluster().await;
+    let grants = "[[grants.kube]]\ncluster = \"prod\"\nnamespaces = [\"x\"]\nresources = [\"ConfigMap\"]\nverbs = [\"get\"]\n";
+    let (status, body) = server
+        .upload(
+            &manifest("p", "1.0.0", "deploy-step", grants),
+            &guest(guests::PROBE),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster `prod`, which is not configured"),
+        "{body}"
+    );
+}
