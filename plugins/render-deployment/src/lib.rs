@@ -60,27 +60,68 @@ impl DeployStep for RenderDeployment {
                 ("environment", &ctx.environment),
             ],
         );
+        let mut outputs = vec![
+            ("manifest".into(), Value::Array(objects.clone()).to_string()),
+            ("image".into(), p.image.clone()),
+            ("replicas".into(), p.replicas.to_string()),
+        ];
+        let mut message = format!(
+            "rendered {} object(s) for {} ({} x {})",
+            objects.len(),
+            p.name,
+            p.replicas,
+            p.image
+        );
+        if p.apply {
+            let cluster = config::get_or("cluster", "default");
+            let mut applied = Vec::new();
+            for object in &objects {
+                let answer = kube::apply(&cluster, &object.to_string(), p.dry_run)?;
+                applied.push(serde_json::from_str::<Value>(&answer).unwrap_or(Value::Null));
+            }
+            let mode = if p.dry_run { "dry-run applied" } else { "applied" };
+            message = format!(
+                "{mode} {} object(s) for {} to cluster {cluster}",
+                applied.len(),
+                p.name
+            );
+            outputs.push(("applied".into(), Value::Array(applied).to_string()));
+        }
         Ok(StepResult {
             outcome: Outcome::Succeeded,
-            message: format!(
-                "rendered {} object(s) for {} ({} x {})",
-                objects.len(),
-                p.name,
-                p.replicas,
-                p.image
-            ),
-            outputs: vec![
-                ("manifest".into(), Value::Array(objects).to_string()),
-                ("image".into(), p.image.clone()),
-                ("replicas".into(), p.replicas.to_string()),
-            ],
+            message,
+            outputs,
         })
     }
 
-    fn rollback(_ctx: Context, _params: String) -> Result<StepResult, Error> {
+    fn rollback(ctx: Context, params: String) -> Result<StepResult, Error> {
+        let p: Params = capstan_sdk::parse_json(&params)?;
+        if !p.apply {
+            return Ok(StepResult {
+                outcome: Outcome::Succeeded,
+                message: "rendering has no side effects; nothing to roll back".into(),
+                outputs: vec![],
+            });
+        }
+        let cluster = config::get_or("cluster", "default");
+        let mut removed = 0;
+        for object in render(&p, &ctx) {
+            let target = kube::ObjectRef {
+                cluster: cluster.clone(),
+                api_version: object["apiVersion"].as_str().unwrap_or_default().into(),
+                kind: object["kind"].as_str().unwrap_or_default().into(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+            };
+            match kube::delete(&target, p.dry_run) {
+                Ok(()) => removed += 1,
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(StepResult {
             outcome: Outcome::Succeeded,
-            message: "rendering has no side effects; nothing to roll back".into(),
+            message: format!("removed {removed} object(s) of {}", p.name),
             outputs: vec![],
         })
     }
