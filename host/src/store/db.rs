@@ -239,11 +239,7 @@ impl Store {
         let mut stack: Vec<String> = Vec::new();
         for h in self.history(name)? {
             match h.action.as_str() {
-                "activate" => {
-                    if stack.last() != Some(&h.version) {
-                        stack.push(h.version);
-                    }
-                }
+                "activate" if stack.last() != Some(&h.version) => stack.push(h.version),
                 "rollback" => {
                     stack.pop();
                 }
