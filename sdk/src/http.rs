@@ -52,18 +52,28 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> Result<Response, Error>
 }
 
 /// Sends a request and follows up to [`MAX_REDIRECTS`] redirects (a 303
-/// turns into a GET without body). A host denial comes back as [`Error::Denied`].
+/// turns into a GET without body). Every hop is checked by the host against
+/// `[grants.http]`, so a redirect to a target outside the grant fails with
+/// [`Error::Denied`]. Credentials (`authorization`, `cookie`) are not sent
+/// to another origin than the one they were given for.
 pub fn request(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Response, Error> {
+    let origin = origin_of(url);
     let mut url = url.to_string();
     let mut method = method.to_string();
     let mut body = body.to_vec();
     for _ in 0..=MAX_REDIRECTS {
-        let response = send_once(&method, &url, headers, &body)?;
+        let same_origin = origin_of(&url) == origin;
+        let hop_headers: Vec<(&str, &str)> = headers
+            .iter()
+            .copied()
+            .filter(|(k, _)| same_origin || !is_credential(k))
+            .collect();
+        let response = send_once(&method, &url, &hop_headers, &body)?;
         let location = response.header("location").map(str::to_string);
         match (response.status, location) {
             (301 | 302 | 303 | 307 | 308, Some(next)) => {
@@ -81,16 +91,42 @@ pub fn request(
     )))
 }
 
+fn is_credential(header: &str) -> bool {
+    ["authorization", "cookie", "proxy-authorization"]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(header))
+}
+
+/// `scheme://authority` of an absolute URL (lowercase).
+fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    format!("{}://{}", scheme, authority).to_ascii_lowercase()
+}
+
+/// Resolves a `location` header against the URL it came from.
 fn resolve(base: &str, location: &str) -> String {
     if location.contains("://") {
         return location.to_string();
     }
     let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-    let authority = rest.split('/').next().unwrap_or_default();
-    format!(
-        "{scheme}://{authority}/{}",
-        location.trim_start_matches('/')
-    )
+    if let Some(network_path) = location.strip_prefix("//") {
+        return format!("{scheme}://{network_path}");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    // Relative to the base path's directory.
+    let path = rest[authority.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    let dir = match path.rfind('/') {
+        Some(i) => &path[..=i],
+        None => "/",
+    };
+    format!("{scheme}://{authority}{dir}{location}")
 }
 
 fn send_once(
@@ -173,12 +209,7 @@ fn send_once(
         match stream.blocking_read(64 * 1024) {
             Ok(chunk) => body.extend_from_slice(&chunk),
             Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => {
-                return Err(Error::Failed(format!(
-                    "reading response body: {}",
-                    e.to_debug_string()
-                )));
-            }
+            Err(StreamError::LastOperationFailed(e)) => return Err(body_error(&e)),
         }
     }
     Ok(Response {
@@ -190,18 +221,47 @@ fn send_once(
 
 fn http_error(e: ErrorCode) -> Error {
     match e {
-        ErrorCode::HttpRequestDenied => {
-            Error::Denied("the host denied this request (not in [grants.http])".into())
-        }
-        ErrorCode::DestinationIpProhibited => {
-            Error::Denied("the destination address is not allowed".into())
-        }
-        ErrorCode::HttpResponseBodySize(n) => {
-            Error::Failed(format!("response body too large ({n:?} bytes)"))
-        }
+        ErrorCode::HttpRequestDenied => Error::Denied(
+            "the host denied this request: its target is not in [grants.http] (the audit log says why)"
+                .into(),
+        ),
+        ErrorCode::DestinationIpProhibited => Error::Denied(
+            "the host denied this request: the destination address is private, loopback, link-local or metadata and not granted (see [grants.http] private_networks)"
+                .into(),
+        ),
+        ErrorCode::HttpResponseBodySize(n) => Error::Failed(format!(
+            "response body too large ({} bytes; see [grants.http] max_response_bytes)",
+            n.map_or_else(|| "?".to_string(), |n| n.to_string())
+        )),
+        ErrorCode::TlsCertificateError => Error::Failed(
+            "the server's TLS certificate is not trusted or not valid for this host".into(),
+        ),
         ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout
-        | ErrorCode::HttpResponseTimeout => Error::Retryable(format!("timed out: {e:?}")),
+        | ErrorCode::HttpResponseTimeout
+        | ErrorCode::DnsTimeout => Error::Retryable(format!("timed out: {e:?}")),
+        ErrorCode::ConnectionRefused
+        | ErrorCode::ConnectionTerminated
+        | ErrorCode::DestinationUnavailable => Error::Retryable(format!("http error: {e:?}")),
         other => Error::Failed(format!("http error: {other:?}")),
+    }
+}
+
+/// An error while reading a response body. The host reports body errors
+/// without a `wasi:http` error code attached (so `http-error-code` often
+/// has nothing); fall back to its description.
+fn body_error(e: &wasip2::io::error::Error) -> Error {
+    if let Some(code) = wasip2::http::types::http_error_code(e) {
+        return http_error(code);
+    }
+    let text = e.to_debug_string();
+    if text.contains("body size exceeds limit") {
+        Error::Failed(format!(
+            "response body too large ({text}; see [grants.http] max_response_bytes)"
+        ))
+    } else if text.contains("timeout") || text.contains("timed out") {
+        Error::Retryable(format!("timed out reading response body: {text}"))
+    } else {
+        Error::Failed(format!("reading response body: {text}"))
     }
 }
