@@ -24,6 +24,9 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Manage API tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(clap::Args)]
@@ -49,6 +52,17 @@ struct ServeArgs {
     /// Secrets encryption key (32 bytes, base64).
     #[arg(long, env = "CAPSTAN_SECRETS_KEY", hide_env_values = true)]
     secrets_key: Option<String>,
+    /// The admin API token (stored hashed as `bootstrap-admin`). Without it,
+    /// and without any admin token yet, one is generated and printed once.
+    /// Prefer the environment variable: arguments are visible to other users.
+    #[arg(long, env = "CAPSTAN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM certificate chain: serve the API over HTTPS (with --tls-key).
+    #[arg(long, env = "CAPSTAN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CAPSTAN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -56,6 +70,36 @@ struct Remote {
     /// Server URL.
     #[arg(long, env = "CAPSTAN_URL", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// API token, sent as `Authorization: Bearer`. Prefer the environment
+    /// variable: arguments are visible to other users.
+    #[arg(long, env = "CAPSTAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// Token name (1-64 of [A-Za-z0-9._-]).
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +188,7 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(cmd) => tokio::runtime::Runtime::new()?.block_on(remote(cmd)),
+        Command::Token(cmd) => tokio::runtime::Runtime::new()?.block_on(token(cmd)),
     }
 }
 
@@ -166,6 +211,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.secrets_key.is_some() {
         config.secrets_key = args.secrets_key;
     }
+    if args.admin_token.is_some() {
+        config.admin_token = args.admin_token;
+    }
+    if args.tls_cert.is_some() {
+        config.api.tls_cert = args.tls_cert;
+        config.api.tls_key = args.tls_key;
+    }
     crate::server::init_tracing(config.log_json);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -174,8 +226,67 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+impl Remote {
+    /// The HTTP client (plain HTTP: the CLI has no TLS support yet).
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        if self.server.starts_with("https://") {
+            bail!("the CLI speaks plain HTTP only; https servers are not supported yet");
+        }
+        reqwest::Client::builder()
+            .build()
+            .context("building the HTTP client")
+    }
+
+    /// A request to `path` with the token attached.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let rb = client.request(
+            method,
+            format!("{}{path}", self.server.trim_end_matches('/')),
+        );
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let response = match cmd {
+        TokenCommand::Create { name, role, remote } => {
+            remote
+                .request(&remote.client()?, Method::POST, "/v1/tokens")
+                .json(&serde_json::json!({ "name": name, "role": role }))
+                .send()
+                .await
+        }
+        TokenCommand::List { remote } => {
+            remote
+                .request(&remote.client()?, Method::GET, "/v1/tokens")
+                .send()
+                .await
+        }
+        TokenCommand::Revoke { name, remote } => {
+            remote
+                .request(
+                    &remote.client()?,
+                    Method::DELETE,
+                    &format!("/v1/tokens/{name}"),
+                )
+                .send()
+                .await
+        }
+    };
+    print_response(response).await
+}
+
 async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    use reqwest::Method;
     let response = match cmd {
         PluginCommand::New { .. } => unreachable!("handled locally"),
         PluginCommand::Upload {
@@ -194,18 +305,19 @@ async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
                     "component",
                     reqwest::multipart::Part::bytes(component).file_name("plugin.wasm"),
                 );
-            client
-                .post(format!(
-                    "{}/v1/plugins?activate={}",
-                    remote.server, !no_activate
-                ))
+            remote
+                .request(
+                    &remote.client()?,
+                    Method::POST,
+                    &format!("/v1/plugins?activate={}", !no_activate),
+                )
                 .multipart(form)
                 .send()
                 .await
         }
         PluginCommand::List { remote } => {
-            client
-                .get(format!("{}/v1/plugins", remote.server))
+            remote
+                .request(&remote.client()?, Method::GET, "/v1/plugins")
                 .send()
                 .await
         }
@@ -216,8 +328,12 @@ async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("reading {}", &d[1..]))?,
                 d => d.to_string(),
             };
-            client
-                .post(format!("{}/v1/plugins/{name}/invoke", remote.server))
+            remote
+                .request(
+                    &remote.client()?,
+                    Method::POST,
+                    &format!("/v1/plugins/{name}/invoke"),
+                )
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
@@ -228,26 +344,41 @@ async fn remote(cmd: PluginCommand) -> anyhow::Result<()> {
             version,
             remote,
         } => {
-            client
-                .put(format!("{}/v1/plugins/{name}/active", remote.server))
+            remote
+                .request(
+                    &remote.client()?,
+                    Method::PUT,
+                    &format!("/v1/plugins/{name}/active"),
+                )
                 .json(&serde_json::json!({ "version": version }))
                 .send()
                 .await
         }
         PluginCommand::Rollback { name, remote } => {
-            client
-                .post(format!("{}/v1/plugins/{name}/rollback", remote.server))
+            remote
+                .request(
+                    &remote.client()?,
+                    Method::POST,
+                    &format!("/v1/plugins/{name}/rollback"),
+                )
                 .send()
                 .await
         }
-    }
-    .context("request failed; is the server running? (see --server)")?;
+    };
+    print_response(response).await
+}
+
+async fn print_response(response: reqwest::Result<reqwest::Response>) -> anyhow::Result<()> {
+    let response = response.context("request failed; is the server running? (see --server)")?;
     let status = response.status();
     let text = response.text().await?;
     let pretty = serde_json::from_str::<serde_json::Value>(&text)
         .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
         .unwrap_or(text);
     println!("{pretty}");
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!("server answered {status}: pass an API token with --token or CAPSTAN_TOKEN");
+    }
     if !status.is_success() {
         bail!("server answered {status}");
     }

@@ -63,7 +63,7 @@ pub struct LimitsConfig {
     pub queue_wait_ms: u64,
 }
 
-/// HTTP edge limits.
+/// The `[api]` section: the HTTP edge (TLS, limits, public metrics).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -71,6 +71,23 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
     /// Largest other request body, bytes.
     pub max_body_bytes: usize,
+    /// Serve `/metrics` without a token (default true, so Prometheus can
+    /// scrape without credentials). When false it needs a `viewer` token.
+    pub metrics_public: bool,
+    /// Requests per second per API token, on average; 0 disables. Admin
+    /// tokens are exempt. Over the limit: 429 with `Retry-After`.
+    pub rate_limit_per_sec: u32,
+    /// Requests a token may burst above `rate_limit_per_sec`.
+    pub rate_limit_burst: u32,
+    /// Requests handled at once; more get 503 with `Retry-After`; 0 disables.
+    pub max_in_flight_requests: usize,
+    /// Connections open at once; at the limit the listener stops accepting
+    /// until one closes; 0 disables.
+    pub max_connections: usize,
+    /// PEM certificate chain (leaf first); with `tls_key`, the API serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +127,13 @@ impl Default for ApiConfig {
         ApiConfig {
             max_upload_bytes: a.max_upload_bytes,
             max_body_bytes: a.max_body_bytes,
+            metrics_public: true,
+            rate_limit_per_sec: a.rate_limit_per_sec,
+            rate_limit_burst: a.rate_limit_burst,
+            max_in_flight_requests: a.max_in_flight_requests,
+            max_connections: a.max_connections,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -148,6 +172,10 @@ impl ServerConfig {
         ApiLimits {
             max_upload_bytes: self.api.max_upload_bytes,
             max_body_bytes: self.api.max_body_bytes,
+            rate_limit_per_sec: self.api.rate_limit_per_sec,
+            rate_limit_burst: self.api.rate_limit_burst,
+            max_in_flight_requests: self.api.max_in_flight_requests,
+            max_connections: self.api.max_connections,
             ..ApiLimits::default()
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::api::listen::{EdgeListener, PeerAddr};
 use crate::api::{self, AppState};
 use crate::capabilities::kube::Clusters;
 use crate::capabilities::secrets::SecretBox;
@@ -49,12 +50,28 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+            (Some(cert), Some(key)) => Some(api::tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("api.tls_cert and api.tls_key must be set together"),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = EdgeListener::new(listener, tls, config.api.max_connections)?;
+        let limits = config.api_limits();
+        let auth = api::auth::Auth::start(
+            store.clone(),
+            config.admin_token.as_deref(),
+            config.api.metrics_public,
+            &limits,
+        )
+        .context("preparing API tokens")?;
         let state = AppState {
             registry: registry.clone(),
-            limits: config.api_limits(),
+            limits,
+            auth: Arc::new(auth),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
-        let app = api::router(state);
+        let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -63,7 +80,7 @@ impl Server {
                 .await
                 .context("serving HTTP")
         });
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
+        tracing::info!(%addr, %scheme, data_dir = %config.data_dir.display(), "listening");
 
         let loaded = registry.load_all().await?;
         tracing::info!(plugins = loaded, "registry loaded");

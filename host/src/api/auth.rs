@@ -1,13 +1,840 @@
-//! API authentication and authorisation (bearer tokens with roles).
+//! API authentication and authorisation: bearer tokens with roles.
+//!
+//! * Tokens are `cap_` + 32 random bytes (base64url), shown once when created
+//!   and stored only as their SHA-256 (a lookup by hash, so nothing is
+//!   compared byte by byte with a secret).
+//! * Each token has one role: `viewer` < `operator` < `admin`.
+//! * [`required_access`] is the one table from route to minimum role; a route
+//!   it does not list needs `admin` (deny by default).
+//! * [`guard`] is the middleware that authenticates, rate-limits, authorises
+//!   and audits every mutating call (refusals included).
 
-/// Table of API tokens (hashed).
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiError;
+use super::limits::{RateKey, RateLimiter};
+use super::listen::PeerAddr;
+use crate::capabilities::AuditRecord;
+use crate::store::Store;
+
+/// Table of API tokens. Only the SHA-256 of a token is stored. A name is
+/// unique among tokens that are not revoked; revoked rows stay for the record.
 pub const SCHEMA: &str = r#"
 CREATE TABLE api_tokens (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    name        TEXT NOT NULL UNIQUE,
-    role        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
     hash        TEXT NOT NULL UNIQUE,
     created_at  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL DEFAULT '',
     revoked_at  INTEGER
 );
+CREATE UNIQUE INDEX api_tokens_active_name ON api_tokens (name) WHERE revoked_at IS NULL;
 "#;
+
+/// Name of the admin token that comes from the config (or is generated on
+/// first start).
+pub const BOOTSTRAP_TOKEN: &str = "bootstrap-admin";
+
+/// What a token may do. Ordered: each role includes the ones below it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    /// Read: every listed GET endpoint.
+    Viewer,
+    /// Viewer, plus invoke, upload, activate and roll back plugins.
+    Operator,
+    /// Everything: tokens, secrets, deleting plugins, any unlisted route.
+    Admin,
+}
+
+impl ApiRole {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Viewer => "viewer",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for ApiRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiRole {
+    type Err = AuthError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(ApiRole::Viewer),
+            "operator" => Ok(ApiRole::Operator),
+            "admin" => Ok(ApiRole::Admin),
+            other => Err(AuthError::Invalid(format!(
+                "unknown role `{other}`; expected viewer, operator or admin"
+            ))),
+        }
+    }
+}
+
+/// Who a route is open to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed.
+    Public,
+    /// A token with at least this role.
+    Role(ApiRole),
+}
+
+#[derive(Clone, Copy)]
+enum Rule {
+    Public,
+    /// Public when `metrics_public` is set, else viewer.
+    Metrics,
+    Min(ApiRole),
+}
+
+/// THE route table: method, path pattern (`{x}` is one path segment) and
+/// who may call it. `HEAD` is checked as `GET`. Anything not listed here
+/// needs `admin`, so a new route is closed until it is added.
+const ROUTES: &[(&str, &str, Rule)] = {
+    use ApiRole::{Admin, Operator, Viewer};
+    use Rule::{Metrics, Min, Public};
+    &[
+        // Probes and scraping.
+        ("GET", "/healthz", Public),
+        ("GET", "/readyz", Public),
+        ("GET", "/metrics", Metrics),
+        ("GET", "/openapi.json", Min(Viewer)),
+        // Plugins.
+        ("GET", "/v1/plugins", Min(Viewer)),
+        ("POST", "/v1/plugins", Min(Operator)),
+        ("GET", "/v1/plugins/{name}", Min(Viewer)),
+        ("DELETE", "/v1/plugins/{name}", Min(Admin)),
+        ("GET", "/v1/plugins/{name}/versions", Min(Viewer)),
+        (
+            "DELETE",
+            "/v1/plugins/{name}/versions/{version}",
+            Min(Admin),
+        ),
+        ("PUT", "/v1/plugins/{name}/active", Min(Operator)),
+        ("POST", "/v1/plugins/{name}/rollback", Min(Operator)),
+        ("POST", "/v1/plugins/{name}/invoke", Min(Operator)),
+        ("GET", "/v1/plugins/{name}/invocations", Min(Viewer)),
+        // Audit log.
+        ("GET", "/v1/audit", Min(Viewer)),
+        // Tokens and secrets.
+        ("GET", "/v1/tokens", Min(Admin)),
+        ("POST", "/v1/tokens", Min(Admin)),
+        ("DELETE", "/v1/tokens/{name}", Min(Admin)),
+        ("GET", "/v1/secrets", Min(Admin)),
+        ("PUT", "/v1/secrets/{name}", Min(Admin)),
+        ("DELETE", "/v1/secrets/{name}", Min(Admin)),
+    ]
+};
+
+/// The minimum access `method path` needs (see [`ROUTES`]); `admin` for
+/// anything not listed.
+pub fn required_access(method: &Method, path: &str, metrics_public: bool) -> Access {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let rule = ROUTES
+        .iter()
+        .find(|(m, pattern, _)| *m == method && path_matches(pattern, path))
+        .map(|(_, _, rule)| *rule)
+        .unwrap_or(Rule::Min(ApiRole::Admin));
+    match rule {
+        Rule::Public => Access::Public,
+        Rule::Metrics if metrics_public => Access::Public,
+        Rule::Metrics => Access::Role(ApiRole::Viewer),
+        Rule::Min(role) => Access::Role(role),
+    }
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut s) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), s.next()) {
+            (None, None) => return true,
+            (Some(want), Some(got)) => {
+                let wildcard = want.starts_with('{') && want.ends_with('}');
+                if !(wildcard && !got.is_empty() || want == got) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Calls that change something and are therefore audited.
+pub fn is_mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Why a token operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Bad name, role or token value.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such (active) token.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken, or the change would lock everyone out.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("token storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+/// The authenticated caller of a request (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Token name.
+    pub name: String,
+    /// Token role.
+    pub role: ApiRole,
+}
+
+impl Caller {
+    /// The audit actor: `token:<name>`.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.name)
+    }
+}
+
+/// A token as listed: never its secret or hash.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: ApiRole,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Who created it (`token:<name>`, or `config`/`startup` for the bootstrap token).
+    pub created_by: String,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// Unix seconds of the revocation.
+    pub revoked_at: Option<i64>,
+}
+
+/// A freshly created token with its secret, which is never shown again.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NewToken {
+    /// The token.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The bearer secret: send `Authorization: Bearer <token>`. Shown only once.
+    pub token: String,
+}
+
+/// The token table with an in-memory index of active tokens by hash. Only
+/// this process changes the table, so the index is always current.
+pub struct Tokens {
+    store: Arc<Store>,
+    active: RwLock<HashMap<[u8; 32], Caller>>,
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// A new random token secret: `cap_` + 32 random bytes, base64url.
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "cap_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn validate_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(format!(
+            "token name `{name}` must be 1-64 of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+impl Tokens {
+    /// Loads the active tokens of `store`.
+    pub fn load(store: Arc<Store>) -> Result<Tokens, AuthError> {
+        let tokens = Tokens {
+            store,
+            active: RwLock::new(HashMap::new()),
+        };
+        tokens.reload()?;
+        Ok(tokens)
+    }
+
+    fn reload(&self) -> Result<(), AuthError> {
+        let conn = self.store.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, role, hash FROM api_tokens WHERE revoked_at IS NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut active = HashMap::new();
+        for row in rows {
+            let (name, role, hash) = row?;
+            let (Ok(role), Ok(bytes)) = (role.parse::<ApiRole>(), hex::decode(&hash)) else {
+                tracing::error!(token = %name, "unreadable row in api_tokens; ignoring it");
+                continue;
+            };
+            let Ok(key) = <[u8; 32]>::try_from(bytes) else {
+                tracing::error!(token = %name, "bad hash in api_tokens; ignoring it");
+                continue;
+            };
+            active.insert(key, Caller { name, role });
+        }
+        drop(stmt);
+        drop(conn);
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = active;
+        Ok(())
+    }
+
+    /// The caller a presented secret belongs to, if it is an active token.
+    pub fn authenticate(&self, secret: &str) -> Option<Caller> {
+        if secret.is_empty() || secret.len() > 512 {
+            return None;
+        }
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest(secret))
+            .cloned()
+    }
+
+    /// Creates a token; the secret in the answer is never stored or shown again.
+    pub fn create(
+        &self,
+        name: &str,
+        role: ApiRole,
+        created_by: &str,
+    ) -> Result<NewToken, AuthError> {
+        validate_name(name)?;
+        if name == BOOTSTRAP_TOKEN {
+            return Err(AuthError::Invalid(format!(
+                "`{BOOTSTRAP_TOKEN}` is reserved for the configured admin token"
+            )));
+        }
+        let secret = generate_secret();
+        let created_at = now();
+        let inserted = self.store.conn().execute(
+            "INSERT INTO api_tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, role.as_str(), hex::encode(digest(&secret)), created_at, created_by],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(AuthError::Conflict(format!(
+                    "a token named `{name}` already exists; revoke it first"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.reload()?;
+        Ok(NewToken {
+            info: TokenInfo {
+                name: name.into(),
+                role,
+                created_at,
+                created_by: created_by.into(),
+                revoked: false,
+                revoked_at: None,
+            },
+            token: secret,
+        })
+    }
+
+    /// Every token, active and revoked, oldest first.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
+        let conn = self.store.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, role, created_at, created_by, revoked_at FROM api_tokens ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role, created_at, created_by, revoked_at) = row?;
+            out.push(TokenInfo {
+                name,
+                role: role.parse()?,
+                created_at,
+                created_by,
+                revoked: revoked_at.is_some(),
+                revoked_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes the active token `name`. Refuses to revoke the last admin token.
+    pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
+        {
+            let mut conn = self.store.conn();
+            let tx = conn.transaction()?;
+            let role: Option<String> = tx
+                .query_row(
+                    "SELECT role FROM api_tokens WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let role = role.ok_or_else(|| AuthError::NotFound(format!("no token named {name}")))?;
+            if role == "admin" {
+                let admins: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if admins <= 1 {
+                    return Err(AuthError::Conflict(format!(
+                        "`{name}` is the last admin token; create another admin token first"
+                    )));
+                }
+            }
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                params![name, now()],
+            )?;
+            tx.commit()?;
+        }
+        self.reload()
+    }
+
+    /// Makes sure an admin can get in. A configured token becomes (or stays)
+    /// the active `bootstrap-admin`, replacing an older configured value; a
+    /// configured value that was revoked stays revoked. Without one, and
+    /// without any active admin token, a token is generated and returned:
+    /// the caller shows it once.
+    pub fn bootstrap(&self, configured: Option<&str>) -> Result<Option<String>, AuthError> {
+        let generated = {
+            let mut conn = self.store.conn();
+            let tx = conn.transaction()?;
+            let (secret, created_by, generated) = match configured {
+                Some(secret) => {
+                    let secret = secret.trim();
+                    if secret.is_empty() {
+                        return Err(AuthError::Invalid("admin_token is empty".into()));
+                    }
+                    if secret.len() < 24 {
+                        tracing::warn!(
+                            "admin_token is short; use a long random value (e.g. `openssl rand -base64 32`)"
+                        );
+                    }
+                    let existing: Option<(String, Option<i64>)> = tx
+                        .query_row(
+                            "SELECT name, revoked_at FROM api_tokens WHERE hash = ?1",
+                            params![hex::encode(digest(secret))],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    match existing {
+                        Some((_, Some(_))) => {
+                            tracing::warn!(
+                                "the configured admin_token was revoked and stays revoked; configure a new value to use one"
+                            );
+                            return Ok(None);
+                        }
+                        Some((name, None)) => {
+                            if name != BOOTSTRAP_TOKEN {
+                                tracing::warn!(token = %name, "the configured admin_token is the secret of another token; using that token as it is");
+                            }
+                            return Ok(None);
+                        }
+                        None => (secret.to_string(), "config", false),
+                    }
+                }
+                None => {
+                    let admins: i64 = tx.query_row(
+                        "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    if admins > 0 {
+                        return Ok(None);
+                    }
+                    (generate_secret(), "startup", true)
+                }
+            };
+            let at = now();
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                params![BOOTSTRAP_TOKEN, at],
+            )?;
+            tx.execute(
+                "INSERT INTO api_tokens (name, role, hash, created_at, created_by) VALUES (?1, 'admin', ?2, ?3, ?4)",
+                params![BOOTSTRAP_TOKEN, hex::encode(digest(&secret)), at, created_by],
+            )?;
+            tx.commit()?;
+            generated.then_some(secret)
+        };
+        self.reload()?;
+        Ok(generated)
+    }
+}
+
+/// Everything the auth middleware needs.
+pub struct Auth {
+    /// The tokens.
+    pub tokens: Tokens,
+    /// Per-token (and, for failed authentication, per-address) rate limits.
+    pub limiter: RateLimiter,
+    /// Serve `/metrics` without a token.
+    pub metrics_public: bool,
+}
+
+impl Auth {
+    /// Loads the tokens and makes sure an admin can get in (see
+    /// [`Tokens::bootstrap`]). A generated admin token is printed once to
+    /// stdout, never to the log.
+    pub fn start(
+        store: Arc<Store>,
+        admin_token: Option<&str>,
+        metrics_public: bool,
+        limits: &super::ApiLimits,
+    ) -> Result<Auth, AuthError> {
+        let tokens = Tokens::load(store)?;
+        if let Some(secret) = tokens.bootstrap(admin_token)? {
+            tracing::warn!(
+                token = BOOTSTRAP_TOKEN,
+                "no admin API token existed: generated one and printed it ONCE to stdout; \
+                 set admin_token or CAPSTAN_ADMIN_TOKEN to choose it yourself"
+            );
+            println!(
+                "\n\
+                 ================================================================\n\
+                 Capstan generated the first admin API token (`{BOOTSTRAP_TOKEN}`).\n\
+                 It is shown only this once; store it now:\n\n\
+                 \x20   {secret}\n\n\
+                 Use it as `Authorization: Bearer <token>` or CAPSTAN_TOKEN.\n\
+                 ================================================================\n"
+            );
+        }
+        Ok(Auth {
+            tokens,
+            limiter: RateLimiter::new(limits.rate_limit_per_sec, limits.rate_limit_burst),
+            metrics_public,
+        })
+    }
+}
+
+enum Presented<'a> {
+    Missing,
+    Malformed,
+    Token(&'a str),
+}
+
+fn bearer(headers: &HeaderMap) -> Presented<'_> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Presented::Missing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Presented::Malformed;
+    };
+    match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Presented::Token(token.trim())
+        }
+        _ => Presented::Malformed,
+    }
+}
+
+fn audit(state: &AppState, actor: String, method: &Method, path: &str, allowed: bool, status: u16) {
+    state.registry.runtime().env().audit.record(AuditRecord {
+        id: 0,
+        at_ms: 0,
+        actor,
+        plugin: None,
+        version: None,
+        invocation: None,
+        capability: "api".into(),
+        target: path.into(),
+        verb: method.as_str().into(),
+        allowed,
+        outcome: status.to_string(),
+    });
+}
+
+fn too_many_requests(retry_after: u64) -> Response {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests; slow down",
+    )
+    .retry_after(retry_after)
+    .into_response()
+}
+
+/// The middleware: route table -> token -> rate limit -> role -> handler,
+/// auditing every mutating call with its outcome (401 and 403 included).
+pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let auth = state.auth.clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let need = match required_access(&method, &path, auth.metrics_public) {
+        Access::Public => return next.run(req).await,
+        Access::Role(role) => role,
+    };
+    let mutating = is_mutating(&method);
+    let (caller, invalid) = match bearer(req.headers()) {
+        Presented::Missing => (None, false),
+        Presented::Malformed => (None, true),
+        Presented::Token(t) => {
+            let c = auth.tokens.authenticate(t);
+            let invalid = c.is_none();
+            (c, invalid)
+        }
+    };
+    let Some(caller) = caller else {
+        // Failed attempts share a bucket per client address.
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|c| c.0.0.ip());
+        if let Err(retry) = auth.limiter.check(RateKey::Anonymous(peer)) {
+            return too_many_requests(retry);
+        }
+        let (message, challenge) = if invalid {
+            (
+                "invalid or revoked bearer token",
+                r#"Bearer realm="capstan", error="invalid_token""#,
+            )
+        } else {
+            (
+                "this call needs a bearer token (Authorization: Bearer <token>)",
+                r#"Bearer realm="capstan""#,
+            )
+        };
+        let mut response = ApiError::unauthorized(message).into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        if mutating {
+            audit(&state, "anonymous".into(), &method, &path, false, 401);
+        }
+        return response;
+    };
+    // Admin tokens are exempt so an administrator can always get in.
+    if caller.role != ApiRole::Admin
+        && let Err(retry) = auth.limiter.check(RateKey::Token(caller.name.clone()))
+    {
+        return too_many_requests(retry);
+    }
+    if caller.role < need {
+        let response = ApiError::forbidden(format!(
+            "{method} {path} needs the `{need}` role; token `{}` has `{}`",
+            caller.name, caller.role
+        ))
+        .with_details(serde_json::json!({ "required_role": need, "role": caller.role }))
+        .into_response();
+        if mutating {
+            audit(&state, caller.actor(), &method, &path, false, 403);
+        }
+        return response;
+    }
+    let actor = caller.actor();
+    req.extensions_mut().insert(caller);
+    let response = next.run(req).await;
+    if mutating {
+        audit(
+            &state,
+            actor,
+            &method,
+            &path,
+            true,
+            response.status().as_u16(),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::OpenApi;
+
+    fn access(method: Method, path: &str) -> Access {
+        required_access(&method, path, false)
+    }
+
+    #[test]
+    fn route_table_decides_and_denies_by_default() {
+        use ApiRole::*;
+        assert_eq!(access(Method::GET, "/healthz"), Access::Public);
+        assert_eq!(access(Method::HEAD, "/readyz"), Access::Public);
+        assert_eq!(access(Method::GET, "/metrics"), Access::Role(Viewer));
+        assert_eq!(
+            required_access(&Method::GET, "/metrics", true),
+            Access::Public
+        );
+        assert_eq!(access(Method::GET, "/v1/plugins"), Access::Role(Viewer));
+        assert_eq!(access(Method::POST, "/v1/plugins"), Access::Role(Operator));
+        assert_eq!(
+            access(Method::POST, "/v1/plugins/x/invoke"),
+            Access::Role(Operator)
+        );
+        assert_eq!(access(Method::DELETE, "/v1/plugins/x"), Access::Role(Admin));
+        assert_eq!(access(Method::POST, "/v1/tokens"), Access::Role(Admin));
+        // Not listed: admin only.
+        for (m, p) in [
+            (Method::GET, "/v1/unknown"),
+            (Method::POST, "/healthz"),
+            (Method::PATCH, "/v1/plugins/x"),
+            (Method::GET, "/v1/plugins/"),
+            (Method::GET, "/v1/plugins//invocations"),
+            (Method::GET, "//v1/plugins"),
+            (Method::POST, "/v1/plugins/x/invoke/more"),
+            (Method::OPTIONS, "/v1/plugins"),
+        ] {
+            assert_eq!(access(m.clone(), p), Access::Role(Admin), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn every_documented_route_has_an_explicit_rule() {
+        let doc = super::super::ApiDoc::openapi();
+        for (path, item) in &doc.paths.paths {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ];
+            for (m, present) in methods {
+                if present {
+                    assert!(
+                        ROUTES.iter().any(|(rm, rp, _)| *rm == m && *rp == path),
+                        "{m} {path} is documented but not in the route table"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_are_hashed_revocable_and_an_admin_always_remains() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let tokens = Tokens::load(store.clone()).unwrap();
+        let first = tokens.bootstrap(None).unwrap().expect("generated");
+        assert!(first.starts_with("cap_") && first.len() == 47, "{first}");
+        assert_eq!(tokens.bootstrap(None).unwrap(), None, "only once");
+        assert_eq!(tokens.authenticate(&first).unwrap().role, ApiRole::Admin);
+
+        let t = tokens.create("ci", ApiRole::Operator, "token:x").unwrap();
+        assert_eq!(tokens.authenticate(&t.token).unwrap().name, "ci");
+        assert!(matches!(
+            tokens.create("ci", ApiRole::Viewer, ""),
+            Err(AuthError::Conflict(_))
+        ));
+        let stored: String = store
+            .conn()
+            .query_row("SELECT group_concat(hash) FROM api_tokens", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(!stored.contains(&t.token[4..]) && !stored.contains(&first[4..]));
+        tokens.revoke("ci").unwrap();
+        assert_eq!(tokens.authenticate(&t.token), None);
+        // The name can be reused after revocation.
+        tokens.create("ci", ApiRole::Viewer, "").unwrap();
+        assert!(matches!(
+            tokens.revoke(BOOTSTRAP_TOKEN),
+            Err(AuthError::Conflict(_))
+        ));
+
+        // A configured token replaces the generated one; reloading keeps state.
+        let configured = "configured-admin-token-of-some-length";
+        assert_eq!(tokens.bootstrap(Some(configured)).unwrap(), None);
+        assert_eq!(tokens.authenticate(&first), None);
+        let again = Tokens::load(store).unwrap();
+        assert_eq!(
+            again.authenticate(configured).unwrap().name,
+            BOOTSTRAP_TOKEN
+        );
+        let list = again.list().unwrap();
+        assert_eq!(list.iter().filter(|t| !t.revoked).count(), 2);
+    }
+
+    #[test]
+    fn a_revoked_configured_token_stays_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let tokens = Tokens::load(store).unwrap();
+        tokens
+            .bootstrap(Some("first-configured-admin-token"))
+            .unwrap();
+        tokens.create("other-admin", ApiRole::Admin, "").unwrap();
+        tokens.revoke(BOOTSTRAP_TOKEN).unwrap();
+        assert_eq!(
+            tokens
+                .bootstrap(Some("first-configured-admin-token"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(tokens.authenticate("first-configured-admin-token"), None);
+        tokens
+            .bootstrap(Some("second-configured-admin-token"))
+            .unwrap();
+        assert!(
+            tokens
+                .authenticate("second-configured-admin-token")
+                .is_some()
+        );
+    }
+}

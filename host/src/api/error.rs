@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::auth::AuthError;
+use crate::capabilities::secrets::SecretError;
 use crate::registry::RegistryError;
 use crate::runtime::InvokeError;
 
@@ -65,12 +67,34 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    fn with_details(mut self, details: serde_json::Value) -> ApiError {
+    /// 401 with code `unauthorized` (the auth layer adds `WWW-Authenticate`).
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 with code `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 409 with code `conflict`.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 500 with code `internal_error`.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// Adds structured details.
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
         self.details = Some(details);
         self
     }
 
-    fn retry_after(mut self, secs: u64) -> ApiError {
+    /// Adds a `Retry-After` header of `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs);
         self
     }
@@ -153,6 +177,33 @@ impl From<InvokeError> for ApiError {
             | InvokeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code, message)
+    }
+}
+
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> Self {
+        let message = e.to_string();
+        match e {
+            SecretError::NotFound(_) => ApiError::not_found(message),
+            SecretError::Invalid(_) => ApiError::bad_request(message),
+            SecretError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuthError::Invalid(_) => ApiError::bad_request(message),
+            AuthError::NotFound(_) => ApiError::not_found(message),
+            AuthError::Conflict(_) => ApiError::conflict(message),
+            AuthError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+            }
+        }
     }
 }
 

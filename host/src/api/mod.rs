@@ -1,18 +1,25 @@
 //! The HTTP API: routes, JSON shapes, the error type and the OpenAPI document.
 //! This is the only module that knows HTTP.
 
+mod audit;
 pub mod auth;
 mod dto;
 pub mod error;
+pub mod limits;
+pub mod listen;
 mod ops;
 mod plugins;
+mod secrets;
+pub mod tls;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post, put};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -29,6 +36,16 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Longest a request may take before 408, for non-invoke routes.
     pub request_timeout: Duration,
+    /// Requests per second per token, on average (0: unlimited). Admin
+    /// tokens are exempt.
+    pub rate_limit_per_sec: u32,
+    /// Requests a token may burst above the rate.
+    pub rate_limit_burst: u32,
+    /// Requests handled at once; more get 503 with `Retry-After` (0: unlimited).
+    pub max_in_flight_requests: usize,
+    /// Connections open at once; at the limit the listener stops accepting
+    /// (0: unlimited).
+    pub max_connections: usize,
 }
 
 impl Default for ApiLimits {
@@ -37,6 +54,10 @@ impl Default for ApiLimits {
             max_upload_bytes: 64 << 20,
             max_body_bytes: 2 << 20,
             request_timeout: Duration::from_secs(60),
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+            max_in_flight_requests: 256,
+            max_connections: 1024,
         }
     }
 }
@@ -48,6 +69,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Edge limits.
     pub limits: ApiLimits,
+    /// Tokens, rate limits and who may call what.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -58,10 +81,56 @@ pub struct AppState {
         plugins::list, plugins::show, plugins::upload, plugins::delete, plugins::versions,
         plugins::delete_version, plugins::activate, plugins::rollback, plugins::invoke,
         plugins::invocations, ops::healthz, ops::readyz, ops::metrics,
+        tokens::create, tokens::list, tokens::revoke,
+        secrets::put, secrets::list, secrets::delete, audit::query,
     ),
-    tags((name = "plugins", description = "Plugin versions and invocation"), (name = "ops", description = "Health and metrics"))
+    modifiers(&BearerAuth),
+    tags((name = "plugins", description = "Plugin versions and invocation"), (name = "ops", description = "Health and metrics"),
+        (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
+        (name = "audit", description = "The audit log (viewer)"))
 )]
 pub struct ApiDoc;
+
+/// Documents bearer authentication: every operation needs a token except
+/// the probes (and `/metrics` when `metrics_public` is set, the default).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "An API token: `Authorization: Bearer cap_...`. Roles: viewer (GET), operator (also upload, invoke, activate, roll back), admin (everything).",
+                        ))
+                        .build(),
+                ),
+            );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            if let Some(op) = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|p| p.get.as_mut())
+            {
+                // An empty requirement: no authentication needed.
+                op.security = Some(vec![SecurityRequirement::default()]);
+            }
+        }
+    }
+}
 
 /// Every route, with body limits and request tracing.
 pub fn router(state: AppState) -> Router {
@@ -79,12 +148,20 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{name}/versions", get(plugins::versions))
         .route(
             "/plugins/{name}/versions/{version}",
-            axum::routing::delete(plugins::delete_version),
+            delete(plugins::delete_version),
         )
         .route("/plugins/{name}/active", put(plugins::activate))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/plugins/{name}/invoke", post(plugins::invoke))
-        .route("/plugins/{name}/invocations", get(plugins::invocations));
+        .route("/plugins/{name}/invocations", get(plugins::invocations))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{name}", delete(tokens::revoke))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
+        .route("/audit", get(audit::query));
+    let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
+    // Outermost first: tracing, the in-flight cap, then authentication
+    // and authorisation (auth::guard) in front of every route.
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -93,6 +170,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .layer(body_limit)
+        .layer(from_fn_with_state(state.clone(), auth::guard))
+        .layer(from_fn_with_state(in_flight, limits::in_flight))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

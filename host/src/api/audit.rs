@@ -1,0 +1,39 @@
+//! `/v1/audit`: the audit log (capability uses and mutating API calls).
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use crate::capabilities::AuditRecord;
+use crate::capabilities::audit::AuditQuery;
+
+/// Audit records, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditList {
+    /// Records.
+    pub records: Vec<AuditRecord>,
+}
+
+/// Newest audit records matching the filter. API calls have capability
+/// `api`, actor `token:<name>` (or `anonymous`), the path as target, the
+/// method as verb and the status code as outcome.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody)))]
+pub async fn query(
+    State(state): State<AppState>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditList>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let records = state
+        .registry
+        .runtime()
+        .env()
+        .audit
+        .query(&q)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the audit log: {e}")))?;
+    Ok(Json(AuditList { records }))
+}
