@@ -29,8 +29,8 @@ WORK="$KUBE_DIR/work"
 JOBS="${KUBE_TESTENV_JOBS:-2}"
 STAMP="$BIN.recipe"
 # Bump when the build recipe changes: a cached binary from an older recipe is rebuilt.
-RECIPE="kube-apiserver $KUBE_VERSION recipe 2"
-PACKAGES=(golang-go etcd-server openssl curl dpkg-dev)
+RECIPE="kube-apiserver $KUBE_VERSION recipe 3 (reflect2 1.0.2)"
+PACKAGES=(golang-go etcd-server openssl curl dpkg-dev golang-github-modern-go-reflect2-dev)
 
 log() { printf 'kube-testenv: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -132,7 +132,21 @@ unpack_source() {
     # dpkg-source leaves a copy of the orig tarball next to the target dir.
     rm -f "$WORK"/kubernetes_*.orig.tar.*
     [ -d "$WORK/src/vendor" ] || die "unpacked tree has no vendor/ dir"
+    patch_reflect2
     touch "$WORK/src.unpacked"
+}
+
+# The vendored modern-go/reflect2 1.0.1 panics (nil pointer in Type2) when
+# built with Go >= 1.18: every JSON decode of a map-typed field, e.g. a
+# ConfigMap create, kills the request with no answer. 1.0.2 fixes it; Debian
+# ships it as golang-github-modern-go-reflect2-dev, so vendor that instead.
+patch_reflect2() {
+    local fixed=/usr/share/gocode/src/github.com/modern-go/reflect2
+    [ -f "$fixed/reflect2.go" ] || die "$fixed missing: run '$0 install' first"
+    log "vendoring reflect2 1.0.2 from Debian (Go >= 1.18 fix)"
+    rm -rf "$WORK/src/vendor/github.com/modern-go/reflect2"
+    cp -r "$fixed" "$WORK/src/vendor/github.com/modern-go/reflect2"
+    rm -f "$WORK/src/vendor/github.com/modern-go/reflect2/go.mod"
 }
 
 # GOPATH mode (module mode does not work on this tree).

@@ -14,7 +14,12 @@ step "toolchain (rust-toolchain.toml; wasm32-wasip2 target)"
 rustup show active-toolchain
 rustup target add wasm32-wasip2 >/dev/null
 
-step "test peers: etcd, curl, openssl, kube-apiserver"
+step "test peers: Prometheus, Alertmanager, etcd, curl, openssl, kube-apiserver"
+if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+    as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+fi
 bash .ci/kube-testenv.sh install
 bash .ci/kube-testenv.sh build
 

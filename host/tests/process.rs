@@ -18,6 +18,11 @@ impl Drop for Proc {
     }
 }
 
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -46,7 +51,7 @@ async fn start(data: &std::path::Path) -> Proc {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    let client = reqwest::Client::new();
+    let client = client();
     for _ in 0..300 {
         if let Ok(r) = client.get(format!("{}/readyz", proc.url)).send().await
             && r.status() == 200
@@ -67,7 +72,7 @@ async fn json(rb: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
 #[tokio::test]
 async fn kill_dash_nine_loses_nothing_committed() {
     let data = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let mut proc = start(data.path()).await;
 
     let (status, list) = json(client.get(format!("{}/v1/plugins", proc.url))).await;
@@ -144,4 +149,62 @@ async fn sigterm_shuts_down_cleanly() {
     }
     let exited = exited.expect("capstan exits after SIGTERM");
     assert!(exited.success(), "exit status {exited}");
+}
+
+/// The plugin author's loop: scaffold, build for wasm32-wasip2, drop into the
+/// plugins directory of a running server, invoke.
+#[tokio::test]
+async fn scaffolded_plugin_builds_and_hot_loads() {
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["plugin", "new", "deploy-step", "hello-step", "--dir"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crate_dir = work.path().join("hello-step");
+    // Build as an author would; share this workspace's registry cache.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--target", "wasm32-wasip2", "--release", "--quiet"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", work.path().join("target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the scaffolded plugin builds");
+    let wasm = work
+        .path()
+        .join("target/wasm32-wasip2/release/hello_step.wasm");
+
+    let data = tempfile::tempdir().unwrap();
+    let proc = start(data.path()).await;
+    let plugins = data.path().join("plugins");
+    std::fs::copy(&wasm, plugins.join("hello_step.wasm")).unwrap();
+    std::fs::copy(
+        crate_dir.join("capstan.toml"),
+        plugins.join("hello-step.toml"),
+    )
+    .unwrap();
+    let client = client();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, body) = json(
+            client
+                .post(format!("{}/v1/plugins/hello-step/invoke", proc.url))
+                .json(&serde_json::json!({ "params": { "who": "world" } })),
+        )
+        .await;
+        if status == 200 {
+            last = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["result"]["outcome"], "succeeded", "{last}");
+    assert_eq!(last["result"]["outputs"]["echo"], r#"{"who":"world"}"#);
 }

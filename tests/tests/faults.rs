@@ -61,7 +61,7 @@ async fn other_plugins_keep_serving_while_one_loops() {
     let looping = {
         let (url, token) = (server.url.clone(), server.token.clone());
         tokio::spawn(async move {
-            let c = reqwest::Client::new();
+            let c = capstan_tests::client();
             let mut rb = c
                 .post(format!("{url}/v1/plugins/fault/invoke"))
                 .json(&json!({ "params": { "fault": "loop" } }));
@@ -193,7 +193,7 @@ async fn concurrency_limit_answers_503_with_retry_after() {
     let busy = {
         let (url, token) = (server.url.clone(), server.token.clone());
         tokio::spawn(async move {
-            let mut rb = reqwest::Client::new()
+            let mut rb = capstan_tests::client()
                 .post(format!("{url}/v1/plugins/fault/invoke"))
                 .json(&json!({ "params": { "fault": "slow", "ms": 700 } }));
             if let Some(t) = token {

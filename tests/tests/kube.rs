@@ -30,6 +30,26 @@ fn admin(method: &str, path: &str, body: Option<&Value>, content_type: &str) -> 
         .expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    if code.trim() == "000" {
+        let log = std::fs::read_to_string(env.dir().join("kube-apiserver.log")).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .skip_while(|l| !l.contains("Observed a panic"))
+            .filter(|l| !l.starts_with('\t'))
+            .take(40)
+            .collect();
+        panic!(
+            "curl {method} {path}: no answer; stderr={} apiserver log tail: {tail:#?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if code.trim().parse::<u16>().is_err() {
+        panic!(
+            "curl {method} {path}: {:?} stdout={text:?} stderr={}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     (
         code.trim().parse().unwrap_or(0),
         serde_json::from_str(body).unwrap_or(Value::Null),
@@ -253,7 +273,7 @@ async fn kinds_verbs_namespaces_and_clusters_outside_the_grant_are_denied() {
         Some(&json!({ "metadata": { "name": "settings" }, "data": { "color": "blue" } })),
         "application/json",
     );
-    assert!(status == 201 || status == 409);
+    assert!(status == 201 || status == 409, "create configmap: {status}");
     let server = server_with_cluster().await;
     let grants = r#"[[grants.kube]]
 cluster = "test"

@@ -83,6 +83,22 @@ async fn every_bundled_role_is_invoked_with_typed_json() {
     let (status, body) = server.invoke("http-probe", json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"][0]["name"], "targets");
+
+    // Bundled plugins are granted nothing: wait-rollout's cluster read is denied.
+    let (status, body) = server
+        .invoke(
+            "wait-rollout",
+            json!({ "params": { "name": "web", "namespace": "team-a" } }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["details"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster `default` is not granted"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -313,7 +329,7 @@ async fn hot_swap_under_load_fails_no_call() {
     for _ in 0..4 {
         let (url, token, stop) = (server.url.clone(), server.token.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = capstan_tests::client();
             let (mut ok, mut failed, mut versions) =
                 (0u32, Vec::new(), std::collections::BTreeSet::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -507,7 +523,11 @@ async fn graceful_shutdown_drains_calls_in_flight() {
         "the call in flight finished"
     );
     assert!(
-        reqwest::get(format!("{url}/healthz")).await.is_err(),
+        capstan_tests::client()
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_err(),
         "no new connections after shutdown"
     );
 }

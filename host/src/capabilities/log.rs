@@ -17,13 +17,15 @@ impl Host for HostState {
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         let call = &self.call;
-        let message = truncate(&message, MAX_MESSAGE);
+        // A secret the plugin read in this call never reaches the log.
+        let message = self.redact(truncate(&message, MAX_MESSAGE));
         let fields: Vec<String> = fields
             .iter()
             .take(MAX_FIELDS)
             .map(|(k, v)| format!("{}={}", truncate(k, 64), truncate(v, 1024)))
             .collect();
         let fields = fields.join(" ");
+        let fields = self.redact(&fields);
         macro_rules! emit {
             ($lvl:ident) => {
                 tracing::$lvl!(

@@ -208,15 +208,19 @@ impl Runtime {
             Err(_elapsed) => return Err(InvokeError::Deadline { deadline_ms }),
             Ok(Err(trap)) => return Err(classify(trap, &store, fuel)),
             Ok(Ok(Err(plugin_error))) => {
-                return Err(InvokeError::Plugin(PluginError::from(plugin_error)));
+                let mut e = PluginError::from(plugin_error);
+                e.message = store.data().redact(&e.message).into_owned();
+                return Err(InvokeError::Plugin(e));
             }
             Ok(Ok(Ok(output))) => output,
         };
+        let mut output = output;
+        redact(&mut output, store.data());
         let tail = store.data().output_tail();
         if !tail.is_empty() {
             tracing::debug!(target: "capstan::plugin", output = %tail, "plugin wrote to stdout/stderr");
         }
-        let size = output_size(&output);
+        let size = output_size(&mut output);
         if size > self.config.max_result_bytes {
             return Err(InvokeError::ResultTooLarge {
                 size,
@@ -325,48 +329,98 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, fuel: u64) -> Invoke
     }
 }
 
-fn kv_size(kv: &[(String, String)]) -> usize {
-    kv.iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
-/// Bytes of string data in a result: what a client would receive, roughly.
-fn output_size(output: &Output) -> usize {
+/// Calls `f` on every string of a result: for measuring and redacting it.
+fn for_each_string(output: &mut Output, f: &mut dyn FnMut(&mut String)) {
+    let kv = |pairs: &mut Vec<(String, String)>, f: &mut dyn FnMut(&mut String)| {
+        for (k, v) in pairs {
+            f(k);
+            f(v);
+        }
+    };
     match output {
         Output::Plan(p) => {
-            p.objects
-                .iter()
-                .map(|o| o.manifest.len() + o.name.len() + o.kind.len() + o.api_version.len())
-                .sum::<usize>()
-                + kv_size(&p.owner_labels)
-                + p.notes.iter().map(String::len).sum::<usize>()
+            for o in &mut p.objects {
+                for s in [
+                    &mut o.api_version,
+                    &mut o.kind,
+                    &mut o.name,
+                    &mut o.manifest,
+                ] {
+                    f(s);
+                }
+                o.namespace.iter_mut().for_each(&mut *f);
+            }
+            kv(&mut p.owner_labels, f);
+            p.notes.iter_mut().for_each(f);
         }
         Output::Report(r) => {
-            r.objects
-                .iter()
-                .map(|o| o.name.len() + o.kind.len() + 32)
-                .sum::<usize>()
-                + r.notes.iter().map(String::len).sum::<usize>()
+            for o in &mut r.objects {
+                for s in [&mut o.api_version, &mut o.kind, &mut o.name] {
+                    f(s);
+                }
+                o.namespace.iter_mut().for_each(&mut *f);
+            }
+            r.notes.iter_mut().for_each(f);
         }
-        Output::Step(s) => s.message.len() + kv_size(&s.outputs),
-        Output::Metrics(fams) => fams
-            .iter()
-            .map(|f| {
-                f.name.len()
-                    + f.help.len()
-                    + f.samples
-                        .iter()
-                        .map(|s| kv_size(&s.labels) + 8)
-                        .sum::<usize>()
-            })
-            .sum(),
-        Output::Actions(actions) => actions
-            .iter()
-            .map(|a| match a {
-                alert_handler::Action::Notify(n) => n.body.len() + n.channel.len(),
-                alert_handler::Action::RunPipeline(r) => r.params.len() + r.pipeline.len(),
-                alert_handler::Action::Kube(k) => k.body.len() + k.name.len() + 64,
-                alert_handler::Action::Silence(s) => kv_size(&s.matchers) + s.comment.len(),
-            })
-            .sum(),
+        Output::Step(s) => {
+            f(&mut s.message);
+            kv(&mut s.outputs, f);
+        }
+        Output::Metrics(fams) => {
+            for fam in fams {
+                f(&mut fam.name);
+                f(&mut fam.help);
+                for sample in &mut fam.samples {
+                    kv(&mut sample.labels, f);
+                }
+            }
+        }
+        Output::Actions(actions) => {
+            for a in actions {
+                match a {
+                    alert_handler::Action::Notify(n) => {
+                        [&mut n.channel, &mut n.format, &mut n.body]
+                            .into_iter()
+                            .for_each(&mut *f)
+                    }
+                    alert_handler::Action::RunPipeline(r) => [&mut r.pipeline, &mut r.params]
+                        .into_iter()
+                        .for_each(&mut *f),
+                    alert_handler::Action::Kube(k) => [
+                        &mut k.verb,
+                        &mut k.api_version,
+                        &mut k.kind,
+                        &mut k.namespace,
+                        &mut k.name,
+                        &mut k.body,
+                    ]
+                    .into_iter()
+                    .for_each(&mut *f),
+                    alert_handler::Action::Silence(s) => {
+                        kv(&mut s.matchers, f);
+                        f(&mut s.comment);
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Bytes of string data in a result: roughly what a client would receive.
+fn output_size(output: &mut Output) -> usize {
+    let mut size = 0;
+    for_each_string(output, &mut |s| size += s.len());
+    size
+}
+
+/// Replaces secret values the plugin read during this call with `[REDACTED]`.
+fn redact(output: &mut Output, state: &HostState) {
+    if state.caps.revealed.is_empty() {
+        return;
+    }
+    for_each_string(output, &mut |s| {
+        if let std::borrow::Cow::Owned(clean) = state.redact(s) {
+            *s = clean;
+        }
+    });
 }

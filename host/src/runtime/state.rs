@@ -70,7 +70,8 @@ impl HostState {
     pub fn output_tail(&self) -> String {
         let bytes = self.stderr.contents();
         let start = bytes.len().saturating_sub(2048);
-        String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        self.redact(text.trim()).into_owned()
     }
 }
 

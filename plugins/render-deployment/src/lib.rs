@@ -79,7 +79,11 @@ impl DeployStep for RenderDeployment {
                 let answer = kube::apply(&cluster, &object.to_string(), p.dry_run)?;
                 applied.push(serde_json::from_str::<Value>(&answer).unwrap_or(Value::Null));
             }
-            let mode = if p.dry_run { "dry-run applied" } else { "applied" };
+            let mode = if p.dry_run {
+                "dry-run applied"
+            } else {
+                "applied"
+            };
             message = format!(
                 "{mode} {} object(s) for {} to cluster {cluster}",
                 applied.len(),
@@ -216,7 +220,7 @@ fn render(p: &Params, ctx: &Context) -> Vec<Value> {
         .collect();
     let mut container = json!({ "name": p.name, "image": p.image, "env": env });
     if let Some(port) = p.port {
-        container["ports"] = json!([{ "containerPort": port, "name": "http" }]);
+        container["ports"] = json!([{ "containerPort": port, "name": "http", "protocol": "TCP" }]);
     }
     let mut metadata = json!({
         "name": p.name,
@@ -246,7 +250,7 @@ fn render(p: &Params, ctx: &Context) -> Vec<Value> {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": meta,
-            "spec": { "selector": selector, "ports": [{ "port": port, "targetPort": "http", "name": "http" }] },
+            "spec": { "selector": selector, "ports": [{ "port": port, "targetPort": "http", "name": "http", "protocol": "TCP" }] },
         }));
     }
     objects

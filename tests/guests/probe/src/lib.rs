@@ -2,7 +2,7 @@
 //! `params.op`, and reports what the host answered. Hostile tests use it to
 //! try every escape route; the result carries the host's error verbatim.
 //!
-//! Output `result` is `ok:<value>` or `err:<error>`.
+//! Output `result` is `ok:<value>` or `err:<Kind>: <message>`.
 
 use capstan_sdk::deploy_step::{Context, DeployStep, Outcome, StepResult};
 use capstan_sdk::{Error, fs, http, kube, kv, secrets};
@@ -82,7 +82,16 @@ impl DeployStep for Probe {
         let p: Value = capstan_sdk::parse_json(&params)?;
         let result = match op(&p) {
             Ok(v) => format!("ok:{v}"),
-            Err(e) => format!("err:{e:?}"),
+            Err(e) => {
+                let (kind, msg) = match e {
+                    Error::InvalidInput(m) => ("InvalidInput", m),
+                    Error::Denied(m) => ("Denied", m),
+                    Error::NotFound(m) => ("NotFound", m),
+                    Error::Failed(m) => ("Failed", m),
+                    Error::Retryable(m) => ("Retryable", m),
+                };
+                format!("err:{kind}: {msg}")
+            }
         };
         Ok(StepResult {
             outcome: Outcome::Succeeded,

@@ -1,0 +1,133 @@
+//! Real Prometheus and Alertmanager (Debian packages `prometheus`,
+//! `prometheus-alertmanager`) started on loopback for a test and killed on drop.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// A peer process with its own temporary directory.
+pub struct Peer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary(name: &str) -> Result<&'static str> {
+    let path: &'static str = match name {
+        "prometheus" => "/usr/bin/prometheus",
+        _ => "/usr/bin/prometheus-alertmanager",
+    };
+    if !Path::new(path).exists() {
+        bail!(
+            "{path} is missing: run `bash tests/run.sh` (it installs Debian's prometheus and prometheus-alertmanager)"
+        );
+    }
+    Ok(path)
+}
+
+async fn wait_ready(url: &str, path: &str) -> Result<()> {
+    for _ in 0..150 {
+        if let Ok(r) = crate::client().get(format!("{url}{path}")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url}{path} did not become ready within 15 s")
+}
+
+/// Prometheus scraping `target` (`host:port`) every second, with an
+/// optional bearer token.
+pub async fn prometheus(target: &str, token: Option<&str>) -> Result<Peer> {
+    let bin = binary("prometheus")?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let auth = token
+        .map(|t| format!("    authorization:\n      credentials: {t}\n"))
+        .unwrap_or_default();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: capstan\n    metrics_path: /metrics\n{auth}    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config)?;
+    let child = Command::new(bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log"))?)
+        .spawn()
+        .context("starting prometheus")?;
+    let peer = Peer {
+        url: format!("http://127.0.0.1:{port}"),
+        child,
+        _dir: dir,
+    };
+    wait_ready(&peer.url, "/-/ready").await?;
+    Ok(peer)
+}
+
+/// Alertmanager sending every alert group to `webhook` (with a bearer token),
+/// grouping fast (1 s) as the shared notes recommend for tests.
+pub async fn alertmanager(webhook: &str, token: Option<&str>) -> Result<Peer> {
+    let bin = binary("alertmanager")?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let auth = token
+        .map(|t| {
+            format!(
+                "        http_config:\n          authorization:\n            credentials: {t}\n"
+            )
+        })
+        .unwrap_or_default();
+    let config = format!(
+        "route:\n  receiver: capstan\n  group_by: ['alertname']\n  group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 1h\nreceivers:\n  - name: capstan\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n{auth}"
+    );
+    std::fs::write(dir.path().join("alertmanager.yml"), config)?;
+    let child = Command::new(bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("alertmanager.yml").display()
+        ))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("alertmanager.log"))?)
+        .spawn()
+        .context("starting alertmanager")?;
+    let peer = Peer {
+        url: format!("http://127.0.0.1:{port}"),
+        child,
+        _dir: dir,
+    };
+    wait_ready(&peer.url, "/-/ready").await?;
+    Ok(peer)
+}
