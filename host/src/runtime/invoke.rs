@@ -117,6 +117,9 @@ type GuestResult<T> = wasmtime::Result<Result<T, WitError>>;
 
 impl Runtime {
     /// Runs `call` on a fresh instance of `p` within its limits.
+    #[tracing::instrument(name = "plugin.invoke", skip_all, fields(
+        plugin = %p.manifest.name, version = %p.manifest.version, call = call.name(), invocation = %invocation,
+    ))]
     pub async fn invoke(
         &self,
         p: &Prepared,
