@@ -291,10 +291,10 @@ pub struct InvocationInfo {
     pub outcome: String,
 }
 
-fn info(a: &Accounting, version: &str, fuel_limited: bool) -> InvocationInfo {
+fn info(a: &Accounting, fuel_limited: bool) -> InvocationInfo {
     InvocationInfo {
         id: a.invocation.clone(),
-        version: version.to_string(),
+        version: a.version.to_string(),
         call: a.call.to_string(),
         duration_ms: a.duration.as_secs_f64() * 1e3,
         fuel_used: fuel_limited.then_some(a.fuel_used),
@@ -366,11 +366,7 @@ pub async fn invoke(
     })?;
     Ok(Json(InvokeResponse {
         plugin: name,
-        invocation: info(
-            &account,
-            &ran.manifest.version,
-            ran.manifest.limits.fuel.is_some(),
-        ),
+        invocation: info(&account, ran.manifest.limits.fuel.is_some()),
         result,
     }))
 }
@@ -446,14 +442,8 @@ pub async fn invocations(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<InvocationInfo>>, ApiError> {
     let slot = state.registry.get_slot(&name)?;
-    let (version, fuel) = slot
+    let fuel = slot
         .active()
-        .map(|p| (p.manifest.version.clone(), p.manifest.limits.fuel.is_some()))
-        .unwrap_or_default();
-    Ok(Json(
-        slot.recent()
-            .iter()
-            .map(|a| info(a, &version, fuel))
-            .collect(),
-    ))
+        .is_some_and(|p| p.manifest.limits.fuel.is_some());
+    Ok(Json(slot.recent().iter().map(|a| info(a, fuel)).collect()))
 }

@@ -101,6 +101,8 @@ pub enum Outcome {
 pub struct Accounting {
     /// Invocation id.
     pub invocation: String,
+    /// Plugin version that ran.
+    pub version: std::sync::Arc<str>,
     /// Function called.
     pub call: &'static str,
     /// Wall-clock time including instantiation.
@@ -130,6 +132,7 @@ impl Runtime {
         let call_name = call.name();
         let mut account = Accounting {
             invocation: invocation.clone(),
+            version: p.manifest.version.as_str().into(),
             call: call_name,
             duration: Duration::ZERO,
             fuel_used: 0,
