@@ -187,6 +187,72 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// The audit records of `plugin` for `capability`, newest first (read
+/// through the library, after a flush, so nothing recorded is missed).
+pub async fn audit(
+    server: &TestServer,
+    plugin: &str,
+    capability: &str,
+) -> Vec<capstan::capabilities::AuditRecord> {
+    let env = server
+        .server
+        .as_ref()
+        .expect("server running")
+        .registry
+        .runtime()
+        .env()
+        .clone();
+    let q = capstan::capabilities::audit::AuditQuery {
+        plugin: Some(plugin.into()),
+        capability: Some(capability.into()),
+        ..Default::default()
+    };
+    env.audit.query(&q).await.expect("audit query")
+}
+
+/// A self-signed end-entity certificate for 127.0.0.1 and localhost, made
+/// with the `openssl` command in `dir`; returns (cert, key) PEM paths.
+pub fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key, config) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("openssl.cnf"),
+    );
+    // An end-entity certificate (not a CA, which webpki refuses as a server).
+    std::fs::write(
+        &config,
+        "[req]\ndistinguished_name = dn\nx509_extensions = leaf\nprompt = no\n\
+         [dn]\nCN = localhost\n\
+         [leaf]\nbasicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n\
+         subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+    )
+    .expect("write openssl config");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-config"])
+        .arg(&config)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command is needed to make a test certificate");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
 /// Invokes the probe guest and returns its `result` output (`ok:...` / `err:...`).
 pub async fn probe(server: &TestServer, plugin: &str, params: Value) -> String {
     let (status, body) = server

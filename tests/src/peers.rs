@@ -55,33 +55,30 @@ async fn wait_ready(url: &str, path: &str) -> Result<()> {
     bail!("{url}{path} did not become ready within 15 s")
 }
 
-/// Prometheus scraping `target` (`host:port`) every second, with an
-/// optional bearer token.
-pub async fn prometheus(target: &str, token: Option<&str>) -> Result<Peer> {
-    let bin = binary("prometheus")?;
+/// Writes `config` as `file` in a fresh directory, starts `bin` with the
+/// config, storage and listen flags plus `extra`, and waits for `/-/ready`.
+async fn start(
+    bin: &str,
+    file: &str,
+    config: String,
+    storage_flag: &str,
+    extra: &[&str],
+) -> Result<Peer> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
-    let auth = token
-        .map(|t| format!("    authorization:\n      credentials: {t}\n"))
-        .unwrap_or_default();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: capstan\n    metrics_path: /metrics\n{auth}    static_configs:\n      - targets: ['{target}']\n"
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config)?;
+    std::fs::write(dir.path().join(file), config)?;
     let child = Command::new(bin)
+        .arg(format!("--config.file={}", dir.path().join(file).display()))
         .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
+            "{storage_flag}={}",
             dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(extra)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log"))?)
+        .stderr(std::fs::File::create(dir.path().join("peer.log"))?)
         .spawn()
-        .context("starting prometheus")?;
+        .with_context(|| format!("starting {bin}"))?;
     let peer = Peer {
         url: format!("http://127.0.0.1:{port}"),
         child,
@@ -91,12 +88,23 @@ pub async fn prometheus(target: &str, token: Option<&str>) -> Result<Peer> {
     Ok(peer)
 }
 
+/// Prometheus scraping `target` (`host:port`) every second, with an
+/// optional bearer token.
+pub async fn prometheus(target: &str, token: Option<&str>) -> Result<Peer> {
+    let bin = binary("prometheus")?;
+    let auth = token
+        .map(|t| format!("    authorization:\n      credentials: {t}\n"))
+        .unwrap_or_default();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: capstan\n    metrics_path: /metrics\n{auth}    static_configs:\n      - targets: ['{target}']\n"
+    );
+    start(bin, "prometheus.yml", config, "--storage.tsdb.path", &[]).await
+}
+
 /// Alertmanager sending every alert group to `webhook` (with a bearer token),
 /// grouping fast (1 s) as the shared notes recommend for tests.
 pub async fn alertmanager(webhook: &str, token: Option<&str>) -> Result<Peer> {
     let bin = binary("alertmanager")?;
-    let dir = tempfile::tempdir()?;
-    let port = free_port();
     let auth = token
         .map(|t| {
             format!(
@@ -107,27 +115,12 @@ pub async fn alertmanager(webhook: &str, token: Option<&str>) -> Result<Peer> {
     let config = format!(
         "route:\n  receiver: capstan\n  group_by: ['alertname']\n  group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 1h\nreceivers:\n  - name: capstan\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n{auth}"
     );
-    std::fs::write(dir.path().join("alertmanager.yml"), config)?;
-    let child = Command::new(bin)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("alertmanager.yml").display()
-        ))
-        .arg(format!(
-            "--storage.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("alertmanager.log"))?)
-        .spawn()
-        .context("starting alertmanager")?;
-    let peer = Peer {
-        url: format!("http://127.0.0.1:{port}"),
-        child,
-        _dir: dir,
-    };
-    wait_ready(&peer.url, "/-/ready").await?;
-    Ok(peer)
+    start(
+        bin,
+        "alertmanager.yml",
+        config,
+        "--storage.path",
+        &["--cluster.listen-address="],
+    )
+    .await
 }

@@ -636,43 +636,6 @@ async fn openapi_documents_auth_and_the_new_endpoints() {
     assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([{}]));
 }
 
-/// A self-signed certificate for 127.0.0.1 and localhost, made with the
-/// `openssl` command.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key, config) = (
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-        dir.join("openssl.cnf"),
-    );
-    // An end-entity certificate (not a CA, which webpki refuses as a server).
-    std::fs::write(
-        &config,
-        "[req]\ndistinguished_name = dn\nx509_extensions = leaf\nprompt = no\n\
-         [dn]\nCN = capstan-test\n\
-         [leaf]\nbasicConstraints = critical, CA:FALSE\n\
-         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n\
-         subjectAltName = IP:127.0.0.1, DNS:localhost\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "2", "-config"])
-        .arg(&config)
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl command is needed to make a test certificate");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// A rustls client that trusts `roots` (ring provider).
 fn tls_connector(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -727,7 +690,7 @@ async fn tls_listener_serves_https_and_shuts_down_gracefully() {
     use rustls::pki_types::pem::PemObject;
 
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(certs.path());
+    let (cert, key) = capstan_tests::self_signed_cert(certs.path());
     let server = TestServer::start_with(|c| {
         c.api.tls_cert = Some(cert.clone());
         c.api.tls_key = Some(key.clone());

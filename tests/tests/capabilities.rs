@@ -2,26 +2,8 @@
 //! else is denied and audited. The probe guest tries every escape route.
 
 use capstan::capabilities::AuditRecord;
-use capstan::capabilities::audit::AuditQuery;
-use capstan_tests::{TestServer, guest, guests, manifest, probe};
+use capstan_tests::{TestServer, audit, guest, guests, manifest, probe};
 use serde_json::json;
-
-async fn audit(server: &TestServer, plugin: &str, capability: &str) -> Vec<AuditRecord> {
-    let env = server
-        .server
-        .as_ref()
-        .unwrap()
-        .registry
-        .runtime()
-        .env()
-        .clone();
-    let q = AuditQuery {
-        plugin: Some(plugin.into()),
-        capability: Some(capability.into()),
-        ..Default::default()
-    };
-    env.audit.query(&q).await.unwrap()
-}
 
 fn denied_record<'a>(records: &'a [AuditRecord], target: &str) -> &'a AuditRecord {
     records

@@ -14,7 +14,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use capstan::capabilities::AuditRecord;
-use capstan::capabilities::audit::AuditQuery;
 use capstan_tests::{TestServer, guest, guests, manifest, probe};
 use serde_json::json;
 
@@ -119,21 +118,7 @@ async fn get_url(server: &TestServer, plugin: &str, url: &str) -> String {
 
 /// The plugin's `http` audit records, newest first.
 async fn audit(server: &TestServer, plugin: &str) -> Vec<AuditRecord> {
-    server
-        .server
-        .as_ref()
-        .unwrap()
-        .registry
-        .runtime()
-        .env()
-        .audit
-        .query(&AuditQuery {
-            plugin: Some(plugin.into()),
-            capability: Some("http".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
+    capstan_tests::audit(server, plugin, "http").await
 }
 
 /// The newest record, which must be about `target`.
@@ -515,36 +500,7 @@ impl Drop for TlsServer {
 
 async fn tls_server() -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, config) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("openssl.cnf"),
-    );
-    std::fs::write(
-        &config,
-        "[req]\ndistinguished_name = dn\nx509_extensions = leaf\nprompt = no\n\
-         [dn]\nCN = localhost\n\
-         [leaf]\nbasicConstraints = critical, CA:FALSE\n\
-         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n\
-         subjectAltName = DNS:localhost, IP:127.0.0.1\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "2", "-config"])
-        .arg(&config)
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl command is needed for the TLS test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (cert, key) = capstan_tests::self_signed_cert(dir.path());
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -2,7 +2,6 @@
 //! (built from Debian's source package by `.ci/kube-testenv.sh`). The test
 //! checks the cluster's state independently with `curl` and the admin token.
 
-use capstan::capabilities::audit::AuditQuery;
 use capstan::capabilities::kube::ClusterConfig;
 use capstan_tests::kube_env::{self, KubeEnv};
 use capstan_tests::{TestServer, bundled, guest, guests, manifest, probe};
@@ -92,23 +91,8 @@ async fn server_with_cluster() -> TestServer {
     .await
 }
 
-async fn audit(server: &TestServer, plugin: &str) -> Vec<capstan::capabilities::AuditRecord> {
-    let env = server
-        .server
-        .as_ref()
-        .unwrap()
-        .registry
-        .runtime()
-        .env()
-        .clone();
-    env.audit
-        .query(&AuditQuery {
-            plugin: Some(plugin.into()),
-            capability: Some("kube".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
+async fn kube_audit(server: &TestServer, plugin: &str) -> Vec<capstan::capabilities::AuditRecord> {
+    capstan_tests::audit(server, plugin, "kube").await
 }
 
 fn deployer_manifest(ns: &str) -> String {
@@ -195,7 +179,7 @@ async fn granted_plugin_deploys_into_its_namespace_and_is_denied_elsewhere() {
     );
     assert_eq!(deployment("kt-deploy-b", "web").0, 404);
 
-    let records = audit(&server, "deployer").await;
+    let records = kube_audit(&server, "deployer").await;
     assert!(records.iter().any(|r| r.allowed
         && r.verb == "apply"
         && r.target == "test:apps/v1/Deployment kt-deploy-a/web"
@@ -256,7 +240,7 @@ async fn dry_run_apply_persists_nothing() {
         404,
         "dry run must not create the object"
     );
-    let records = audit(&server, "deployer").await;
+    let records = kube_audit(&server, "deployer").await;
     assert!(
         records
             .iter()
@@ -350,7 +334,7 @@ verbs = ["get", "list"]
         "application/json",
     );
     assert_eq!(cm["data"]["color"], "blue", "nothing was changed");
-    let records = audit(&server, "scoped").await;
+    let records = kube_audit(&server, "scoped").await;
     assert_eq!(
         records.iter().filter(|r| !r.allowed).count(),
         7,
