@@ -262,6 +262,17 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error
     serde_json::from_str(text).map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
+/// Whether `s` is a valid Kubernetes name (DNS-1123 label): 1-63 characters
+/// of `a-z`, `0-9` and `-`, starting and ending with an alphanumeric.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// Looks up `key` in a key/value list.
 pub fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs

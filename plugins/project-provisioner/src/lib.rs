@@ -35,19 +35,10 @@ fn default_envs() -> Vec<String> {
     vec!["dev".into()]
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn parse(spec: &str) -> Result<Spec, Error> {
     let spec: Spec = capstan_sdk::parse_json(spec)?;
     for (what, v) in [("name", &spec.name), ("team", &spec.team)] {
-        if !is_dns_label(v) {
+        if !capstan_sdk::is_dns_label(v) {
             return Err(Error::InvalidInput(format!(
                 "{what} `{v}` is not a valid DNS-1123 label"
             )));
@@ -58,7 +49,7 @@ fn parse(spec: &str) -> Result<Spec, Error> {
     }
     for env in &spec.environments {
         let ns = format!("{}-{env}", spec.name);
-        if !is_dns_label(&ns) {
+        if !capstan_sdk::is_dns_label(&ns) {
             return Err(Error::InvalidInput(format!(
                 "namespace `{ns}` for environment `{env}` is not a valid DNS-1123 label"
             )));

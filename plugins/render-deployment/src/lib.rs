@@ -137,25 +137,15 @@ fn invalid(msg: String) -> Error {
     Error::InvalidInput(msg)
 }
 
-/// DNS-1123 label: what Kubernetes accepts as a name.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn validate(p: &Params) -> Result<(), Error> {
-    if !is_dns_label(&p.name) {
+    if !capstan_sdk::is_dns_label(&p.name) {
         return Err(invalid(format!(
             "name `{}` is not a valid DNS-1123 label",
             p.name
         )));
     }
     if let Some(ns) = &p.namespace
-        && !is_dns_label(ns)
+        && !capstan_sdk::is_dns_label(ns)
     {
         return Err(invalid(format!(
             "namespace `{ns}` is not a valid DNS-1123 label"
