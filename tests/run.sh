@@ -23,5 +23,5 @@ fi
 bash .ci/kube-testenv.sh install
 bash .ci/kube-testenv.sh build
 
-step "cargo test --workspace"
-cargo test --workspace "$@"
+step "cargo test --workspace --no-fail-fast"
+cargo test --workspace --no-fail-fast "$@"

@@ -25,7 +25,8 @@ async fn every_bundled_role_is_invoked_with_typed_json() {
             "alert-notify",
             "http-probe",
             "project-provisioner",
-            "render-deployment"
+            "render-deployment",
+            "wait-rollout"
         ]
     );
 
