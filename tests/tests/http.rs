@@ -559,3 +559,33 @@ async fn https_verifies_the_certificate_of_the_host_name() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn a_secret_in_the_url_never_reaches_the_audit_log() {
+    let up = upstream(String::new()).await;
+    let server = TestServer::start().await;
+    let env = server
+        .server
+        .as_ref()
+        .unwrap()
+        .registry
+        .runtime()
+        .env()
+        .clone();
+    // Webhook URLs carry their credential in the path.
+    env.secrets.put(&env.store, "hook-path", "/hello").unwrap();
+    let grants = http_grant(
+        &[format!("http://127.0.0.1:{}", up.port())],
+        "[grants.secrets]\nnames = [\"hook-path\"]\n",
+    );
+    install_probe(&server, "hook", &grants).await;
+    let result = probe(
+        &server,
+        "hook",
+        json!({ "op": "http-get-secret-path", "name": "hook-path", "url": up.url("") }),
+    )
+    .await;
+    assert_eq!(result, "ok:200 hello from upstream");
+    let r = last_record(&server, "hook", &up.url("[REDACTED]")).await;
+    assert!(r.allowed && !r.target.contains("/hello"), "{r:?}");
+}

@@ -130,7 +130,7 @@ pub struct CallCaps {
     /// This version's policies.
     pub policies: Arc<Policies>,
     /// Secret values handed to the guest in this call, to redact from its output.
-    pub revealed: Vec<String>,
+    pub revealed: secrets::Revealed,
 }
 
 impl HostState {
@@ -183,12 +183,6 @@ impl HostState {
 
     /// Replaces every secret value revealed in this call with `[REDACTED]`.
     pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for secret in self.caps.revealed.iter().filter(|s| !s.is_empty()) {
-            if out.contains(secret.as_str()) {
-                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "[REDACTED]"));
-            }
-        }
-        out
+        self.caps.revealed.redact(text)
     }
 }

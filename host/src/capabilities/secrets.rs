@@ -26,6 +26,41 @@ CREATE TABLE secrets (
 );
 "#;
 
+/// Secret values handed to the guest during one invocation, shared by every
+/// place that may echo them (outputs, log lines, audit records, HTTP targets)
+/// so each can replace them with `[REDACTED]`.
+#[derive(Debug, Clone, Default)]
+pub struct Revealed(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Revealed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a value the guest has seen.
+    pub fn push(&self, value: String) {
+        if !value.is_empty() {
+            self.lock().push(value);
+        }
+    }
+
+    /// Whether no secret was read in this invocation.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// `text` with every revealed value replaced by `[REDACTED]`.
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for secret in self.lock().iter() {
+            if out.contains(secret.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "[REDACTED]"));
+            }
+        }
+        out
+    }
+}
+
 /// `[grants.secrets]`: the secret names the plugin may read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -53,7 +53,7 @@ impl Prepared {
         CallCaps {
             env: env.clone(),
             policies: self.policies.clone(),
-            revealed: Vec::new(),
+            revealed: Default::default(),
         }
     }
 }

@@ -73,6 +73,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
+use crate::capabilities::secrets::Revealed;
 use crate::capabilities::{Audit, AuditRecord, CallCaps};
 use crate::runtime::state::CallInfo;
 
@@ -123,6 +124,7 @@ pub struct HttpHooks {
     policy: Option<Arc<HttpPolicy>>,
     audit: Audit,
     call: CallInfo,
+    revealed: Revealed,
 }
 
 impl HttpHooks {
@@ -132,6 +134,7 @@ impl HttpHooks {
             policy: caps.policies.http.clone(),
             audit: caps.env.audit.clone(),
             call: call.clone(),
+            revealed: caps.revealed.clone(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
         let ticket = AuditTicket {
             audit: self.audit.clone(),
             call: self.call.clone(),
+            revealed: self.revealed.clone(),
             target: audit_target(request.uri()),
             verb: request.method().to_string(),
         };
@@ -160,6 +164,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
 struct AuditTicket {
     audit: Audit,
     call: CallInfo,
+    revealed: Revealed,
     target: String,
     verb: String,
 }
@@ -175,10 +180,11 @@ impl AuditTicket {
             version: Some(self.call.version.to_string()),
             invocation: Some(self.call.invocation.to_string()),
             capability: "http".into(),
-            target: self.target,
+            // A secret in a URL (webhook tokens are) never reaches the audit log.
+            target: self.revealed.redact(&self.target).into_owned(),
             verb: self.verb,
             allowed,
-            outcome: outcome.into(),
+            outcome: self.revealed.redact(outcome).into_owned(),
         });
     }
 }

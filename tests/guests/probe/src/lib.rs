@@ -46,6 +46,11 @@ fn op(p: &Value) -> Result<String, Error> {
             std::fs::read_to_string(s(p, "path")).map_err(|e| Error::Denied(e.to_string()))
         }
         "http-get" => http::get(&s(p, "url")).map(|r| format!("{} {}", r.status, r.text())),
+        "http-get-secret-path" => {
+            let path = secrets::get(&s(p, "name"))?;
+            http::get(&format!("{}{path}", s(p, "url")))
+                .map(|r| format!("{} {}", r.status, r.text()))
+        }
         "kube-get" => kube::get(&object_ref(p)),
         "kube-list" => kube::list(
             &s(p, "cluster"),
