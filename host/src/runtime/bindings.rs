@@ -12,5 +12,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use capstan::plugin::types::Error as WitError;
-pub use exports::capstan::plugin::{alert_handler, deploy_step, metrics_source, provisioner};
+pub use self::capstan::plugin::types::Error as WitError;
+pub use self::exports::capstan::plugin::{alert_handler, deploy_step, metrics_source, provisioner};
