@@ -179,6 +179,17 @@ pub fn test_config(data_dir: &Path) -> ServerConfig {
     c
 }
 
+/// Asserts an error answer: its status, and that its message contains `needle`.
+#[track_caller]
+pub fn assert_error(status: u16, body: &Value, expected: u16, needle: &str) {
+    assert_eq!(status, expected, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "expected `{needle}` in the error message: {body}"
+    );
+}
+
 /// Status and JSON body (or the text as a JSON string if it is not JSON).
 pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();

@@ -220,14 +220,7 @@ async fn fs_grant_for_a_missing_directory_is_refused_at_load() {
             &guest(guests::PROBE),
         )
         .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot open /nonexistent/capstan"),
-        "{body}"
-    );
+    capstan_tests::assert_error(status, &body, 422, "cannot open /nonexistent/capstan");
 }
 
 #[tokio::test]

@@ -442,12 +442,10 @@ async fn a_grant_for_an_unknown_cluster_is_refused_at_load() {
             &guest(guests::PROBE),
         )
         .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cluster `prod`, which is not configured"),
-        "{body}"
+    capstan_tests::assert_error(
+        status,
+        &body,
+        422,
+        "cluster `prod`, which is not configured",
     );
 }
