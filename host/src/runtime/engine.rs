@@ -127,6 +127,13 @@ fn engine_config(rc: &RuntimeConfig) -> Config {
     pool.max_core_instances_per_component(32);
     pool.max_memories_per_component(4);
     pool.max_tables_per_component(16);
+    // Keep a slot's first pages resident instead of returning them to the
+    // kernel after every call: on this VM the madvise, page faults and TLB
+    // shootdowns of a full reset dominate a concurrent invoke (BENCHMARKS.md).
+    // Typical plugins touch ~1 MiB; this bounds what an idle warm slot keeps.
+    pool.linear_memory_keep_resident(2 << 20);
+    pool.table_keep_resident(256 << 10);
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
