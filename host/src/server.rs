@@ -102,10 +102,13 @@ impl Server {
         })
     }
 
-    /// Stops accepting connections, lets requests in flight finish, and returns.
+    /// Stops accepting connections, lets requests in flight finish, writes
+    /// out the audit records they produced, and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.context("server task")?
+        let served = self.task.await.context("server task")?;
+        self.registry.runtime().env().audit.flush().await;
+        served
     }
 
     /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
