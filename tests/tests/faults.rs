@@ -57,7 +57,7 @@ async fn infinite_loop_is_stopped_at_its_deadline() {
 
 #[tokio::test]
 async fn other_plugins_keep_serving_while_one_loops() {
-    let server = server_with_fault_step("deadline_ms = 1500").await;
+    let server = server_with_fault_step("deadline_ms = 4000").await;
     let looping = {
         let (url, token) = (server.url.clone(), server.token.clone());
         tokio::spawn(async move {
@@ -71,7 +71,7 @@ async fn other_plugins_keep_serving_while_one_loops() {
             rb.send().await.unwrap().status().as_u16()
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for _ in 0..5 {
         assert_healthy_still_serves(&server).await;
     }
@@ -185,7 +185,7 @@ async fn concurrency_limit_answers_503_with_retry_after() {
                 "fault",
                 "1.0.0",
                 "deploy-step",
-                "[limits]\ndeadline_ms = 1000",
+                "[limits]\ndeadline_ms = 5000",
             ),
             &guest(guests::FAULT_STEP),
         )
@@ -195,14 +195,14 @@ async fn concurrency_limit_answers_503_with_retry_after() {
         tokio::spawn(async move {
             let mut rb = capstan_tests::client()
                 .post(format!("{url}/v1/plugins/fault/invoke"))
-                .json(&json!({ "params": { "fault": "slow", "ms": 700 } }));
+                .json(&json!({ "params": { "fault": "slow", "ms": 2000 } }));
             if let Some(t) = token {
                 rb = rb.bearer_auth(t);
             }
             rb.send().await.unwrap().status().as_u16()
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let r = server
         .request(reqwest::Method::POST, "/v1/plugins/fault/invoke")
         .json(&json!({ "params": { "fault": "ok" } }))

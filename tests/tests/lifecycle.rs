@@ -505,10 +505,10 @@ async fn graceful_shutdown_drains_calls_in_flight() {
     let in_flight = {
         let rb = server
             .request(reqwest::Method::POST, "/v1/plugins/step/invoke")
-            .json(&json!({ "params": { "fault": "slow", "ms": 600 } }));
+            .json(&json!({ "params": { "fault": "slow", "ms": 1500 } }));
         tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let url = server.url.clone();
     server.stop().await;
     assert_eq!(
