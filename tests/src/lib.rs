@@ -92,6 +92,17 @@ impl TestServer {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// The running server's capability environment (store, secrets, audit).
+    pub fn env(&self) -> std::sync::Arc<capstan::capabilities::CapabilityEnv> {
+        self.server
+            .as_ref()
+            .expect("server running")
+            .registry
+            .runtime()
+            .env()
+            .clone()
+    }
+
     /// A request builder with the token attached.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let rb = self.client.request(method, format!("{}{path}", self.url));

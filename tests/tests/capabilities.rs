@@ -226,14 +226,7 @@ async fn fs_grant_for_a_missing_directory_is_refused_at_load() {
 #[tokio::test]
 async fn secrets_only_by_grant_and_redacted_from_output_and_audit() {
     let server = TestServer::start().await;
-    let env = server
-        .server
-        .as_ref()
-        .unwrap()
-        .registry
-        .runtime()
-        .env()
-        .clone();
+    let env = server.env();
     env.secrets
         .put(
             &env.store,

@@ -564,14 +564,7 @@ async fn https_verifies_the_certificate_of_the_host_name() {
 async fn a_secret_in_the_url_never_reaches_the_audit_log() {
     let up = upstream(String::new()).await;
     let server = TestServer::start().await;
-    let env = server
-        .server
-        .as_ref()
-        .unwrap()
-        .registry
-        .runtime()
-        .env()
-        .clone();
+    let env = server.env();
     // Webhook URLs carry their credential in the path.
     env.secrets.put(&env.store, "hook-path", "/hello").unwrap();
     let grants = http_grant(
