@@ -592,8 +592,18 @@ fn bearer(headers: &HeaderMap) -> Presented<'_> {
     }
 }
 
-fn audit(state: &AppState, actor: String, method: &Method, path: &str, allowed: bool, status: u16) {
-    state.registry.runtime().env().audit.record(AuditRecord {
+/// Audits an API call. Accepted mutations (other than invocations, which
+/// change no server state) are stored before the response goes out; refusals
+/// and invocations go through the batched writer.
+async fn audit(
+    state: &AppState,
+    actor: String,
+    method: &Method,
+    path: &str,
+    allowed: bool,
+    status: u16,
+) {
+    let record = AuditRecord {
         id: 0,
         at_ms: 0,
         actor,
@@ -605,7 +615,16 @@ fn audit(state: &AppState, actor: String, method: &Method, path: &str, allowed: 
         verb: method.as_str().into(),
         allowed,
         outcome: status.to_string(),
-    });
+        detail: serde_json::Value::Null,
+    };
+    let audit = &state.registry.runtime().env().audit;
+    if allowed && !path.ends_with("/invoke") {
+        if let Err(e) = audit.record_durable(record).await {
+            tracing::error!("{e}");
+        }
+    } else {
+        audit.record(record);
+    }
 }
 
 fn too_many_requests(retry_after: u64) -> Response {
@@ -664,7 +683,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             HeaderValue::from_static(challenge),
         );
         if mutating {
-            audit(&state, "anonymous".into(), &method, &path, false, 401);
+            audit(&state, "anonymous".into(), &method, &path, false, 401).await;
         }
         return response;
     };
@@ -682,7 +701,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         .with_details(serde_json::json!({ "required_role": need, "role": caller.role }))
         .into_response();
         if mutating {
-            audit(&state, caller.actor(), &method, &path, false, 403);
+            audit(&state, caller.actor(), &method, &path, false, 403).await;
         }
         return response;
     }
@@ -697,7 +716,8 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             &path,
             true,
             response.status().as_u16(),
-        );
+        )
+        .await;
     }
     response
 }

@@ -30,6 +30,11 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_plugin ON audit (plugin, id);
 "#;
 
+/// Adds what a mutation changed, as JSON text (`''` for capability uses).
+pub const SCHEMA_DETAIL: &str = r#"
+ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+"#;
+
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
@@ -55,7 +60,38 @@ pub struct AuditRecord {
     pub allowed: bool,
     /// `ok`, or why it was denied or failed.
     pub outcome: String,
+    /// What a mutation changed (name, version, digest, grants, from/to...);
+    /// null for capability uses.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
 }
+
+impl AuditRecord {
+    /// A record of a change made by `actor` (`token:<name>`, `directory`,
+    /// `bundled`...): `what` is the kind of change (`plugin.upload`,
+    /// `plugin.activate`, `ceiling.set`...), `target` what it changed.
+    pub fn change(actor: &str, what: &str, target: &str, detail: serde_json::Value) -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            at_ms: 0,
+            actor: actor.into(),
+            plugin: None,
+            version: None,
+            invocation: None,
+            capability: "change".into(),
+            target: target.into(),
+            verb: what.into(),
+            allowed: true,
+            outcome: "ok".into(),
+            detail,
+        }
+    }
+}
+
+/// Why a durable audit write failed.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log write failed: {0}")]
+pub struct AuditError(#[from] rusqlite::Error);
 
 /// A filter for [`Audit::query`].
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
@@ -107,6 +143,18 @@ impl Audit {
         let _ = self.tx.send(Msg::Record(r));
     }
 
+    /// Stores a record before returning: for mutations, whose record must
+    /// be durable before the change is acknowledged.
+    pub async fn record_durable(&self, mut r: AuditRecord) -> Result<(), AuditError> {
+        r.at_ms = now_ms();
+        tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || insert(&store.conn(), &r))
+            .await
+            .map_err(|e| AuditError(rusqlite::Error::ModuleError(format!("audit task: {e}"))))??;
+        Ok(())
+    }
+
     /// Waits until every record sent so far is stored.
     pub async fn flush(&self) {
         let (done, wait) = channel();
@@ -121,7 +169,7 @@ impl Audit {
         self.flush().await;
         let conn = self.store.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome
+            "SELECT id, at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome, detail
              FROM audit
              WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR capability = ?2)
                AND (?3 IS NULL OR allowed = ?3) AND (?4 IS NULL OR invocation = ?4)
@@ -143,6 +191,7 @@ impl Audit {
                     verb: r.get(8)?,
                     allowed: r.get(9)?,
                     outcome: r.get(10)?,
+                    detail: parse_detail(&r.get::<_, String>(11)?),
                 })
             },
         )?;
@@ -165,13 +214,7 @@ fn writer(store: Arc<Store>, rx: Receiver<Msg>) {
             let tx = conn.transaction()?;
             for msg in batch {
                 match msg {
-                    Msg::Record(r) => {
-                        tx.execute(
-                            "INSERT INTO audit (at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                            params![r.at_ms, r.actor, r.plugin, r.version, r.invocation, r.capability, r.target, r.verb, r.allowed, r.outcome],
-                        )?;
-                    }
+                    Msg::Record(r) => insert(&tx, &r)?,
                     Msg::Flush(done) => waiters.push(done),
                 }
             }
@@ -184,6 +227,28 @@ fn writer(store: Arc<Store>, rx: Receiver<Msg>) {
         for w in waiters {
             let _ = w.send(());
         }
+    }
+}
+
+fn insert(conn: &rusqlite::Connection, r: &AuditRecord) -> rusqlite::Result<()> {
+    let detail = if r.detail.is_null() {
+        String::new()
+    } else {
+        r.detail.to_string()
+    };
+    conn.execute(
+        "INSERT INTO audit (at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![r.at_ms, r.actor, r.plugin, r.version, r.invocation, r.capability, r.target, r.verb, r.allowed, r.outcome, detail],
+    )?;
+    Ok(())
+}
+
+fn parse_detail(text: &str) -> serde_json::Value {
+    if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.into()))
     }
 }
 

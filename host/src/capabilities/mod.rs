@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[&str] = &[
     kv::SCHEMA,
     secrets::SCHEMA,
     crate::api::auth::SCHEMA,
+    audit::SCHEMA_DETAIL,
 ];
 
 /// Everything a manifest grants. The default grants nothing.
@@ -156,6 +157,7 @@ impl HostState {
             verb: verb.into(),
             allowed,
             outcome: self.redact(outcome).into_owned(),
+            detail: serde_json::Value::Null,
         });
     }
 

@@ -185,6 +185,7 @@ impl AuditTicket {
             verb: self.verb,
             allowed,
             outcome: self.revealed.redact(outcome).into_owned(),
+            detail: serde_json::Value::Null,
         });
     }
 }
