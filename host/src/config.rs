@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Limits at the HTTP edge.
     pub api: ApiConfig,
+    /// Default grant ceilings (`[[ceilings]]`, see `trust::ceilings`):
+    /// stored on start where no ceiling for the same project and plugin is
+    /// stored yet, so changes made through the API win.
+    pub ceilings: Vec<crate::trust::ceilings::ScopedCeiling>,
 }
 
 /// The `[kube]` section.
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             kube: KubeSection::default(),
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
+            ceilings: Vec::new(),
         }
     }
 }

@@ -46,6 +46,7 @@ impl Server {
         );
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
+        seed_ceilings(&registry, &config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -117,6 +118,31 @@ impl Server {
         tracing::info!("shutting down: draining requests in flight");
         self.shutdown().await
     }
+}
+
+/// Stores the config file's ceilings where none is stored yet (audited).
+async fn seed_ceilings(registry: &Registry, config: &ServerConfig) -> anyhow::Result<()> {
+    let seeded = registry
+        .gate()
+        .projects()
+        .seed(&config.ceilings)
+        .context("storing the config file's ceilings")?;
+    let who = crate::trust::Authority::system("config");
+    for c in seeded {
+        let target = match &c.plugin {
+            Some(p) => format!("ceiling {}/{p}", c.project),
+            None => format!("ceiling {}", c.project),
+        };
+        registry
+            .audit_change(
+                &who,
+                "ceiling.set",
+                &target,
+                serde_json::json!({ "from": null, "to": c.ceiling }),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 /// Installs the bundled plugins into a data directory that has never seen

@@ -139,6 +139,10 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
             }
             RegistryError::Invoke(e) => e.into(),
+            RegistryError::Forbidden(_) => ApiError::forbidden(message),
+            RegistryError::Held(_) => {
+                ApiError::new(StatusCode::CONFLICT, "approval_required", message)
+            }
         }
     }
 }

@@ -149,10 +149,12 @@ impl Audit {
         r.at_ms = now_ms();
         tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || insert(&store.conn(), &r))
-            .await
-            .map_err(|e| AuditError(rusqlite::Error::ModuleError(format!("audit task: {e}"))))??;
-        Ok(())
+        match tokio::task::spawn_blocking(move || insert(&store.conn(), &r)).await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(AuditError(rusqlite::Error::InvalidParameterName(format!(
+                "audit task failed: {e}"
+            )))),
+        }
     }
 
     /// Waits until every record sent so far is stored.
