@@ -267,9 +267,10 @@ fn kube_covers(c: &KubeCeiling, g: &KubeGrant) -> bool {
 }
 
 fn describe(k: &KubeGrant) -> String {
+    let verbs: Vec<&str> = k.verbs.iter().map(|v| v.as_str()).collect();
     let mut s = format!(
-        "cluster `{}` namespaces {:?} resources {:?} verbs {:?}",
-        k.cluster, k.namespaces, k.resources, k.verbs
+        "cluster `{}` namespaces {:?} resources {:?} verbs {verbs:?}",
+        k.cluster, k.namespaces, k.resources
     );
     if !k.cluster_scoped.is_empty() {
         s.push_str(&format!(" cluster_scoped {:?}", k.cluster_scoped));
