@@ -72,7 +72,9 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
     if sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
         return Ok(());
     }
-    println!("cargo:warning=the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`");
+    println!(
+        "cargo:warning=the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
+    );
     let added = Command::new("rustup")
         .args(["target", "add", "wasm32-wasip2"])
         .status();
