@@ -25,6 +25,7 @@ pub struct Server {
     pub registry: Arc<Registry>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    drain_delay: std::time::Duration,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -99,6 +100,7 @@ impl Server {
             registry,
             shutdown,
             task,
+            drain_delay: std::time::Duration::from_millis(config.api.drain_delay_ms),
             _watcher: Some(watcher),
         })
     }
@@ -112,10 +114,21 @@ impl Server {
         served
     }
 
-    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    /// Runs until SIGTERM or Ctrl-C, then drains: `/readyz` answers 503
+    /// for `drain_delay_ms` while requests are still served (a second
+    /// signal cuts it short), then shuts down gracefully.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         shutdown_signal().await;
-        tracing::info!("shutting down: draining requests in flight");
+        self.registry.start_draining();
+        tracing::info!(
+            delay_ms = self.drain_delay.as_millis() as u64,
+            "draining: /readyz answers 503 so load balancers stop sending"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.drain_delay) => {}
+            _ = shutdown_signal() => tracing::info!("second signal: not waiting any longer"),
+        }
+        tracing::info!("shutting down: finishing requests in flight");
         self.shutdown().await
     }
 }

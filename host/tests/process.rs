@@ -133,12 +133,29 @@ async fn kill_dash_nine_loses_nothing_committed() {
 }
 
 #[tokio::test]
-async fn sigterm_shuts_down_cleanly() {
+async fn sigterm_drains_then_shuts_down_cleanly() {
     let data = tempfile::tempdir().unwrap();
     let mut proc = start(data.path()).await;
     let pid = proc.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
+    // While draining, readiness fails but requests are still served.
+    let client = client();
+    let mut drained = false;
+    for _ in 0..100 {
+        let r = client.get(format!("{}/readyz", proc.url)).send().await;
+        if let Ok(r) = r
+            && r.status() == 503
+        {
+            assert_eq!(r.text().await.unwrap(), "draining");
+            let (status, _) = json(client.get(format!("{}/v1/plugins", proc.url))).await;
+            assert_eq!(status, 200, "still serving while draining");
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(drained, "/readyz never reported draining");
     let mut exited = None;
     for _ in 0..100 {
         if let Some(s) = proc.child.try_wait().unwrap() {

@@ -193,6 +193,7 @@ pub struct Registry {
     /// Serialises version changes; invocations never take it.
     changes: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    draining: AtomicBool,
     invocations: AtomicU64,
     directory_errors: Mutex<BTreeMap<String, String>>,
     gate: PluginGate,
@@ -207,6 +208,7 @@ impl Registry {
             slots: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             invocations: AtomicU64::new(0),
             directory_errors: Mutex::default(),
             gate: PluginGate::new(store.clone()),
@@ -258,6 +260,17 @@ impl Registry {
         }
         self.metrics.set_loaded(loaded);
         Ok(loaded)
+    }
+
+    /// Whether the server is shutting down: `/readyz` answers 503 so that
+    /// load balancers stop sending before the listener closes.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining (see [`Registry::is_draining`]).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Marks the registry ready (for `/readyz`) once startup loading is done.
