@@ -94,6 +94,7 @@ pub struct Ceiling {
 
 /// A ceiling as stored: who it applies to, and what it allows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(from = "ScopedForm")]
 pub struct ScopedCeiling {
     /// Project name, or `*` for every project.
     pub project: String,
@@ -103,6 +104,45 @@ pub struct ScopedCeiling {
     /// What may be granted.
     #[serde(flatten)]
     pub ceiling: Ceiling,
+}
+
+/// The flat form of [`ScopedCeiling`] (`[[ceilings]]`), so that unknown
+/// fields are refused (serde cannot refuse them through `flatten`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopedForm {
+    project: String,
+    #[serde(default)]
+    plugin: Option<String>,
+    #[serde(default)]
+    fs: Vec<FsRoot>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    http: Vec<String>,
+    #[serde(default)]
+    private_networks: Vec<String>,
+    #[serde(default)]
+    kv_max_bytes: Option<u64>,
+    #[serde(default)]
+    kube: Vec<KubeCeiling>,
+}
+
+impl From<ScopedForm> for ScopedCeiling {
+    fn from(f: ScopedForm) -> Self {
+        ScopedCeiling {
+            project: f.project,
+            plugin: f.plugin,
+            ceiling: Ceiling {
+                fs: f.fs,
+                secrets: f.secrets,
+                http: f.http,
+                private_networks: f.private_networks,
+                kv_max_bytes: f.kv_max_bytes,
+                kube: f.kube,
+            },
+        }
+    }
 }
 
 impl ScopedCeiling {
@@ -279,4 +319,127 @@ fn describe(k: &KubeGrant) -> String {
         s.push_str(" force");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ceiling(text: &str) -> ScopedCeiling {
+        #[derive(Deserialize)]
+        struct File {
+            ceilings: Vec<ScopedCeiling>,
+        }
+        toml::from_str::<File>(text).unwrap().ceilings.remove(0)
+    }
+
+    fn grants(text: &str) -> Grants {
+        toml::from_str(text).unwrap()
+    }
+
+    const TEAM_A: &str = r#"
+        [[ceilings]]
+        project = "team-a"
+        secrets = ["team-a-*"]
+        http = ["https://*.team-a.example", "http://10.1.2.3:*"]
+        private_networks = ["10.0.0.0/8"]
+        kv_max_bytes = 100
+        [[ceilings.kube]]
+        cluster = "test"
+        namespaces = ["team-a"]
+        resources = ["apps/*", "ConfigMap"]
+        verbs = ["get", "apply"]
+        cluster_scoped = ["Namespace"]
+    "#;
+
+    #[test]
+    fn config_file_form_parses_and_refuses_unknown_fields() {
+        let c = ceiling(TEAM_A);
+        assert_eq!(c.project, "team-a");
+        assert_eq!(c.plugin, None);
+        assert!(c.applies_to("team-a", "anything"));
+        assert!(!c.applies_to("team-b", "anything"));
+        c.ceiling.validate().unwrap();
+        let typo = TEAM_A.replace("kv_max_bytes", "kv_max");
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct File {
+            ceilings: Vec<ScopedCeiling>,
+        }
+        assert!(toml::from_str::<File>(&typo).is_err());
+        let wild = Ceiling {
+            kube: vec![KubeCeiling {
+                cluster_scoped: vec!["*".into()],
+                ..c.ceiling.kube[0].clone()
+            }],
+            ..Ceiling::default()
+        };
+        assert!(wild.validate().unwrap_err().contains("one by one"));
+    }
+
+    #[test]
+    fn what_lies_inside_and_what_goes_beyond() {
+        let c = ceiling(TEAM_A).ceiling;
+        let inside = grants(
+            r#"
+            secrets = { names = ["team-a-db"] }
+            kv = { max_bytes = 100, max_value_bytes = 10 }
+            [http]
+            allow = ["https://api.team-a.example", "https://*.x.team-a.example", "http://10.1.2.3:8080"]
+            private_networks = ["10.1.0.0/16"]
+            [[kube]]
+            cluster = "test"
+            namespaces = ["team-a"]
+            resources = ["apps/Deployment", "ConfigMap"]
+            verbs = ["apply"]
+            cluster_scoped = ["Namespace"]
+            "#,
+        );
+        assert_eq!(exceeding(&inside, &[&c]), Vec::<String>::new());
+        for (text, needle) in [
+            (r#"secrets = { names = ["team-b-db"] }"#, "team-b-db"),
+            (r#"kv = { max_bytes = 101, max_value_bytes = 10 }"#, "kv"),
+            (
+                r#"http = { allow = ["https://team-a.example"] }"#,
+                "team-a.example",
+            ),
+            (r#"http = { allow = ["https://*"] }"#, "https://*"),
+            (
+                r#"http = { allow = ["https://api.team-a.example:8443"] }"#,
+                "8443",
+            ),
+            (
+                r#"http = { allow = ["http://api.team-a.example"] }"#,
+                "http://",
+            ),
+            (
+                r#"http = { allow = ["https://a.team-a.example"], private_networks = ["192.168.0.0/16"] }"#,
+                "192.168",
+            ),
+            (
+                "[[kube]]\ncluster = \"test\"\nnamespaces = [\"team-a\"]\nresources = [\"*\"]\nverbs = [\"get\"]",
+                "kube",
+            ),
+            (
+                "[[kube]]\ncluster = \"test\"\nnamespaces = [\"team-a\"]\nresources = [\"ConfigMap\"]\nverbs = [\"delete\"]",
+                "delete",
+            ),
+            (
+                "[[kube]]\ncluster = \"prod\"\nnamespaces = [\"team-a\"]\nresources = [\"ConfigMap\"]\nverbs = [\"get\"]",
+                "prod",
+            ),
+            (
+                "[[kube]]\ncluster = \"test\"\nresources = [\"rbac.authorization.k8s.io/ClusterRoleBinding\"]\nverbs = [\"apply\"]\ncluster_scoped = [\"rbac.authorization.k8s.io/ClusterRoleBinding\"]",
+                "ClusterRoleBinding",
+            ),
+            ("[[fs]]\nhost_path = \"/\"\nguest_path = \"/h\"", "`/`"),
+        ] {
+            let beyond = exceeding(&grants(text), &[&c]);
+            assert_eq!(beyond.len(), 1, "{text}: {beyond:?}");
+            assert!(beyond[0].contains(needle), "{text}: {beyond:?}");
+        }
+        // No ceiling at all: nothing may be granted.
+        assert_eq!(exceeding(&inside, &[]).len(), 7);
+        assert!(exceeding(&Grants::default(), &[]).is_empty());
+    }
 }
