@@ -2,8 +2,8 @@
 //! plugins may be granted (admin only). Values go in and never come out.
 
 use axum::extract::{Path, State};
-use axum::{Extension, Json};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
