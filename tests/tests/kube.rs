@@ -652,3 +652,29 @@ async fn with_force_in_the_grant_the_same_apply_takes_the_field_over() {
         "{managers:?}"
     );
 }
+
+#[tokio::test]
+async fn an_all_or_nothing_cluster_scoped_grant_is_refused_at_upload() {
+    let server = TestServer::start().await;
+    let base = "[[grants.kube]]\ncluster = \"test\"\nresources = [\"*\"]\nverbs = [\"get\"]\n";
+    for (cluster_scoped, needle) in [
+        (
+            "true",
+            "`cluster_scoped = true` is no longer accepted: name the cluster-scoped kinds",
+        ),
+        ("[\"*\"]", "cluster_scoped: `*` is a wildcard"),
+        (
+            "[\"rbac.authorization.k8s.io/*\"]",
+            "cluster_scoped: `rbac.authorization.k8s.io/*` is a wildcard",
+        ),
+    ] {
+        let grants = format!("{base}cluster_scoped = {cluster_scoped}\n");
+        let (status, body) = server
+            .upload(
+                &manifest("wide", "1.0.0", "deploy-step", &grants),
+                &guest(guests::PROBE),
+            )
+            .await;
+        capstan_tests::assert_error(status, &body, 422, needle);
+    }
+}

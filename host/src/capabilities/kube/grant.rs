@@ -399,6 +399,16 @@ mod tests {
         assert!(g.force);
         let again: KubeGrant = toml::from_str(&toml::to_string(&g).unwrap()).unwrap();
         assert_eq!(again, g);
+        // As stored: the whole manifest goes through TOML and back.
+        let manifest = crate::manifest::Manifest::parse(
+            "name = \"p\"\nversion = \"1.0.0\"\nrole = \"deploy-step\"\n[[grants.kube]]\n\
+             cluster = \"test\"\nresources = [\"*\"]\nverbs = [\"apply\"]\n\
+             cluster_scoped = [\"Namespace\"]\nforce = true\n",
+        )
+        .unwrap();
+        let stored = manifest.to_toml();
+        assert_eq!(crate::manifest::Manifest::parse(&stored).unwrap(), manifest);
+        assert_eq!(manifest.grants.kube[0].cluster_scoped, ["Namespace"]);
     }
 
     #[test]
