@@ -164,7 +164,7 @@ impl KubeGrant {
 
     fn names_cluster_scoped(&self, group: &str, kind: &str) -> bool {
         let gk = group_kind(group, kind);
-        self.cluster_scoped.iter().any(|k| *k == gk)
+        self.cluster_scoped.contains(&gk)
     }
 }
 
