@@ -249,10 +249,47 @@ pub mod fs {
 }
 
 /// Kubernetes within the plugin's `[[grants.kube]]` scopes.
+///
+/// [`apply`] is server-side apply, forced only if the grant has `force = true`.
+/// [`apply_checked`] returns a field-manager conflict typed, to tell which
+/// manager owns which field:
+///
+/// ```no_run
+/// use capstan_sdk::kube::{self, ApplyError};
+///
+/// let manifest = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"team-a"},"data":{"k":"v"}}"#;
+/// match kube::apply_checked("test", manifest, false) {
+///     Ok(object) => capstan_sdk::log::info(&object),
+///     Err(ApplyError::Conflict(owned)) => {
+///         for c in owned {
+///             capstan_sdk::log::warn(&format!("{} owns {}", c.manager, c.field));
+///         }
+///     }
+///     Err(ApplyError::Error(e)) => capstan_sdk::log::error(&format!("{e:?}")),
+/// }
+/// ```
 pub mod kube {
     pub use crate::__host::capstan::plugin::kube::{
-        ObjectRef, Rollout, apply, delete, get, list, patch, rollout_status,
+        ApplyError, FieldConflict, ObjectRef, Rollout, apply, apply_checked, delete, get, list,
+        patch, rollout_status,
     };
+
+    /// Lets `?` turn an [`ApplyError`] into the plugin's [`crate::Error`]: a
+    /// conflict becomes `failed`, naming each manager and field.
+    impl From<ApplyError> for crate::Error {
+        fn from(e: ApplyError) -> crate::Error {
+            match e {
+                ApplyError::Error(e) => e,
+                ApplyError::Conflict(owned) => {
+                    let owned: Vec<String> = owned
+                        .iter()
+                        .map(|c| format!("{} owns {}", c.manager, c.field))
+                        .collect();
+                    crate::Error::Failed(format!("field manager conflict: {}", owned.join(", ")))
+                }
+            }
+        }
+    }
 }
 
 /// Parses JSON text (params, specs) into `T`, mapping failures to

@@ -310,7 +310,7 @@ verbs = ["get", "list"]
         (
             "kube-list",
             json!({ "cluster": "test", "api_version": "v1", "kind": "ConfigMap" }),
-            "cluster-scoped access is not granted",
+            "cluster-scoped access to `ConfigMap` is not granted",
         ),
         (
             "kube-apply",
@@ -448,4 +448,233 @@ async fn a_grant_for_an_unknown_cluster_is_refused_at_load() {
         422,
         "cluster `prod`, which is not configured",
     );
+}
+
+fn apply_op(manifest: Value) -> Value {
+    json!({ "op": "kube-apply", "cluster": "test", "manifest": manifest })
+}
+
+#[tokio::test]
+async fn a_wildcard_grant_reaches_only_the_cluster_scoped_kinds_it_names() {
+    ensure_namespace("kt-cs");
+    let server = server_with_cluster().await;
+    let grants = r#"[[grants.kube]]
+cluster = "test"
+namespaces = ["kt-cs"]
+resources = ["*"]
+verbs = ["apply"]
+cluster_scoped = ["Namespace"]
+"#;
+    server
+        .install(
+            &manifest("wide", "1.0.0", "deploy-step", grants),
+            &guest(guests::PROBE),
+        )
+        .await;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": { "name": "kt-cs-escalate" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" }],
+    });
+    let got = probe(&server, "wide", apply_op(binding.clone())).await;
+    assert!(
+        got.starts_with("err:Denied")
+            && got.contains(
+                "cluster-scoped access to `rbac.authorization.k8s.io/ClusterRoleBinding` is not granted"
+            ),
+        "{got}"
+    );
+    // Naming a granted namespace does not help: the kind is cluster-scoped.
+    let mut in_namespace = binding;
+    in_namespace["metadata"]["namespace"] = json!("kt-cs");
+    let got = probe(&server, "wide", apply_op(in_namespace)).await;
+    assert!(
+        got.starts_with("err:InvalidInput") && got.contains("ClusterRoleBinding is cluster-scoped"),
+        "{got}"
+    );
+    let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/kt-cs-escalate";
+    assert_eq!(admin("GET", crb, None, "application/json").0, 404);
+
+    let namespace =
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "kt-cs-made" } });
+    let got = probe(&server, "wide", apply_op(namespace)).await;
+    assert!(
+        got.starts_with("ok:") && got.contains("kt-cs-made"),
+        "{got}"
+    );
+    let (status, ns) = admin(
+        "GET",
+        "/api/v1/namespaces/kt-cs-made",
+        None,
+        "application/json",
+    );
+    assert_eq!(status, 200, "{ns}");
+
+    let records = kube_audit(&server, "wide").await;
+    let denied: Vec<_> = records.iter().filter(|r| !r.allowed).collect();
+    assert_eq!(denied.len(), 1, "{records:#?}");
+    assert_eq!(
+        denied[0].target,
+        "test:rbac.authorization.k8s.io/v1/ClusterRoleBinding kt-cs-escalate"
+    );
+    assert!(
+        denied[0]
+            .outcome
+            .contains("cluster_scoped does not name it")
+    );
+    assert!(records.iter().any(|r| r.allowed
+        && r.verb == "apply"
+        && r.target == "test:v1/Namespace kt-cs-made"
+        && r.outcome == "ok"));
+}
+
+fn config_map(ns: &str, name: &str, color: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": name, "namespace": ns }, "data": { "color": color } })
+}
+
+/// Server-side applies `data.color = blue` as field manager `other-team`.
+fn apply_as_other_team(ns: &str, name: &str) {
+    ensure_namespace(ns);
+    let path =
+        format!("/api/v1/namespaces/{ns}/configmaps/{name}?fieldManager=other-team&force=true");
+    let (status, body) = admin(
+        "PATCH",
+        &path,
+        Some(&config_map(ns, name, "blue")),
+        "application/apply-patch+yaml",
+    );
+    assert!(status == 200 || status == 201, "{status} {body}");
+}
+
+/// The ConfigMap's color and the managers listed in its managedFields.
+fn color_and_managers(ns: &str, name: &str) -> (String, Vec<String>) {
+    let (status, cm) = admin(
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps/{name}"),
+        None,
+        "application/json",
+    );
+    assert_eq!(status, 200, "{cm}");
+    let managers = cm["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str().map(str::to_string))
+        .collect();
+    (cm["data"]["color"].as_str().unwrap().to_string(), managers)
+}
+
+fn applier_manifest(name: &str, ns: &str, force: bool) -> String {
+    manifest(
+        name,
+        "1.0.0",
+        "deploy-step",
+        &format!(
+            "[[grants.kube]]\ncluster = \"test\"\nnamespaces = [\"{ns}\"]\nresources = [\"ConfigMap\"]\nverbs = [\"apply\"]\nforce = {force}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn without_force_a_field_owned_by_another_manager_comes_back_as_a_typed_conflict() {
+    let ns = "kt-conflict";
+    apply_as_other_team(ns, "owned");
+    let server = server_with_cluster().await;
+    server
+        .install(
+            &applier_manifest("careful", ns, false),
+            &guest(guests::PROBE),
+        )
+        .await;
+    let checked = |color: &str| json!({ "op": "kube-apply-checked", "cluster": "test", "manifest": config_map(ns, "owned", color) });
+
+    let got = probe(&server, "careful", checked("red")).await;
+    let owned: Value = serde_json::from_str(
+        got.strip_prefix("conflict:")
+            .unwrap_or_else(|| panic!("expected a conflict, got {got}")),
+    )
+    .unwrap();
+    assert_eq!(
+        owned,
+        json!([{ "manager": "other-team", "field": ".data.color" }])
+    );
+    // The old `apply` reports the same conflict as `failed`.
+    let got = probe(&server, "careful", apply_op(config_map(ns, "owned", "red"))).await;
+    assert_eq!(
+        got,
+        "err:Failed: field manager conflict: other-team owns .data.color; the grant does not allow force"
+    );
+    let (color, managers) = color_and_managers(ns, "owned");
+    assert_eq!(color, "blue", "the object is unchanged");
+    assert_eq!(managers, ["other-team"]);
+
+    // Agreeing on the value is no conflict: the field becomes co-owned.
+    let got = probe(&server, "careful", checked("blue")).await;
+    assert!(got.starts_with("ok:"), "{got}");
+    let (_, managers) = color_and_managers(ns, "owned");
+    assert!(
+        managers.contains(&"capstan-plugin-careful".to_string()),
+        "{managers:?}"
+    );
+
+    let records = kube_audit(&server, "careful").await;
+    let conflicts = records
+        .iter()
+        .filter(|r| r.allowed && r.outcome.contains("other-team owns .data.color"))
+        .count();
+    assert_eq!(conflicts, 2, "{records:#?}");
+}
+
+#[tokio::test]
+async fn with_force_in_the_grant_the_same_apply_takes_the_field_over() {
+    let ns = "kt-force";
+    apply_as_other_team(ns, "owned");
+    let server = server_with_cluster().await;
+    server
+        .install(&applier_manifest("forcer", ns, true), &guest(guests::PROBE))
+        .await;
+    let got = probe(
+        &server,
+        "forcer",
+        json!({ "op": "kube-apply-checked", "cluster": "test", "manifest": config_map(ns, "owned", "red") }),
+    )
+    .await;
+    assert!(
+        got.starts_with("ok:") && got.contains("\"color\":\"red\""),
+        "{got}"
+    );
+    let (color, managers) = color_and_managers(ns, "owned");
+    assert_eq!(color, "red");
+    assert!(
+        managers.contains(&"capstan-plugin-forcer".to_string()),
+        "{managers:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_all_or_nothing_cluster_scoped_grant_is_refused_at_upload() {
+    let server = TestServer::start().await;
+    let base = "[[grants.kube]]\ncluster = \"test\"\nresources = [\"*\"]\nverbs = [\"get\"]\n";
+    for (cluster_scoped, needle) in [
+        (
+            "true",
+            "`cluster_scoped = true` is no longer accepted: name the cluster-scoped kinds",
+        ),
+        ("[\"*\"]", "cluster_scoped: `*` is a wildcard"),
+        (
+            "[\"rbac.authorization.k8s.io/*\"]",
+            "cluster_scoped: `rbac.authorization.k8s.io/*` is a wildcard",
+        ),
+    ] {
+        let grants = format!("{base}cluster_scoped = {cluster_scoped}\n");
+        let (status, body) = server
+            .upload(
+                &manifest("wide", "1.0.0", "deploy-step", &grants),
+                &guest(guests::PROBE),
+            )
+            .await;
+        capstan_tests::assert_error(status, &body, 422, needle);
+    }
 }

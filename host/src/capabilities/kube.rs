@@ -6,13 +6,20 @@
 //! namespaces = ["team-a", "team-a-staging"]         # "*" for any namespace
 //! resources = ["apps/Deployment", "ConfigMap"]      # group/Kind; core kinds have no group; "apps/*", "*"
 //! verbs = ["get", "list", "apply", "patch", "delete"]
-//! cluster_scoped = false                            # allow cluster-scoped kinds (e.g. Namespace)
+//! cluster_scoped = ["Namespace"]                    # cluster-scoped kinds, named one by one
+//! force = false                                     # apply may take over other managers' fields
 //! ```
 //!
 //! Everything outside every grant entry is denied and audited. Applies use
-//! server-side apply with the field manager `capstan-plugin-<name>`. Each API
-//! call has its own timeout (the cluster's `timeout_ms`), so a hung API
-//! server cannot hold a plugin past it; the invocation deadline still applies.
+//! server-side apply with the field manager `capstan-plugin-<name>`, forced
+//! only where the grant says `force = true`. Each API call has its own
+//! timeout (the cluster's `timeout_ms`), so a hung API server cannot hold a
+//! plugin past it; the invocation deadline still applies.
+
+mod apply;
+mod grant;
+
+pub use grant::{KubeGrant, KubePolicy, Verb, resource_matches};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -31,121 +38,8 @@ use std::sync::Arc;
 use crate::capabilities::CapabilityEnv;
 
 use crate::runtime::bindings::WitError;
-use crate::runtime::bindings::capstan::plugin::kube::{Host, ObjectRef, Rollout};
+use crate::runtime::bindings::capstan::plugin::kube::{ApplyError, Host, ObjectRef, Rollout};
 use crate::runtime::state::HostState;
-
-/// A verb a grant may allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verb {
-    /// Read one object (also needed for `rollout-status`).
-    Get,
-    /// List objects.
-    List,
-    /// Server-side apply.
-    Apply,
-    /// Merge patch.
-    Patch,
-    /// Delete.
-    Delete,
-}
-
-impl Verb {
-    /// The verb as written in grants.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Get => "get",
-            Verb::List => "list",
-            Verb::Apply => "apply",
-            Verb::Patch => "patch",
-            Verb::Delete => "delete",
-        }
-    }
-}
-
-/// One `[[grants.kube]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KubeGrant {
-    /// Cluster name from the server's `[[kube.clusters]]`.
-    pub cluster: String,
-    /// Namespaces; `*` for any.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// `group/Kind` patterns; core kinds are written without a group.
-    pub resources: Vec<String>,
-    /// Allowed verbs.
-    pub verbs: Vec<Verb>,
-    /// Cluster-scoped kinds (`Namespace`, `rbac.authorization.k8s.io/ClusterRole`)
-    /// this entry allows, named one by one.
-    #[serde(default, deserialize_with = "cluster_scoped_kinds")]
-    pub cluster_scoped: Vec<String>,
-    /// Whether server-side applies may take over fields of other managers.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// `cluster_scoped = false` (the old form) is an empty list; `true` is refused.
-fn cluster_scoped_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Flag(bool),
-        Kinds(Vec<String>),
-    }
-    match Form::deserialize(d)? {
-        Form::Flag(false) => Ok(Vec::new()),
-        Form::Flag(true) => Err(serde::de::Error::custom(
-            "cluster_scoped = true is no longer accepted: name the cluster-scoped kinds, e.g. cluster_scoped = [\"Namespace\"]",
-        )),
-        Form::Kinds(k) => Ok(k),
-    }
-}
-
-/// Whether the resource pattern `pattern` (`*`, `group/*`, `group/Kind`,
-/// `Kind`) matches the kind `gk` written as `group/Kind` or `Kind`.
-pub fn resource_matches(pattern: &str, gk: &str) -> bool {
-    let (g, k) = gk.rsplit_once('/').unwrap_or(("", gk));
-    let (pg, pk) = pattern.rsplit_once('/').unwrap_or(("", pattern));
-    pattern == "*" || (pg == g && (pk == "*" || pk == k))
-}
-
-impl KubeGrant {
-    /// Checks the grant is well-formed.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.cluster.is_empty() {
-            return Err("cluster must be named".into());
-        }
-        if self.verbs.is_empty() || self.resources.is_empty() {
-            return Err(format!(
-                "grant for cluster `{}` needs at least one verb and one resource",
-                self.cluster
-            ));
-        }
-        if self.namespaces.is_empty() && self.cluster_scoped.is_empty() {
-            return Err(format!(
-                "grant for cluster `{}` names no namespace and is not cluster_scoped",
-                self.cluster
-            ));
-        }
-        for r in &self.resources {
-            let kind = r.rsplit('/').next().unwrap_or_default();
-            if kind.is_empty() || r.matches('/').count() > 1 {
-                return Err(format!(
-                    "resource `{r}` must be `Kind`, `group/Kind`, `group/*` or `*`"
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn matches_resource(&self, group: &str, kind: &str) -> bool {
-        self.resources.iter().any(|r| {
-            let (g, k) = r.rsplit_once('/').unwrap_or(("", r));
-            r == "*" || (g == group && (k == "*" || k == kind))
-        })
-    }
-}
 
 /// One `[[kube.clusters]]` entry of the server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -275,13 +169,20 @@ async fn with_timeout<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, WitError> {
-    match tokio::time::timeout(limit, fut).await {
-        Err(_) => Err(WitError::Retryable(format!(
+    within(limit, fut).await?.map_err(kube_error)
+}
+
+/// The API's own answer, or a retryable error if it did not come in time.
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<Result<T, kube::Error>, WitError> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| {
+        WitError::Retryable(format!(
             "the Kubernetes API did not answer within {} ms",
             limit.as_millis()
-        ))),
-        Ok(result) => result.map_err(kube_error),
-    }
+        ))
+    })
 }
 
 fn kube_error(e: kube::Error) -> WitError {
@@ -297,85 +198,6 @@ fn kube_error(e: kube::Error) -> WitError {
             }
         }
         other => WitError::Retryable(format!("Kubernetes API unreachable: {other}")),
-    }
-}
-
-/// A plugin version's kube grants, checked against the configured clusters.
-#[derive(Debug, Default)]
-pub struct KubePolicy {
-    grants: Vec<KubeGrant>,
-}
-
-impl KubePolicy {
-    /// Fails if a grant names a cluster the server does not know.
-    pub fn new(grants: &[KubeGrant], clusters: &Clusters) -> Result<KubePolicy, String> {
-        for g in grants {
-            if !clusters.contains(&g.cluster) {
-                return Err(format!(
-                    "grant names cluster `{}`, which is not configured",
-                    g.cluster
-                ));
-            }
-        }
-        Ok(KubePolicy {
-            grants: grants.to_vec(),
-        })
-    }
-
-    /// Deny first: Ok only if one grant entry covers cluster, kind,
-    /// namespace (or cluster scope) and verb; otherwise the reason.
-    fn check(
-        &self,
-        cluster: &str,
-        group: &str,
-        kind: &str,
-        namespace: Option<&str>,
-        verb: Verb,
-    ) -> Result<(), String> {
-        let on_cluster: Vec<&KubeGrant> = self
-            .grants
-            .iter()
-            .filter(|g| g.cluster == cluster)
-            .collect();
-        if on_cluster.is_empty() {
-            return Err(format!("cluster `{cluster}` is not granted"));
-        }
-        let for_kind: Vec<&&KubeGrant> = on_cluster
-            .iter()
-            .filter(|g| g.matches_resource(group, kind))
-            .collect();
-        if for_kind.is_empty() {
-            let gk = if group.is_empty() {
-                kind.to_string()
-            } else {
-                format!("{group}/{kind}")
-            };
-            return Err(format!("kind `{gk}` is not granted on cluster `{cluster}`"));
-        }
-        let in_scope: Vec<&&&KubeGrant> = for_kind
-            .iter()
-            .filter(|g| match namespace {
-                Some(ns) => g.namespaces.iter().any(|n| n == "*" || n == ns),
-                None => {
-                    let gk = if group.is_empty() {
-                        kind.to_string()
-                    } else {
-                        format!("{group}/{kind}")
-                    };
-                    g.cluster_scoped.contains(&gk)
-                }
-            })
-            .collect();
-        if in_scope.is_empty() {
-            return Err(match namespace {
-                Some(ns) => format!("namespace `{ns}` is not granted"),
-                None => "cluster-scoped access is not granted".into(),
-            });
-        }
-        if !in_scope.iter().any(|g| g.verbs.contains(&verb)) {
-            return Err(format!("verb `{}` is not granted", verb.as_str()));
-        }
-        Ok(())
     }
 }
 
@@ -442,7 +264,7 @@ impl Target {
 
 impl HostState {
     /// The grant check: denies (and audits) anything no grant covers.
-    fn kube_check(&self, t: &Target, verb: Verb) -> Result<(), WitError> {
+    fn kube_check(&self, t: &Target, verb: Verb) -> Result<grant::Access, WitError> {
         let policy = &self.caps.policies.kube;
         policy
             .check(
@@ -542,50 +364,20 @@ impl Host for HostState {
         manifest: String,
         dry_run: bool,
     ) -> KubeResult<String> {
-        let object: Value = match serde_json::from_str(&manifest) {
-            Ok(v) => v,
-            Err(e) => {
-                return Ok(Err(WitError::InvalidInput(format!(
-                    "manifest is not JSON: {e}"
-                ))));
-            }
-        };
-        let field = |k: &str| {
-            object
-                .pointer(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let (api_version, kind, name) = (
-            field("/apiVersion"),
-            field("/kind"),
-            field("/metadata/name"),
-        );
-        if api_version.is_empty() || kind.is_empty() || name.is_empty() {
-            return Ok(Err(WitError::InvalidInput(
-                "manifest needs apiVersion, kind and metadata.name".into(),
-            )));
-        }
-        let namespace = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        let t = Target::new(&cluster, &api_version, &kind, namespace, &name);
-        if let Err(e) = self.kube_check(&t, Verb::Apply) {
-            return Ok(Err(e));
-        }
-        let mut params = PatchParams::apply(&self.field_manager()).force();
-        params.dry_run = dry_run;
-        let env = self.caps.env.clone();
-        let result = async {
-            let (api, limit) = kube_api(env, &t).await?;
-            to_json(
-                &with_timeout(limit, api.patch(&t.name, &params, &Patch::Apply(&object))).await?,
-            )
-        }
-        .await;
-        let verb = if dry_run { "apply (dry-run)" } else { "apply" };
-        Ok(self.audited("kube", verb, &t.label, result))
+        Ok(self
+            .kube_apply(&cluster, &manifest, dry_run)
+            .await
+            .map_err(apply::flatten))
+    }
+
+    #[tracing::instrument(name = "plugin.kube.apply_checked", skip_all, fields(plugin = %self.call.plugin, dry_run))]
+    async fn apply_checked(
+        &mut self,
+        cluster: String,
+        manifest: String,
+        dry_run: bool,
+    ) -> wasmtime::Result<Result<String, ApplyError>> {
+        Ok(self.kube_apply(&cluster, &manifest, dry_run).await)
     }
 
     #[tracing::instrument(name = "plugin.kube.patch", skip_all, fields(plugin = %self.call.plugin, target = %target.name))]
@@ -722,73 +514,5 @@ fn rollout_of(d: &DynamicObject) -> Rollout {
         observed,
         complete,
         message,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grant() -> KubeGrant {
-        KubeGrant {
-            cluster: "test".into(),
-            namespaces: vec!["team-a".into()],
-            resources: vec!["apps/Deployment".into(), "ConfigMap".into()],
-            verbs: vec![Verb::Get, Verb::Apply],
-            cluster_scoped: vec![],
-            force: false,
-        }
-    }
-
-    #[test]
-    fn deny_unless_every_dimension_is_granted() {
-        let p = KubePolicy {
-            grants: vec![grant()],
-        };
-        assert!(
-            p.check("test", "apps", "Deployment", Some("team-a"), Verb::Apply)
-                .is_ok()
-        );
-        assert!(
-            p.check("test", "", "ConfigMap", Some("team-a"), Verb::Get)
-                .is_ok()
-        );
-        let why = |r: Result<(), String>| r.unwrap_err();
-        assert!(
-            why(p.check("prod", "apps", "Deployment", Some("team-a"), Verb::Get))
-                .contains("cluster `prod`")
-        );
-        assert!(
-            why(p.check("test", "apps", "StatefulSet", Some("team-a"), Verb::Get))
-                .contains("apps/StatefulSet")
-        );
-        assert!(why(p.check("test", "", "Secret", Some("team-a"), Verb::Get)).contains("`Secret`"));
-        assert!(
-            why(p.check("test", "", "ConfigMap", Some("team-b"), Verb::Get))
-                .contains("namespace `team-b`")
-        );
-        assert!(
-            why(p.check("test", "apps", "Deployment", Some("team-a"), Verb::Delete))
-                .contains("verb `delete`")
-        );
-        assert!(why(p.check("test", "", "Namespace", None, Verb::Get)).contains("`Namespace`"));
-        let mut g = grant();
-        g.resources = vec!["*".into()];
-        let p = KubePolicy { grants: vec![g] };
-        assert!(why(p.check("test", "", "Namespace", None, Verb::Get)).contains("cluster-scoped"));
-    }
-
-    #[test]
-    fn grants_are_validated() {
-        let mut g = grant();
-        assert!(g.validate().is_ok());
-        g.verbs.clear();
-        assert!(g.validate().is_err());
-        let mut g = grant();
-        g.namespaces.clear();
-        assert!(g.validate().is_err());
-        let mut g = grant();
-        g.resources = vec!["a/b/c".into()];
-        assert!(g.validate().is_err());
     }
 }

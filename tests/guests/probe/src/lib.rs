@@ -2,7 +2,9 @@
 //! `params.op`, and reports what the host answered. Hostile tests use it to
 //! try every escape route; the result carries the host's error verbatim.
 //!
-//! Output `result` is `ok:<value>` or `err:<Kind>: <message>`.
+//! Output `result` is `ok:<value>` or `err:<Kind>: <message>`; op
+//! `kube-apply-checked` answers a field-manager conflict as
+//! `conflict:[{"manager":..,"field":..}]`.
 
 use capstan_sdk::deploy_step::{Context, DeployStep, Outcome, StepResult};
 use capstan_sdk::{Error, fs, http, kube, kv, secrets};
@@ -82,21 +84,43 @@ fn op(p: &Value) -> Result<String, Error> {
     }
 }
 
+fn err_text(e: Error) -> String {
+    let (kind, msg) = match e {
+        Error::InvalidInput(m) => ("InvalidInput", m),
+        Error::Denied(m) => ("Denied", m),
+        Error::NotFound(m) => ("NotFound", m),
+        Error::Failed(m) => ("Failed", m),
+        Error::Retryable(m) => ("Retryable", m),
+    };
+    format!("err:{kind}: {msg}")
+}
+
+fn apply_checked(p: &Value) -> String {
+    let answer = kube::apply_checked(
+        &s(p, "cluster"),
+        &p["manifest"].to_string(),
+        p["dry_run"].as_bool().unwrap_or(false),
+    );
+    match answer {
+        Ok(v) => format!("ok:{v}"),
+        Err(kube::ApplyError::Conflict(owned)) => {
+            let owned: Vec<Value> = owned
+                .iter()
+                .map(|c| serde_json::json!({ "manager": c.manager, "field": c.field }))
+                .collect();
+            format!("conflict:{}", Value::from(owned))
+        }
+        Err(kube::ApplyError::Error(e)) => err_text(e),
+    }
+}
+
 impl DeployStep for Probe {
     fn run(_ctx: Context, params: String) -> Result<StepResult, Error> {
         let p: Value = capstan_sdk::parse_json(&params)?;
-        let result = match op(&p) {
-            Ok(v) => format!("ok:{v}"),
-            Err(e) => {
-                let (kind, msg) = match e {
-                    Error::InvalidInput(m) => ("InvalidInput", m),
-                    Error::Denied(m) => ("Denied", m),
-                    Error::NotFound(m) => ("NotFound", m),
-                    Error::Failed(m) => ("Failed", m),
-                    Error::Retryable(m) => ("Retryable", m),
-                };
-                format!("err:{kind}: {msg}")
-            }
+        let result = if s(&p, "op") == "kube-apply-checked" {
+            apply_checked(&p)
+        } else {
+            op(&p).map_or_else(err_text, |v| format!("ok:{v}"))
         };
         Ok(StepResult {
             outcome: Outcome::Succeeded,
