@@ -38,7 +38,7 @@ pub struct ServerConfig {
     /// Default grant ceilings (`[[ceilings]]`, see `trust::ceilings`):
     /// stored on start where no ceiling for the same project and plugin is
     /// stored yet, so changes made through the API win.
-    pub ceilings: Vec<crate::trust::ceilings::ScopedCeiling>,
+    pub ceilings: Vec<crate::trust::ceilings::CeilingEntry>,
 }
 
 /// The `[kube]` section.

@@ -138,7 +138,14 @@ async fn seed_ceilings(registry: &Registry, config: &ServerConfig) -> anyhow::Re
     let seeded = registry
         .gate()
         .projects()
-        .seed(&config.ceilings)
+        .seed(
+            &config
+                .ceilings
+                .iter()
+                .cloned()
+                .map(Into::into)
+                .collect::<Vec<_>>(),
+        )
         .context("storing the config file's ceilings")?;
     let who = crate::trust::Authority::system("config");
     for c in seeded {

@@ -33,7 +33,10 @@ async fn a_data_directory_of_the_previous_release_upgrades_in_place() {
     let (status, plugin) = server.get("/v1/plugins/stateful").await;
     assert_eq!(status, 200, "{plugin}");
     assert_eq!(plugin["active_version"], "1.1.0");
-    assert_eq!(plugin["project"], "default", "old plugins join the default project");
+    assert_eq!(
+        plugin["project"], "default",
+        "old plugins join the default project"
+    );
     assert_eq!(plugin["versions"].as_array().unwrap().len(), 2);
     let actions: Vec<&str> = plugin["history"]
         .as_array()
@@ -45,12 +48,22 @@ async fn a_data_directory_of_the_previous_release_upgrades_in_place() {
 
     // kv written by the old release is read back by the plugin.
     assert_eq!(
-        probe(&server, "stateful", json!({ "op": "kv-get", "key": "cursor" })).await,
+        probe(
+            &server,
+            "stateful",
+            json!({ "op": "kv-get", "key": "cursor" })
+        )
+        .await,
         "ok:42"
     );
     // The secret stored by the old release still decrypts (and is redacted).
     assert_eq!(
-        probe(&server, "stateful", json!({ "op": "secret", "name": "fixture-secret" })).await,
+        probe(
+            &server,
+            "stateful",
+            json!({ "op": "secret", "name": "fixture-secret" })
+        )
+        .await,
         "ok:[REDACTED]"
     );
     let (_, secrets) = server.get("/v1/secrets").await;

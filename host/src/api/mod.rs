@@ -7,6 +7,7 @@ mod dto;
 pub mod error;
 pub mod limits;
 pub mod listen;
+mod openapi;
 mod ops;
 mod plugins;
 mod secrets;
@@ -27,6 +28,7 @@ use utoipa::OpenApi;
 use crate::registry::Registry;
 
 pub use error::ApiError;
+use openapi::CommonResponses;
 
 /// Limits at the HTTP edge.
 #[derive(Debug, Clone)]
@@ -89,7 +91,7 @@ pub struct AppState {
         trust::delete_project_ceiling, trust::delete_plugin_ceiling,
         trust::list_approvals, trust::show_approval, trust::approve, trust::reject,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     tags((name = "plugins", description = "Plugin versions and invocation"), (name = "ops", description = "Health and metrics"),
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
         (name = "audit", description = "The audit log (viewer)"),

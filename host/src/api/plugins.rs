@@ -156,10 +156,21 @@ fn yes() -> bool {
     true
 }
 
+/// The parts of an upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The manifest, TOML text.
+    manifest: String,
+    /// The Wasm component.
+    #[schema(value_type = String, format = Binary)]
+    component: Vec<u8>,
+}
+
 /// Uploads a new version: multipart with a `manifest` (TOML) and a `component` (Wasm) part.
 #[utoipa::path(post, path = "/v1/plugins", tag = "plugins",
     params(UploadQuery),
-    request_body(content_type = "multipart/form-data", description = "parts `manifest` (TOML text) and `component` (Wasm component bytes)"),
+    request_body(content_type = "multipart/form-data", content = UploadForm, description = "parts `manifest` (TOML text) and `component` (Wasm component bytes)"),
     responses(
         (status = 201, body = Installed, description = "Stored (and activated unless activate=false)"),
         (status = 200, body = Installed, description = "Exactly this version was already stored"),
@@ -169,8 +180,25 @@ fn yes() -> bool {
 pub async fn upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<UploadQuery>,
-    mut multipart: Multipart,
+    q: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<Installed>), ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            format!("expected a multipart/form-data body: {}", e.body_text()),
+        )
+    })?;
+    upload_parts(state, caller, q, &mut multipart).await
+}
+
+async fn upload_parts(
+    state: AppState,
+    caller: Caller,
+    q: UploadQuery,
+    multipart: &mut Multipart,
 ) -> Result<(StatusCode, Json<Installed>), ApiError> {
     let (mut manifest, mut component) = (None, None);
     while let Some(field) = multipart

@@ -17,9 +17,10 @@ use super::error::{ApiError, ErrorBody};
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Name, 1-64 of `[A-Za-z0-9._-]`, unique among active tokens.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
-    /// Global role: `viewer`, `operator` or `admin`. Optional when
-    /// `projects` is set.
+    /// Global role: `viewer`, `operator` or `admin`. Without it and
+    /// without `projects`, the token is a global `viewer`.
     #[serde(default)]
     pub role: Option<ApiRole>,
     /// Roles in single projects, e.g. `{"team-a": "operator"}`.
@@ -44,7 +45,10 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let Json(body) = body?;
+    let Json(mut body) = body?;
+    if body.role.is_none() && body.projects.is_empty() {
+        body.role = Some(ApiRole::Viewer);
+    }
     let token = state.auth.tokens.create(
         &body.name,
         body.role,

@@ -316,7 +316,7 @@ pub async fn approve(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Approval>, ApiError> {
     decide(&state, &caller, &id, true, body).await
 }
@@ -330,7 +330,7 @@ pub async fn reject(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Approval>, ApiError> {
     decide(&state, &caller, &id, false, body).await
 }
@@ -340,9 +340,16 @@ async fn decide(
     caller: &Caller,
     id: &str,
     approve: bool,
-    body: Option<Json<Decision>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Approval>, ApiError> {
-    let comment = body.map(|Json(d)| d.comment).unwrap_or_default();
+    // The body is optional: no body is no comment.
+    let comment = if body.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        serde_json::from_slice::<Decision>(&body)
+            .map_err(|e| ApiError::bad_request(format!("expected {{\"comment\": \"...\"}}: {e}")))?
+            .comment
+    };
     let who = caller.authority();
     let a = state
         .registry

@@ -62,7 +62,7 @@ pub struct AuditRecord {
     pub outcome: String,
     /// What a mutation changed (name, version, digest, grants, from/to...);
     /// null for capability uses.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub detail: serde_json::Value,
 }
 

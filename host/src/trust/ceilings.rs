@@ -92,25 +92,24 @@ pub struct Ceiling {
     pub kube: Vec<KubeCeiling>,
 }
 
-/// A ceiling as stored: who it applies to, and what it allows.
+/// A ceiling as stored and listed: who it applies to, and what it allows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(from = "ScopedForm")]
+#[serde(deny_unknown_fields)]
 pub struct ScopedCeiling {
     /// Project name, or `*` for every project.
     pub project: String,
     /// Only this plugin of the project, if set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub plugin: Option<String>,
     /// What may be granted.
-    #[serde(flatten)]
     pub ceiling: Ceiling,
 }
 
-/// The flat form of [`ScopedCeiling`] (`[[ceilings]]`), so that unknown
-/// fields are refused (serde cannot refuse them through `flatten`).
-#[derive(Deserialize)]
+/// A `[[ceilings]]` entry of the config file: [`ScopedCeiling`] written
+/// flat (`project`, `plugin` and the fields of [`Ceiling`] side by side).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ScopedForm {
+pub struct CeilingEntry {
     project: String,
     #[serde(default)]
     plugin: Option<String>,
@@ -128,8 +127,8 @@ struct ScopedForm {
     kube: Vec<KubeCeiling>,
 }
 
-impl From<ScopedForm> for ScopedCeiling {
-    fn from(f: ScopedForm) -> Self {
+impl From<CeilingEntry> for ScopedCeiling {
+    fn from(f: CeilingEntry) -> Self {
         ScopedCeiling {
             project: f.project,
             plugin: f.plugin,
@@ -328,9 +327,13 @@ mod tests {
     fn ceiling(text: &str) -> ScopedCeiling {
         #[derive(Deserialize)]
         struct File {
-            ceilings: Vec<ScopedCeiling>,
+            ceilings: Vec<CeilingEntry>,
         }
-        toml::from_str::<File>(text).unwrap().ceilings.remove(0)
+        toml::from_str::<File>(text)
+            .unwrap()
+            .ceilings
+            .remove(0)
+            .into()
     }
 
     fn grants(text: &str) -> Grants {
@@ -364,7 +367,7 @@ mod tests {
         #[derive(Deserialize)]
         #[allow(dead_code)]
         struct File {
-            ceilings: Vec<ScopedCeiling>,
+            ceilings: Vec<CeilingEntry>,
         }
         assert!(toml::from_str::<File>(&typo).is_err());
         let wild = Ceiling {

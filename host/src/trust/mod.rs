@@ -105,6 +105,7 @@ pub const DEFAULT_PROJECT: &str = "default";
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schema(as = AccessRole)]
 pub enum Role {
     /// Read.
     Viewer,
