@@ -1,13 +1,20 @@
 //! The audit log: every capability use (allowed or denied) and every mutating
-//! API call, in SQLite. Writes go through a background writer that batches
-//! them, so a capability call never waits on a disk flush; readers call
-//! [`Audit::flush`] first and so always see everything recorded before.
+//! API call, in SQLite. Capability uses go through a background writer that
+//! batches them, so a capability call never waits on a disk flush; readers
+//! call [`Audit::flush`] first and so always see everything recorded before.
+//! The writer's queue is bounded ([`QUEUE_CAPACITY`]): when it is full a
+//! record is counted as dropped (`capstan_audit_records_dropped_total`)
+//! instead of growing memory. A batch the database refuses is retried with
+//! backoff until it is stored, never dropped. Retention ([`Retention`])
+//! deletes old records in bounded chunks.
 
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rusqlite::params;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use prometheus_client::metrics::counter::Counter;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::store::Store;
@@ -90,8 +97,14 @@ impl AuditRecord {
 
 /// Why a durable audit write failed.
 #[derive(Debug, thiserror::Error)]
-#[error("audit log write failed: {0}")]
-pub struct AuditError(#[from] rusqlite::Error);
+pub enum AuditError {
+    /// The database refused the write.
+    #[error("audit log write failed: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The write task did not finish (it panicked or the runtime stopped).
+    #[error("audit log write failed: {0}")]
+    Task(String),
+}
 
 /// A filter for [`Audit::query`].
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
@@ -108,28 +121,95 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Records the writer's queue holds at most; more are dropped and counted.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Records stored per transaction.
+const BATCH: usize = 512;
+/// Rows deleted per statement by retention.
+const PRUNE_CHUNK: usize = 5_000;
+
 enum Msg {
     Record(AuditRecord),
-    Flush(Sender<()>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Counters of records the log could not take, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditStats {
+    /// Records dropped because the writer's queue was full.
+    pub dropped: Counter,
+    /// Batch writes the database refused (each retried until stored).
+    pub write_failures: Counter,
+}
+
+/// How long audit records are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// Records older than this go (`None`: no age limit).
+    pub max_age: Option<Duration>,
+    /// Only the newest this many records stay (`None`: no row limit).
+    pub max_rows: Option<u64>,
+    /// How often retention runs.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    /// 90 days, 1,000,000 rows, hourly.
+    fn default() -> Self {
+        Retention {
+            max_age: Some(Duration::from_secs(90 * 86_400)),
+            max_rows: Some(1_000_000),
+            interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Handle to the audit log.
 #[derive(Clone)]
 pub struct Audit {
-    tx: Sender<Msg>,
+    tx: SyncSender<Msg>,
     store: Arc<Store>,
+    stats: AuditStats,
 }
 
 impl Audit {
     /// Starts the background writer over `store`.
     pub fn start(store: Arc<Store>) -> Audit {
-        let (tx, rx) = channel();
-        let writer_store = store.clone();
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let stats = AuditStats::default();
+        let (writer_store, writer_stats) = (store.clone(), stats.clone());
         std::thread::Builder::new()
             .name("capstan-audit".into())
-            .spawn(move || writer(writer_store, rx))
+            .spawn(move || writer(writer_store, rx, writer_stats))
             .expect("spawn audit writer");
-        Audit { tx, store }
+        Audit { tx, store, stats }
+    }
+
+    /// The counters of dropped records and failed writes.
+    pub fn stats(&self) -> AuditStats {
+        self.stats.clone()
+    }
+
+    /// Enforces `policy` now and then every `policy.interval`, in the
+    /// background, until the store is gone.
+    pub fn start_retention(&self, policy: Retention) {
+        if policy.max_age.is_none() && policy.max_rows.is_none() {
+            return;
+        }
+        let store: Weak<Store> = Arc::downgrade(&self.store);
+        tokio::spawn(async move {
+            loop {
+                let Some(s) = store.upgrade() else { return };
+                let p = policy.clone();
+                match tokio::task::spawn_blocking(move || prune(&s, &p, PRUNE_CHUNK)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(deleted = n, "audit retention"),
+                    Ok(Err(e)) => tracing::warn!("audit retention failed: {e}"),
+                    Err(e) => tracing::warn!("audit retention task: {e}"),
+                }
+                tokio::time::sleep(policy.interval).await;
+            }
+        });
     }
 
     /// Records an action. Never blocks on the database.
@@ -140,7 +220,18 @@ impl Audit {
         } else {
             tracing::warn!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "denied");
         }
-        let _ = self.tx.send(Msg::Record(r));
+        match self.tx.try_send(Msg::Record(r)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                let before = self.stats.dropped.inc();
+                if (before + 1).is_power_of_two() {
+                    tracing::error!(
+                        dropped = before + 1,
+                        "audit queue full: records dropped (the database is not keeping up)"
+                    );
+                }
+            }
+        }
     }
 
     /// Stores a record before returning: for mutations, whose record must
@@ -151,17 +242,21 @@ impl Audit {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || insert(&store.conn(), &r))
             .await
-            .map_err(|e| AuditError(rusqlite::Error::ModuleError(format!("audit task: {e}"))))??;
+            .map_err(|e| AuditError::Task(e.to_string()))??;
         Ok(())
     }
 
     /// Waits until every record sent so far is stored.
     pub async fn flush(&self) {
         let (done, wait) = channel();
-        if self.tx.send(Msg::Flush(done)).is_ok() {
-            let _ = tokio::task::spawn_blocking(move || wait.recv_timeout(Duration::from_secs(10)))
-                .await;
-        }
+        let tx = self.tx.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // Blocks while the queue is full: a flush waits its turn.
+            if tx.send(Msg::Flush(done)).is_ok() {
+                let _ = wait.recv_timeout(Duration::from_secs(10));
+            }
+        })
+        .await;
     }
 
     /// Newest records matching `q`, newest first.
@@ -199,35 +294,119 @@ impl Audit {
     }
 }
 
-fn writer(store: Arc<Store>, rx: Receiver<Msg>) {
+fn writer(store: Arc<Store>, rx: Receiver<Msg>, stats: AuditStats) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 512 {
-                break;
+        let (mut records, mut waiters) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(r) => records.push(r),
+                Msg::Flush(done) => waiters.push(done),
+            }
+            if records.len() < BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        let mut waiters = Vec::new();
-        let mut conn = store.conn();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for msg in batch {
-                match msg {
-                    Msg::Record(r) => insert(&tx, &r)?,
-                    Msg::Flush(done) => waiters.push(done),
-                }
-            }
-            tx.commit()
-        })();
-        drop(conn);
-        if let Err(e) = result {
-            tracing::error!("audit write failed: {e}");
-        }
+        store_with_retry(&store, &records, &stats);
         for w in waiters {
             let _ = w.send(());
         }
     }
+}
+
+/// Stores `records` in one transaction, retrying with exponential backoff
+/// (jittered, at most 5 s apart) until the database takes them.
+fn store_with_retry(store: &Store, records: &[AuditRecord], stats: &AuditStats) {
+    if records.is_empty() {
+        return;
+    }
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let result = (|| -> rusqlite::Result<()> {
+            let mut conn = store.conn();
+            let tx = conn.transaction()?;
+            for r in records {
+                insert(&tx, r)?;
+            }
+            tx.commit()
+        })();
+        let Err(e) = result else { return };
+        stats.write_failures.inc();
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tracing::error!(
+            records = records.len(),
+            "audit write failed, retrying in {delay:?}: {e}"
+        );
+        std::thread::sleep(delay);
+    }
+}
+
+/// Deletes records past `policy`, oldest first, at most `chunk` rows per
+/// statement so the connection is never held long. Returns rows deleted.
+pub fn prune(store: &Store, policy: &Retention, chunk: usize) -> rusqlite::Result<usize> {
+    let mut deleted = 0;
+    if let Some(age) = policy.max_age {
+        let cutoff = now_ms().saturating_sub(age.as_millis() as i64);
+        // Ids grow with time: everything before the first recent record goes.
+        let first_kept: Option<i64> = store
+            .conn()
+            .query_row(
+                "SELECT id FROM audit WHERE at_ms >= ?1 ORDER BY id LIMIT 1",
+                params![cutoff],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let bound =
+            match first_kept {
+                Some(id) => id,
+                None => store.conn().query_row(
+                    "SELECT coalesce(max(id), 0) + 1 FROM audit",
+                    [],
+                    |r| r.get(0),
+                )?,
+            };
+        deleted += delete_before(store, bound, chunk)?;
+    }
+    if let Some(max) = policy.max_rows {
+        let first_kept: Option<i64> = store
+            .conn()
+            .query_row(
+                "SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                params![max.saturating_sub(1) as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = first_kept {
+            deleted += delete_before(store, id, chunk)?;
+        }
+    }
+    Ok(deleted)
+}
+
+fn delete_before(store: &Store, id: i64, chunk: usize) -> rusqlite::Result<usize> {
+    let mut deleted = 0;
+    loop {
+        let n = store.conn().execute(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id < ?1 ORDER BY id LIMIT ?2)",
+            params![id, chunk as i64],
+        )?;
+        deleted += n;
+        if n < chunk {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Stores `r` with the current time on `conn` (inside the caller's
+/// transaction): for changes made outside the server, such as a key rotation.
+pub(crate) fn insert_now(conn: &rusqlite::Connection, mut r: AuditRecord) -> rusqlite::Result<()> {
+    r.at_ms = now_ms();
+    insert(conn, &r)
 }
 
 fn insert(conn: &rusqlite::Connection, r: &AuditRecord) -> rusqlite::Result<()> {
@@ -257,4 +436,97 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(target: &str) -> AuditRecord {
+        AuditRecord::change("test", "thing.do", target, serde_json::Value::Null)
+    }
+
+    fn count(store: &Store) -> i64 {
+        store
+            .conn()
+            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_database_refuses_is_retried_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Audit::start(store.clone());
+        // The table disappears: every write fails until it is back.
+        store
+            .conn()
+            .execute_batch("ALTER TABLE audit RENAME TO audit_away")
+            .unwrap();
+        for i in 0..3 {
+            audit.record(rec(&format!("r{i}")));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while audit.stats().write_failures.get() < 2 {
+            assert!(std::time::Instant::now() < deadline, "no failed write seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store
+            .conn()
+            .execute_batch("ALTER TABLE audit_away RENAME TO audit")
+            .unwrap();
+        audit.flush().await;
+        let got = audit.query(&AuditQuery::default()).await.unwrap();
+        let targets: Vec<_> = got.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, ["r2", "r1", "r0"]);
+        assert_eq!(audit.stats().dropped.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_rows_and_drops_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Audit::start(store.clone());
+        // 20 records from 200 days ago, then 30 recent ones.
+        {
+            let conn = store.conn();
+            for i in 0..20 {
+                let mut r = rec(&format!("old{i}"));
+                r.at_ms = now_ms() - 200 * 86_400_000;
+                insert(&conn, &r).unwrap();
+            }
+        }
+        for i in 0..30 {
+            audit.record(rec(&format!("new{i}")));
+        }
+        audit.flush().await;
+        assert_eq!(count(&store), 50);
+        let by_age = Retention {
+            max_rows: None,
+            ..Retention::default()
+        };
+        // Chunks of 7: several statements per pass.
+        assert_eq!(prune(&store, &by_age, 7).unwrap(), 20);
+        assert_eq!(count(&store), 30);
+        let by_rows = Retention {
+            max_age: None,
+            max_rows: Some(10),
+            ..Retention::default()
+        };
+        assert_eq!(prune(&store, &by_rows, 7).unwrap(), 20);
+        let q = AuditQuery {
+            limit: Some(1000),
+            ..Default::default()
+        };
+        let kept: Vec<String> = audit
+            .query(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.target)
+            .collect();
+        let newest: Vec<String> = (20..30).rev().map(|i| format!("new{i}")).collect();
+        assert_eq!(kept, newest);
+        assert_eq!(prune(&store, &by_rows, 7).unwrap(), 0);
+    }
 }

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[&str] = &[
     secrets::SCHEMA,
     crate::api::auth::SCHEMA,
     audit::SCHEMA_DETAIL,
+    secrets::SCHEMA_BOUND,
 ];
 
 /// Everything a manifest grants. The default grants nothing.

@@ -5,7 +5,7 @@
 mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -150,7 +150,6 @@ pub struct Registry {
     /// Serialises version changes; invocations never take it.
     changes: tokio::sync::Mutex<()>,
     ready: AtomicBool,
-    invocations: AtomicU64,
     directory_errors: Mutex<BTreeMap<String, String>>,
 }
 
@@ -164,7 +163,6 @@ impl Registry {
             slots: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
-            invocations: AtomicU64::new(0),
             directory_errors: Mutex::default(),
         }
     }
@@ -318,8 +316,8 @@ impl Registry {
         let plugin = slot.active().ok_or_else(|| {
             RegistryError::NotFound(format!("plugin {name} has no loaded version"))
         })?;
-        let n = self.invocations.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:x}-{n:x}", std::process::id());
+        // UUIDv7: unique across restarts and replicas, ordered by time.
+        let id = uuid::Uuid::now_v7().to_string();
         let (result, account) = self.runtime.invoke(&plugin, call, id).await;
         self.metrics.record_invocation(name, &account);
         {
