@@ -483,6 +483,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Audit::start(store.clone());
+        let extra = 1000;
+        {
+            // The writer is stuck on the connection while records pour in.
+            let _busy = store.conn();
+            for i in 0..QUEUE_CAPACITY + extra {
+                audit.record(rec(&format!("r{i}")));
+            }
+        }
+        let dropped = audit.stats().dropped.get() as usize;
+        // The writer may have taken one batch before it blocked.
+        assert!(
+            (extra - BATCH..=extra).contains(&dropped),
+            "dropped {dropped}"
+        );
+        audit.flush().await;
+        assert_eq!(count(&store) as usize, QUEUE_CAPACITY + extra - dropped);
+    }
+
+    #[tokio::test]
     async fn retention_keeps_the_newest_rows_and_drops_old_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
