@@ -122,14 +122,14 @@ pub struct AuditQuery {
 }
 
 /// Records the writer's queue holds at most; more are dropped and counted.
-pub const QUEUE_CAPACITY: usize = 65_536;
+pub const QUEUE_CAPACITY: usize = 32_768;
 /// Records stored per transaction.
 const BATCH: usize = 512;
 /// Rows deleted per statement by retention.
 const PRUNE_CHUNK: usize = 5_000;
 
 enum Msg {
-    Record(AuditRecord),
+    Record(Box<AuditRecord>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -220,7 +220,7 @@ impl Audit {
         } else {
             tracing::warn!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "denied");
         }
-        match self.tx.try_send(Msg::Record(r)) {
+        match self.tx.try_send(Msg::Record(Box::new(r))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let before = self.stats.dropped.inc();
@@ -300,7 +300,7 @@ fn writer(store: Arc<Store>, rx: Receiver<Msg>, stats: AuditStats) {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(r) => records.push(r),
+                Msg::Record(r) => records.push(*r),
                 Msg::Flush(done) => waiters.push(done),
             }
             if records.len() < BATCH {

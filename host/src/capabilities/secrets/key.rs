@@ -282,7 +282,8 @@ mod tests {
     #[test]
     fn unreadable_keys_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&str, &dyn Fn(&Path), &str); 4] = [
+        type Make<'a> = &'a dyn Fn(&Path);
+        let cases: [(&str, Make<'_>, &str); 4] = [
             (
                 "a-dir.key",
                 &|p| std::fs::create_dir(p).unwrap(),
