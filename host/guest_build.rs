@@ -8,6 +8,7 @@ use std::process::Command;
 /// Builds `packages` with the `guest` profile and copies each component to
 /// `out_dir/<package>.wasm`. Returns (package, path) pairs.
 pub fn build_guests(packages: &[String], out_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    ensure_wasm_target()?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -58,6 +59,31 @@ pub fn build_guests(packages: &[String], out_dir: &Path) -> anyhow::Result<Vec<(
         built.push((p.clone(), dst));
     }
     Ok(built)
+}
+
+/// rustup installs a toolchain file's targets only when it installs the
+/// toolchain itself, so a machine that already had the toolchain may lack
+/// `wasm32-wasip2`: add it (rustup is how the toolchain file is honoured),
+/// or say exactly what to run.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
+        return Ok(());
+    }
+    println!(
+        "cargo:warning=the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    match added {
+        Ok(s) if s.success() => Ok(()),
+        other => anyhow::bail!(
+            "the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed ({other:?}); run it yourself (in this directory, so that rust-toolchain.toml picks the toolchain) and build again"
+        ),
+    }
 }
 
 /// Package names of the crates directly under `dir` (each `*/Cargo.toml`).

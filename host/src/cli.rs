@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use crate::config::ServerConfig;
 use crate::manifest::Role;
 
+#[path = "cli_trust.rs"]
+mod trust;
+
 /// Capstan: an automation server that runs sandboxed WebAssembly plugins.
 #[derive(Parser)]
 #[command(version, about)]
@@ -27,6 +30,15 @@ enum Command {
     /// Manage API tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage projects, which own plugins.
+    #[command(subcommand)]
+    Project(trust::ProjectCommand),
+    /// Manage grant ceilings: what may be granted without approval.
+    #[command(subcommand)]
+    Ceiling(trust::CeilingCommand),
+    /// Review versions held for approval.
+    #[command(subcommand)]
+    Approval(trust::ApprovalCommand),
     /// Maintain the secrets store (offline, on the data directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -106,9 +118,12 @@ enum TokenCommand {
     Create {
         /// Token name (1-64 of [A-Za-z0-9._-]).
         name: String,
-        /// viewer, operator or admin.
-        #[arg(long, default_value = "viewer")]
-        role: String,
+        /// Global role: viewer, operator or admin.
+        #[arg(long)]
+        role: Option<String>,
+        /// A role in one project, as PROJECT=ROLE (repeatable), e.g. team-a=operator.
+        #[arg(long = "project", value_name = "PROJECT=ROLE")]
+        projects: Vec<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -213,6 +228,9 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Plugin(cmd) => tokio::runtime::Runtime::new()?.block_on(remote(cmd)),
         Command::Token(cmd) => tokio::runtime::Runtime::new()?.block_on(token(cmd)),
+        Command::Project(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::project(cmd)),
+        Command::Ceiling(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::ceiling(cmd)),
+        Command::Approval(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::approval(cmd)),
         Command::Secrets(SecretsCommand::RotateKey {
             config,
             data_dir,
@@ -331,10 +349,26 @@ impl Remote {
 async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     let response = match cmd {
-        TokenCommand::Create { name, role, remote } => {
+        TokenCommand::Create {
+            name,
+            role,
+            projects,
+            remote,
+        } => {
+            let mut roles = serde_json::Map::new();
+            for p in &projects {
+                let (project, role) = p
+                    .split_once('=')
+                    .with_context(|| format!("--project `{p}`: write PROJECT=ROLE"))?;
+                roles.insert(project.into(), role.into());
+            }
+            let role = match (role, roles.is_empty()) {
+                (None, true) => Some("viewer".to_string()),
+                (role, _) => role,
+            };
             remote
                 .request(&remote.client()?, Method::POST, "/v1/tokens")
-                .json(&serde_json::json!({ "name": name, "role": role }))
+                .json(&serde_json::json!({ "name": name, "role": role, "projects": roles }))
                 .send()
                 .await
         }

@@ -39,6 +39,10 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Limits at the HTTP edge.
     pub api: ApiConfig,
+    /// Default grant ceilings (`[[ceilings]]`, see `trust::ceilings`):
+    /// stored on start where no ceiling for the same project and plugin is
+    /// stored yet, so changes made through the API win.
+    pub ceilings: Vec<crate::trust::ceilings::ScopedCeiling>,
     /// Audit log retention.
     pub audit: AuditConfig,
 }
@@ -125,6 +129,11 @@ pub struct ApiConfig {
     /// Connections open at once; at the limit the listener stops accepting
     /// until one closes; 0 disables.
     pub max_connections: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 `draining` while requests
+    /// are still served, before the listener closes (so that a load
+    /// balancer's health checks take the replica out first), ms. A second
+    /// signal skips the wait.
+    pub drain_delay_ms: u64,
     /// PEM certificate chain (leaf first); with `tls_key`, the API serves HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -145,6 +154,7 @@ impl Default for ServerConfig {
             kube: KubeSection::default(),
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
+            ceilings: Vec::new(),
             audit: AuditConfig::default(),
         }
     }
@@ -175,6 +185,7 @@ impl Default for ApiConfig {
             rate_limit_burst: a.rate_limit_burst,
             max_in_flight_requests: a.max_in_flight_requests,
             max_connections: a.max_connections,
+            drain_delay_ms: 2000,
             tls_cert: None,
             tls_key: None,
         }

@@ -122,6 +122,10 @@ pub struct Manifest {
     /// One line saying what the plugin does.
     #[serde(default)]
     pub description: String,
+    /// The project that owns the plugin (default: the owner of its earlier
+    /// versions, or `default`). Only its members may publish versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Path of the component, relative to the manifest (plugins directory only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
@@ -160,6 +164,14 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         validate_name(&self.name)?;
         validate_version(&self.version)?;
+        if let Some(p) = &self.project {
+            validate_name(p).map_err(|_| ManifestError::Field {
+                field: "project",
+                reason: format!(
+                    "`{p}` must be a project name: 1-63 characters of a-z, 0-9 and `-`"
+                ),
+            })?;
+        }
         let field = |field, reason: String| Err(ManifestError::Field { field, reason });
         if let Some(mb) = self.limits.memory_mb
             && !(1..=MAX_MEMORY_MB).contains(&mb)

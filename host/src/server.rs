@@ -25,6 +25,7 @@ pub struct Server {
     pub registry: Arc<Registry>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    drain_delay: std::time::Duration,
     _watcher: Option<notify::RecommendedWatcher>,
     _lock: DataDirLock,
 }
@@ -58,6 +59,7 @@ impl Server {
         metrics.register_audit(audit.stats());
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
+        seed_ceilings(&registry, &config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -110,6 +112,7 @@ impl Server {
             registry,
             shutdown,
             task,
+            drain_delay: std::time::Duration::from_millis(config.api.drain_delay_ms),
             _watcher: Some(watcher),
             _lock: lock,
         })
@@ -124,12 +127,48 @@ impl Server {
         served
     }
 
-    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    /// Runs until SIGTERM or Ctrl-C, then drains: `/readyz` answers 503
+    /// for `drain_delay_ms` while requests are still served (a second
+    /// signal cuts it short), then shuts down gracefully.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         shutdown_signal().await;
-        tracing::info!("shutting down: draining requests in flight");
+        self.registry.start_draining();
+        tracing::info!(
+            delay_ms = self.drain_delay.as_millis() as u64,
+            "draining: /readyz answers 503 so load balancers stop sending"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.drain_delay) => {}
+            _ = shutdown_signal() => tracing::info!("second signal: not waiting any longer"),
+        }
+        tracing::info!("shutting down: finishing requests in flight");
         self.shutdown().await
     }
+}
+
+/// Stores the config file's ceilings where none is stored yet (audited).
+async fn seed_ceilings(registry: &Registry, config: &ServerConfig) -> anyhow::Result<()> {
+    let seeded = registry
+        .gate()
+        .projects()
+        .seed(&config.ceilings)
+        .context("storing the config file's ceilings")?;
+    let who = crate::trust::Authority::system("config");
+    for c in seeded {
+        let target = match &c.plugin {
+            Some(p) => format!("ceiling {}/{p}", c.project),
+            None => format!("ceiling {}", c.project),
+        };
+        registry
+            .audit_change(
+                &who,
+                "ceiling.set",
+                &target,
+                serde_json::json!({ "from": null, "to": c.ceiling }),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 /// Installs the bundled plugins into a data directory that has never seen

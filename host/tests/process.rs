@@ -133,12 +133,29 @@ async fn kill_dash_nine_loses_nothing_committed() {
 }
 
 #[tokio::test]
-async fn sigterm_shuts_down_cleanly() {
+async fn sigterm_drains_then_shuts_down_cleanly() {
     let data = tempfile::tempdir().unwrap();
     let mut proc = start(data.path()).await;
     let pid = proc.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
+    // While draining, readiness fails but requests are still served.
+    let client = client();
+    let mut drained = false;
+    for _ in 0..100 {
+        let r = client.get(format!("{}/readyz", proc.url)).send().await;
+        if let Ok(r) = r
+            && r.status() == 503
+        {
+            assert_eq!(r.text().await.unwrap(), "draining");
+            let (status, _) = json(client.get(format!("{}/v1/plugins", proc.url))).await;
+            assert_eq!(status, 200, "still serving while draining");
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(drained, "/readyz never reported draining");
     let mut exited = None;
     for _ in 0..100 {
         if let Some(s) = proc.child.try_wait().unwrap() {
@@ -207,6 +224,118 @@ async fn scaffolded_plugin_builds_and_hot_loads() {
     }
     assert_eq!(last["result"]["outcome"], "succeeded", "{last}");
     assert_eq!(last["result"]["outputs"]["echo"], r#"{"who":"world"}"#);
+    // The directory install is on the record.
+    let (_, audit) = json(client.get(format!(
+        "{}/v1/audit?capability=change&limit=1000",
+        proc.url
+    )))
+    .await;
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["actor"] == "directory"
+                && r["target"] == "hello-step"
+                && r["detail"]["source"] == "directory"),
+        "{audit}"
+    );
+}
+
+/// Runs the `capstan` CLI against `url` with the admin token; returns stdout.
+fn cli(url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(args)
+        .args(["--server", url])
+        .env("CAPSTAN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "capstan {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Projects, ceilings, project tokens and approvals from the CLI; bundled
+/// installs are on the record.
+#[tokio::test]
+async fn trust_model_from_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let proc = start(data.path()).await;
+    let client = client();
+    let (_, audit) = json(client.get(format!(
+        "{}/v1/audit?capability=change&limit=1000",
+        proc.url
+    )))
+    .await;
+    let bundled: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["actor"] == "bundled" && r["verb"] == "plugin.upload")
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert!(bundled.contains(&"render-deployment"), "{audit}");
+
+    cli(
+        &proc.url,
+        &["project", "create", "team-a", "--description", "Team A"],
+    );
+    let file = data.path().join("ceiling.toml");
+    std::fs::write(&file, "secrets = [\"team-a-*\"]\nkv_max_bytes = 4096\n").unwrap();
+    cli(
+        &proc.url,
+        &["ceiling", "set", "team-a", "--file", file.to_str().unwrap()],
+    );
+    let listed = cli(&proc.url, &["ceiling", "list"]);
+    assert!(listed.contains("team-a-*"), "{listed}");
+    let created = cli(
+        &proc.url,
+        &["token", "create", "op-a", "--project", "team-a=operator"],
+    );
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let op = created["token"].as_str().unwrap().to_string();
+    assert_eq!(created["projects"]["team-a"], "operator");
+    assert_eq!(created["role"], serde_json::Value::Null);
+
+    // The operator publishes a version reaching a secret outside the ceiling.
+    let (manifest, component) = {
+        let b = capstan::bundled::find("render-deployment").unwrap();
+        (b.manifest.to_string(), b.component.to_vec())
+    };
+    let manifest = manifest.replace(
+        "name = \"render-deployment\"",
+        "name = \"team-step\"\nproject = \"team-a\"",
+    ) + "\n[grants.secrets]\nnames = [\"prod-db\"]\n";
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", manifest)
+        .part("component", reqwest::multipart::Part::bytes(component));
+    let r = client
+        .post(format!("{}/v1/plugins", proc.url))
+        .bearer_auth(&op)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let held: serde_json::Value = r.json().await.unwrap();
+    let id = held["held"]["approval"].as_str().unwrap().to_string();
+    let pending = cli(&proc.url, &["approval", "list"]);
+    assert!(
+        pending.contains(&id) && pending.contains("prod-db"),
+        "{pending}"
+    );
+    let approved = cli(
+        &proc.url,
+        &["approval", "approve", &id, "--comment", "one-off"],
+    );
+    assert!(approved.contains("\"approved\""), "{approved}");
+    let (_, detail) = json(client.get(format!("{}/v1/plugins/team-step", proc.url))).await;
+    assert_eq!(detail["active_version"], "1.0.0", "{detail}");
+    assert_eq!(detail["project"], "team-a");
 }
 
 /// `capstan secrets rotate-key` runs offline: refused while a server holds

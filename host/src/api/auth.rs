@@ -3,14 +3,16 @@
 //! * Tokens are `cap_` + 32 random bytes (base64url), shown once when created
 //!   and stored only as their SHA-256 (a lookup by hash, so nothing is
 //!   compared byte by byte with a secret).
-//! * Each token has one role: `viewer` < `operator` < `admin`.
-//! * [`required_access`] is the one table from route to minimum role; a route
-//!   it does not list needs `admin` (deny by default).
+//! * Each token has a global role, roles in single projects, or both:
+//!   `viewer` < `operator` < `admin` (see [`crate::trust`]).
+//! * [`required_access`] is the one table from route to minimum role and
+//!   where it must be held (globally, in the plugin's project, or anywhere,
+//!   the handler narrowing it); a route it does not list needs the global
+//!   `admin` role (deny by default).
 //! * [`guard`] is the middleware that authenticates, rate-limits, authorises
 //!   and audits every mutating call (refusals included).
 
-use std::collections::HashMap;
-use std::fmt;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -19,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use rusqlite::{OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
@@ -28,6 +30,7 @@ use super::limits::{RateKey, RateLimiter};
 use super::listen::PeerAddr;
 use crate::capabilities::AuditRecord;
 use crate::store::Store;
+use crate::trust::Authority;
 
 /// Table of API tokens. Only the SHA-256 of a token is stored. A name is
 /// unique among tokens that are not revoked; revoked rows stay for the record.
@@ -48,58 +51,21 @@ CREATE UNIQUE INDEX api_tokens_active_name ON api_tokens (name) WHERE revoked_at
 /// first start).
 pub const BOOTSTRAP_TOKEN: &str = "bootstrap-admin";
 
-/// What a token may do. Ordered: each role includes the ones below it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiRole {
-    /// Read: every listed GET endpoint.
-    Viewer,
-    /// Viewer, plus invoke, upload, activate and roll back plugins.
-    Operator,
-    /// Everything: tokens, secrets, deleting plugins, any unlisted route.
-    Admin,
-}
-
-impl ApiRole {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiRole::Viewer => "viewer",
-            ApiRole::Operator => "operator",
-            ApiRole::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for ApiRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ApiRole {
-    type Err = AuthError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(ApiRole::Viewer),
-            "operator" => Ok(ApiRole::Operator),
-            "admin" => Ok(ApiRole::Admin),
-            other => Err(AuthError::Invalid(format!(
-                "unknown role `{other}`; expected viewer, operator or admin"
-            ))),
-        }
-    }
-}
+/// What a token may do (the trust model's role).
+pub use crate::trust::Role as ApiRole;
 
 /// Who a route is open to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// No token needed.
     Public,
-    /// A token with at least this role.
+    /// This role somewhere (globally or in any project); the handler
+    /// narrows it to the project concerned.
     Role(ApiRole),
+    /// This role globally.
+    Global(ApiRole),
+    /// This role in the project owning the plugin named in the path.
+    Plugin(ApiRole),
 }
 
 #[derive(Clone, Copy)]
@@ -108,6 +74,8 @@ enum Rule {
     /// Public when `metrics_public` is set, else viewer.
     Metrics,
     Min(ApiRole),
+    Global(ApiRole),
+    Plugin(ApiRole),
 }
 
 /// THE route table: method, path pattern (`{x}` is one path segment) and
@@ -115,37 +83,52 @@ enum Rule {
 /// needs `admin`, so a new route is closed until it is added.
 const ROUTES: &[(&str, &str, Rule)] = {
     use ApiRole::{Admin, Operator, Viewer};
-    use Rule::{Metrics, Min, Public};
+    use Rule::{Global, Metrics, Min, Plugin, Public};
     &[
         // Probes and scraping.
         ("GET", "/healthz", Public),
         ("GET", "/readyz", Public),
         ("GET", "/metrics", Metrics),
         ("GET", "/openapi.json", Min(Viewer)),
-        // Plugins.
+        // Plugins: the listing shows the caller's projects; publishing
+        // needs the operator role in the manifest's project (checked by
+        // the registry); the rest needs a role in the plugin's project.
         ("GET", "/v1/plugins", Min(Viewer)),
         ("POST", "/v1/plugins", Min(Operator)),
-        ("GET", "/v1/plugins/{name}", Min(Viewer)),
-        ("DELETE", "/v1/plugins/{name}", Min(Admin)),
-        ("GET", "/v1/plugins/{name}/versions", Min(Viewer)),
+        ("GET", "/v1/plugins/{name}", Plugin(Viewer)),
+        ("DELETE", "/v1/plugins/{name}", Plugin(Admin)),
+        ("GET", "/v1/plugins/{name}/versions", Plugin(Viewer)),
         (
             "DELETE",
             "/v1/plugins/{name}/versions/{version}",
-            Min(Admin),
+            Plugin(Admin),
         ),
-        ("PUT", "/v1/plugins/{name}/active", Min(Operator)),
-        ("POST", "/v1/plugins/{name}/rollback", Min(Operator)),
-        ("POST", "/v1/plugins/{name}/invoke", Min(Operator)),
-        ("GET", "/v1/plugins/{name}/invocations", Min(Viewer)),
+        ("PUT", "/v1/plugins/{name}/active", Plugin(Operator)),
+        ("POST", "/v1/plugins/{name}/rollback", Plugin(Operator)),
+        ("POST", "/v1/plugins/{name}/invoke", Plugin(Operator)),
+        ("GET", "/v1/plugins/{name}/invocations", Plugin(Viewer)),
+        // Projects, ceilings and approvals.
+        ("GET", "/v1/projects", Min(Viewer)),
+        ("POST", "/v1/projects", Global(Admin)),
+        ("DELETE", "/v1/projects/{name}", Global(Admin)),
+        ("GET", "/v1/ceilings", Min(Viewer)),
+        ("PUT", "/v1/ceilings/{project}", Global(Admin)),
+        ("DELETE", "/v1/ceilings/{project}", Global(Admin)),
+        ("PUT", "/v1/ceilings/{project}/{plugin}", Global(Admin)),
+        ("DELETE", "/v1/ceilings/{project}/{plugin}", Global(Admin)),
+        ("GET", "/v1/approvals", Min(Viewer)),
+        ("GET", "/v1/approvals/{id}", Min(Viewer)),
+        ("POST", "/v1/approvals/{id}/approve", Min(Admin)),
+        ("POST", "/v1/approvals/{id}/reject", Min(Admin)),
         // Audit log.
-        ("GET", "/v1/audit", Min(Viewer)),
+        ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.
-        ("GET", "/v1/tokens", Min(Admin)),
-        ("POST", "/v1/tokens", Min(Admin)),
-        ("DELETE", "/v1/tokens/{name}", Min(Admin)),
-        ("GET", "/v1/secrets", Min(Admin)),
-        ("PUT", "/v1/secrets/{name}", Min(Admin)),
-        ("DELETE", "/v1/secrets/{name}", Min(Admin)),
+        ("GET", "/v1/tokens", Global(Admin)),
+        ("POST", "/v1/tokens", Global(Admin)),
+        ("DELETE", "/v1/tokens/{name}", Global(Admin)),
+        ("GET", "/v1/secrets", Global(Admin)),
+        ("PUT", "/v1/secrets/{name}", Global(Admin)),
+        ("DELETE", "/v1/secrets/{name}", Global(Admin)),
     ]
 };
 
@@ -161,12 +144,14 @@ pub fn required_access(method: &Method, path: &str, metrics_public: bool) -> Acc
         .iter()
         .find(|(m, pattern, _)| *m == method && path_matches(pattern, path))
         .map(|(_, _, rule)| *rule)
-        .unwrap_or(Rule::Min(ApiRole::Admin));
+        .unwrap_or(Rule::Global(ApiRole::Admin));
     match rule {
         Rule::Public => Access::Public,
         Rule::Metrics if metrics_public => Access::Public,
         Rule::Metrics => Access::Role(ApiRole::Viewer),
         Rule::Min(role) => Access::Role(role),
+        Rule::Global(role) => Access::Global(role),
+        Rule::Plugin(role) => Access::Plugin(role),
     }
 }
 
@@ -184,6 +169,11 @@ fn path_matches(pattern: &str, path: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// The plugin named by a `/v1/plugins/{name}/...` path.
+fn plugin_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/plugins/")?.split('/').next()
 }
 
 /// Calls that change something and are therefore audited.
@@ -213,14 +203,25 @@ pub enum AuthError {
 pub struct Caller {
     /// Token name.
     pub name: String,
-    /// Token role.
-    pub role: ApiRole,
+    /// Global role, if any.
+    pub role: Option<ApiRole>,
+    /// Roles in single projects.
+    pub projects: BTreeMap<String, ApiRole>,
 }
 
 impl Caller {
     /// The audit actor: `token:<name>`.
     pub fn actor(&self) -> String {
         format!("token:{}", self.name)
+    }
+
+    /// The caller as the trust model sees it.
+    pub fn authority(&self) -> Authority {
+        Authority {
+            actor: self.actor(),
+            global: self.role,
+            projects: self.projects.clone(),
+        }
     }
 }
 
@@ -229,8 +230,10 @@ impl Caller {
 pub struct TokenInfo {
     /// Name.
     pub name: String,
-    /// Role.
-    pub role: ApiRole,
+    /// Global role, if any.
+    pub role: Option<ApiRole>,
+    /// Roles in single projects.
+    pub projects: BTreeMap<String, ApiRole>,
     /// Unix seconds.
     pub created_at: i64,
     /// Who created it (`token:<name>`, or `config`/`startup` for the bootstrap token).
@@ -306,19 +309,25 @@ impl Tokens {
 
     fn reload(&self) -> Result<(), AuthError> {
         let conn = self.store.conn();
-        let mut stmt =
-            conn.prepare("SELECT name, role, hash FROM api_tokens WHERE revoked_at IS NULL")?;
+        let mut stmt = conn.prepare(
+            "SELECT name, role, projects, hash FROM api_tokens WHERE revoked_at IS NULL",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })?;
         let mut active = HashMap::new();
         for row in rows {
-            let (name, role, hash) = row?;
-            let (Ok(role), Ok(bytes)) = (role.parse::<ApiRole>(), hex::decode(&hash)) else {
+            let (name, role, projects, hash) = row?;
+            let (Ok(role), Ok(projects), Ok(bytes)) = (
+                role.map(|r| r.parse::<ApiRole>()).transpose(),
+                serde_json::from_str::<BTreeMap<String, ApiRole>>(&projects),
+                hex::decode(&hash),
+            ) else {
                 tracing::error!(token = %name, "unreadable row in api_tokens; ignoring it");
                 continue;
             };
@@ -326,7 +335,14 @@ impl Tokens {
                 tracing::error!(token = %name, "bad hash in api_tokens; ignoring it");
                 continue;
             };
-            active.insert(key, Caller { name, role });
+            active.insert(
+                key,
+                Caller {
+                    name,
+                    role,
+                    projects,
+                },
+            );
         }
         drop(stmt);
         drop(conn);
@@ -350,10 +366,31 @@ impl Tokens {
     pub fn create(
         &self,
         name: &str,
-        role: ApiRole,
+        role: Option<ApiRole>,
+        projects: BTreeMap<String, ApiRole>,
         created_by: &str,
     ) -> Result<NewToken, AuthError> {
         validate_name(name)?;
+        if role.is_none() && projects.is_empty() {
+            return Err(AuthError::Invalid(
+                "a token needs a global `role`, roles in `projects`, or both".into(),
+            ));
+        }
+        for p in projects.keys() {
+            let exists = self
+                .store
+                .conn()
+                .query_row("SELECT 1 FROM projects WHERE name = ?1", params![p], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(AuthError::NotFound(format!(
+                    "no project named `{p}`; create it first"
+                )));
+            }
+        }
         if name == BOOTSTRAP_TOKEN {
             return Err(AuthError::Invalid(format!(
                 "`{BOOTSTRAP_TOKEN}` is reserved for the configured admin token"
@@ -362,8 +399,15 @@ impl Tokens {
         let secret = generate_secret();
         let created_at = now();
         let inserted = self.store.conn().execute(
-            "INSERT INTO api_tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, role.as_str(), hex::encode(digest(&secret)), created_at, created_by],
+            "INSERT INTO api_tokens (name, role, projects, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                name,
+                role.map(ApiRole::as_str),
+                serde_json::to_string(&projects).unwrap_or_default(),
+                hex::encode(digest(&secret)),
+                created_at,
+                created_by
+            ],
         );
         match inserted {
             Ok(_) => {}
@@ -381,6 +425,7 @@ impl Tokens {
             info: TokenInfo {
                 name: name.into(),
                 role,
+                projects,
                 created_at,
                 created_by: created_by.into(),
                 revoked: false,
@@ -394,23 +439,29 @@ impl Tokens {
     pub fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
         let conn = self.store.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, role, created_at, created_by, revoked_at FROM api_tokens ORDER BY id",
+            "SELECT name, role, projects, created_at, created_by, revoked_at FROM api_tokens ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<i64>>(5)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, created_at, created_by, revoked_at) = row?;
+            let (name, role, projects, created_at, created_by, revoked_at) = row?;
             out.push(TokenInfo {
                 name,
-                role: role.parse()?,
+                role: role
+                    .map(|r| r.parse::<ApiRole>())
+                    .transpose()
+                    .map_err(AuthError::Invalid)?,
+                projects: serde_json::from_str(&projects)
+                    .map_err(|e| AuthError::Invalid(format!("token projects: {e}")))?,
                 created_at,
                 created_by,
                 revoked: revoked_at.is_some(),
@@ -425,7 +476,7 @@ impl Tokens {
         {
             let mut conn = self.store.conn();
             let tx = conn.transaction()?;
-            let role: Option<String> = tx
+            let role: Option<Option<String>> = tx
                 .query_row(
                     "SELECT role FROM api_tokens WHERE name = ?1 AND revoked_at IS NULL",
                     params![name],
@@ -433,7 +484,7 @@ impl Tokens {
                 )
                 .optional()?;
             let role = role.ok_or_else(|| AuthError::NotFound(format!("no token named {name}")))?;
-            if role == "admin" {
+            if role.as_deref() == Some("admin") {
                 let admins: i64 = tx.query_row(
                     "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
                     [],
@@ -645,7 +696,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let path = req.uri().path().to_string();
     let need = match required_access(&method, &path, auth.metrics_public) {
         Access::Public => return next.run(req).await,
-        Access::Role(role) => role,
+        other => other,
     };
     let mutating = is_mutating(&method);
     let (caller, invalid) = match bearer(req.headers()) {
@@ -688,17 +739,36 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         return response;
     };
     // Admin tokens are exempt so an administrator can always get in.
-    if caller.role != ApiRole::Admin
+    if caller.role != Some(ApiRole::Admin)
         && let Err(retry) = auth.limiter.check(RateKey::Token(caller.name.clone()))
     {
         return too_many_requests(retry);
     }
-    if caller.role < need {
+    let who = caller.authority();
+    let (has, scope) = match need {
+        Access::Public => unreachable!("handled above"),
+        Access::Role(_) => (who.best_role(), "in any project".to_string()),
+        Access::Global(_) => (who.global, "globally".to_string()),
+        Access::Plugin(_) => {
+            let project = plugin_of(&path)
+                .map(|p| state.registry.gate().owner(p))
+                .unwrap_or_default();
+            (who.role_in(&project), format!("in project `{project}`"))
+        }
+    };
+    let need_role = match need {
+        Access::Role(r) | Access::Global(r) | Access::Plugin(r) => r,
+        Access::Public => unreachable!("handled above"),
+    };
+    if has < Some(need_role) {
+        let has_text = has.map_or("no role".to_string(), |r| format!("`{r}`"));
         let response = ApiError::forbidden(format!(
-            "{method} {path} needs the `{need}` role; token `{}` has `{}`",
-            caller.name, caller.role
+            "{method} {path} needs the `{need_role}` role {scope}; token `{}` has {has_text} there",
+            caller.name
         ))
-        .with_details(serde_json::json!({ "required_role": need, "role": caller.role }))
+        .with_details(
+            serde_json::json!({ "required_role": need_role, "role": has, "scope": scope }),
+        )
         .into_response();
         if mutating {
             audit(&state, caller.actor(), &method, &path, false, 403).await;
@@ -745,10 +815,18 @@ mod tests {
         assert_eq!(access(Method::POST, "/v1/plugins"), Access::Role(Operator));
         assert_eq!(
             access(Method::POST, "/v1/plugins/x/invoke"),
-            Access::Role(Operator)
+            Access::Plugin(Operator)
         );
-        assert_eq!(access(Method::DELETE, "/v1/plugins/x"), Access::Role(Admin));
-        assert_eq!(access(Method::POST, "/v1/tokens"), Access::Role(Admin));
+        assert_eq!(
+            access(Method::DELETE, "/v1/plugins/x"),
+            Access::Plugin(Admin)
+        );
+        assert_eq!(access(Method::POST, "/v1/tokens"), Access::Global(Admin));
+        assert_eq!(access(Method::GET, "/v1/audit"), Access::Global(Viewer));
+        assert_eq!(
+            access(Method::POST, "/v1/approvals/x/approve"),
+            Access::Role(Admin)
+        );
         // Not listed: admin only.
         for (m, p) in [
             (Method::GET, "/v1/unknown"),
@@ -760,7 +838,7 @@ mod tests {
             (Method::POST, "/v1/plugins/x/invoke/more"),
             (Method::OPTIONS, "/v1/plugins"),
         ] {
-            assert_eq!(access(m.clone(), p), Access::Role(Admin), "{m} {p}");
+            assert_eq!(access(m.clone(), p), Access::Global(Admin), "{m} {p}");
         }
     }
 
@@ -794,12 +872,17 @@ mod tests {
         let first = tokens.bootstrap(None).unwrap().expect("generated");
         assert!(first.starts_with("cap_") && first.len() == 47, "{first}");
         assert_eq!(tokens.bootstrap(None).unwrap(), None, "only once");
-        assert_eq!(tokens.authenticate(&first).unwrap().role, ApiRole::Admin);
+        assert_eq!(
+            tokens.authenticate(&first).unwrap().role,
+            Some(ApiRole::Admin)
+        );
 
-        let t = tokens.create("ci", ApiRole::Operator, "token:x").unwrap();
+        let t = tokens
+            .create("ci", Some(ApiRole::Operator), BTreeMap::new(), "token:x")
+            .unwrap();
         assert_eq!(tokens.authenticate(&t.token).unwrap().name, "ci");
         assert!(matches!(
-            tokens.create("ci", ApiRole::Viewer, ""),
+            tokens.create("ci", Some(ApiRole::Viewer), BTreeMap::new(), ""),
             Err(AuthError::Conflict(_))
         ));
         let stored: String = store
@@ -812,7 +895,9 @@ mod tests {
         tokens.revoke("ci").unwrap();
         assert_eq!(tokens.authenticate(&t.token), None);
         // The name can be reused after revocation.
-        tokens.create("ci", ApiRole::Viewer, "").unwrap();
+        tokens
+            .create("ci", Some(ApiRole::Viewer), BTreeMap::new(), "")
+            .unwrap();
         assert!(matches!(
             tokens.revoke(BOOTSTRAP_TOKEN),
             Err(AuthError::Conflict(_))
@@ -839,7 +924,9 @@ mod tests {
         tokens
             .bootstrap(Some("first-configured-admin-token"))
             .unwrap();
-        tokens.create("other-admin", ApiRole::Admin, "").unwrap();
+        tokens
+            .create("other-admin", Some(ApiRole::Admin), BTreeMap::new(), "")
+            .unwrap();
         tokens.revoke(BOOTSTRAP_TOKEN).unwrap();
         assert_eq!(
             tokens

@@ -119,6 +119,79 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A storage failure as an answer: a busy database is 503 (retry), a full
+/// disk 507, anything else 500; the message always says why.
+pub fn storage_error(message: String, class: StorageClass) -> ApiError {
+    match class {
+        StorageClass::Busy => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_busy",
+            format!("{message}; retry shortly"),
+        )
+        .retry_after(1),
+        StorageClass::Full => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("{message}; nothing was changed: free space on the data directory's disk"),
+        ),
+        StorageClass::Other => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+        }
+    }
+}
+
+/// What kind of storage failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageClass {
+    /// The database is locked by another writer.
+    Busy,
+    /// The disk is full.
+    Full,
+    /// Anything else.
+    Other,
+}
+
+impl StorageClass {
+    /// Classifies a SQLite error.
+    pub fn of_db(e: &rusqlite::Error) -> StorageClass {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => StorageClass::Busy,
+            Some(DiskFull) => StorageClass::Full,
+            _ => StorageClass::Other,
+        }
+    }
+
+    /// Classifies a filesystem error.
+    pub fn of_io(e: &std::io::Error) -> StorageClass {
+        if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+            StorageClass::Full
+        } else {
+            StorageClass::Other
+        }
+    }
+
+    /// Classifies a store error.
+    pub fn of_store(e: &crate::store::StoreError) -> StorageClass {
+        match e {
+            crate::store::StoreError::Db(e) => StorageClass::of_db(e),
+            crate::store::StoreError::Io { source, .. } => StorageClass::of_io(source),
+            _ => StorageClass::Other,
+        }
+    }
+
+    /// Classifies an error known only by its text (the SQLite and OS messages).
+    pub fn of_text(text: &str) -> StorageClass {
+        if text.contains("database is locked") || text.contains("database is busy") {
+            StorageClass::Busy
+        } else if text.contains("disk is full") || text.contains("No space left") {
+            StorageClass::Full
+        } else {
+            StorageClass::Other
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let message = e.to_string();
@@ -135,10 +208,12 @@ impl From<RegistryError> for ApiError {
                 message,
             ),
             RegistryError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            RegistryError::Store(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
-            }
+            RegistryError::Store(e) => storage_error(message, StorageClass::of_store(&e)),
             RegistryError::Invoke(e) => e.into(),
+            RegistryError::Forbidden(_) => ApiError::forbidden(message),
+            RegistryError::Held(_) => {
+                ApiError::new(StatusCode::CONFLICT, "approval_required", message)
+            }
         }
     }
 }
@@ -187,7 +262,8 @@ impl From<SecretError> for ApiError {
             SecretError::NotFound(_) => ApiError::not_found(message),
             SecretError::Invalid(_) => ApiError::bad_request(message),
             SecretError::Storage(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+                let class = StorageClass::of_text(&message);
+                storage_error(message, class)
             }
         }
     }
@@ -200,9 +276,7 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid(_) => ApiError::bad_request(message),
             AuthError::NotFound(_) => ApiError::not_found(message),
             AuthError::Conflict(_) => ApiError::conflict(message),
-            AuthError::Storage(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
-            }
+            AuthError::Storage(e) => storage_error(message, StorageClass::of_db(&e)),
         }
     }
 }

@@ -12,6 +12,7 @@ mod plugins;
 mod secrets;
 pub mod tls;
 mod tokens;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,11 +84,16 @@ pub struct AppState {
         plugins::invocations, ops::healthz, ops::readyz, ops::metrics,
         tokens::create, tokens::list, tokens::revoke,
         secrets::put, secrets::list, secrets::delete, audit::query,
+        trust::list_projects, trust::create_project, trust::delete_project,
+        trust::list_ceilings, trust::put_project_ceiling, trust::put_plugin_ceiling,
+        trust::delete_project_ceiling, trust::delete_plugin_ceiling,
+        trust::list_approvals, trust::show_approval, trust::approve, trust::reject,
     ),
     modifiers(&BearerAuth),
     tags((name = "plugins", description = "Plugin versions and invocation"), (name = "ops", description = "Health and metrics"),
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
-        (name = "audit", description = "The audit log (viewer)"))
+        (name = "audit", description = "The audit log (viewer)"),
+        (name = "trust", description = "Projects, grant ceilings and approvals"))
 )]
 pub struct ApiDoc;
 
@@ -109,7 +115,7 @@ impl utoipa::Modify for BearerAuth {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .description(Some(
-                            "An API token: `Authorization: Bearer cap_...`. Roles: viewer (GET), operator (also upload, invoke, activate, roll back), admin (everything).",
+                            "An API token: `Authorization: Bearer cap_...`. A token has a global role, roles in single projects, or both: viewer (read), operator (also upload, invoke, activate, roll back), admin (everything in its scope; globally also tokens, secrets, projects, ceilings and approvals).",
                         ))
                         .build(),
                 ),
@@ -158,7 +164,25 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{name}", delete(tokens::revoke))
         .route("/secrets", get(secrets::list))
         .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
-        .route("/audit", get(audit::query));
+        .route("/audit", get(audit::query))
+        .route(
+            "/projects",
+            get(trust::list_projects).post(trust::create_project),
+        )
+        .route("/projects/{name}", delete(trust::delete_project))
+        .route("/ceilings", get(trust::list_ceilings))
+        .route(
+            "/ceilings/{project}",
+            put(trust::put_project_ceiling).delete(trust::delete_project_ceiling),
+        )
+        .route(
+            "/ceilings/{project}/{plugin}",
+            put(trust::put_plugin_ceiling).delete(trust::delete_plugin_ceiling),
+        )
+        .route("/approvals", get(trust::list_approvals))
+        .route("/approvals/{id}", get(trust::show_approval))
+        .route("/approvals/{id}/approve", post(trust::approve))
+        .route("/approvals/{id}/reject", post(trust::reject));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, then authentication
     // and authorisation (auth::guard) in front of every route.

@@ -17,11 +17,14 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the registry has loaded every stored plugin.
+/// Readiness: the registry has loaded every stored plugin, and the server
+/// is not draining for shutdown.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = String), (status = 503, body = String)))]
+    responses((status = 200, body = String), (status = 503, body = String, description = "`loading plugins` or `draining`")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.registry.is_ready() {
+    if state.registry.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.registry.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading plugins")

@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::dto;
 use super::error::{ApiError, ErrorBody};
 use crate::manifest::{Manifest, Role};
@@ -22,6 +23,8 @@ use crate::store::{HistoryEntry, VersionRecord};
 pub struct PluginSummary {
     /// Name.
     pub name: String,
+    /// Owning project.
+    pub project: String,
     /// Role of the active version.
     pub role: Option<Role>,
     /// Active version, if one is loaded.
@@ -55,6 +58,8 @@ pub struct PluginDetail {
     pub versions: Vec<VersionRecord>,
     /// What happened to the plugin, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// Approvals of its versions (held ones first), newest first.
+    pub approvals: Vec<crate::trust::approvals::Approval>,
 }
 
 fn summary(state: &AppState, name: &str) -> PluginSummary {
@@ -62,6 +67,7 @@ fn summary(state: &AppState, name: &str) -> PluginSummary {
     let active = slot.as_ref().and_then(|s| s.active());
     PluginSummary {
         name: name.to_string(),
+        project: state.registry.gate().owner(name),
         role: active.as_ref().map(|p| p.manifest.role),
         active_version: active.as_ref().map(|p| p.manifest.version.clone()),
         description: active
@@ -75,11 +81,17 @@ fn summary(state: &AppState, name: &str) -> PluginSummary {
 /// Lists plugins.
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
     responses((status = 200, body = PluginList)))]
-pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<PluginList> {
+    let who = caller.authority();
+    let gate = state.registry.gate();
     let plugins = state
         .registry
         .names()
         .iter()
+        .filter(|n| who.can_view(&gate.owner(n)))
         .map(|n| summary(&state, n))
         .collect();
     Json(PluginList {
@@ -112,7 +124,24 @@ pub async fn show(
         history: store
             .history(&name)
             .map_err(crate::registry::RegistryError::from)?,
+        approvals: approvals_of(&state, &name)?,
     }))
+}
+
+fn approvals_of(
+    state: &AppState,
+    name: &str,
+) -> Result<Vec<crate::trust::approvals::Approval>, ApiError> {
+    let prefix = format!("{name}@");
+    let mut all = state
+        .registry
+        .gate()
+        .approvals()
+        .list(Some(crate::registry::trust_kind()), None)
+        .map_err(crate::registry::RegistryError::from)?;
+    all.retain(|a| a.subject.starts_with(&prefix));
+    all.sort_by_key(|a| a.state != crate::trust::approvals::ApprovalState::Pending);
+    Ok(all)
 }
 
 /// Query of an upload.
@@ -134,9 +163,12 @@ fn yes() -> bool {
     responses(
         (status = 201, body = Installed, description = "Stored (and activated unless activate=false)"),
         (status = 200, body = Installed, description = "Exactly this version was already stored"),
+        (status = 202, body = Installed, description = "Stored and compiled, but held for approval: its grants go beyond the project's ceiling or widen the active version's (`held` says why and names the approval)"),
+        (status = 403, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<UploadQuery>,
     mut multipart: Multipart,
 ) -> Result<(StatusCode, Json<Installed>), ApiError> {
@@ -170,9 +202,17 @@ pub async fn upload(
     let component = component.ok_or_else(|| ApiError::bad_request("missing part `component`"))?;
     let installed = state
         .registry
-        .install(&manifest, component, Source::Api, q.activate)
+        .install_as(
+            &manifest,
+            component,
+            Source::Api,
+            q.activate,
+            &caller.authority(),
+        )
         .await?;
-    let status = if installed.changed {
+    let status = if installed.held.is_some() {
+        StatusCode::ACCEPTED
+    } else if installed.changed {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -186,9 +226,10 @@ pub async fn upload(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.registry.delete(&name).await?;
+    state.registry.delete_as(&name, &caller.authority()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -217,9 +258,13 @@ pub async fn versions(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_version(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.registry.delete_version(&name, &version).await?;
+    state
+        .registry
+        .delete_version_as(&name, &version, &caller.authority())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,14 +288,19 @@ pub struct ActiveVersion {
 /// Makes a stored version the active one.
 #[utoipa::path(put, path = "/v1/plugins/{name}/active", tag = "plugins",
     params(("name" = String, Path)), request_body = ActivateRequest,
-    responses((status = 200, body = ActiveVersion), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = ActiveVersion), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The version needs an approval it does not have (`approval_required`)"), (status = 422, body = ErrorBody)))]
 pub async fn activate(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<ActivateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ActiveVersion>, ApiError> {
     let Json(body) = body?;
-    state.registry.activate(&name, &body.version).await?;
+    state
+        .registry
+        .activate_as(&name, &body.version, &caller.authority())
+        .await?;
     Ok(Json(ActiveVersion {
         name,
         active_version: body.version,
@@ -263,9 +313,13 @@ pub async fn activate(
     responses((status = 200, body = ActiveVersion), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<ActiveVersion>, ApiError> {
-    let version = state.registry.rollback(&name).await?;
+    let version = state
+        .registry
+        .rollback_as(&name, &caller.authority())
+        .await?;
     Ok(Json(ActiveVersion {
         name,
         active_version: version,

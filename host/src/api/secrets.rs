@@ -1,13 +1,14 @@
 //! `/v1/secrets`: store, list (names only) and delete the named secrets
 //! plugins may be granted (admin only). Values go in and never come out.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::capabilities::secrets::SecretBox;
 
@@ -39,6 +40,7 @@ pub struct SecretList {
     responses((status = 204, description = "Stored"), (status = 400, body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<PutSecret>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -52,6 +54,15 @@ pub async fn put(
     })?;
     let env = state.registry.runtime().env();
     env.secrets.put(&env.store, &name, &body.value)?;
+    state
+        .registry
+        .audit_change(
+            &caller.authority(),
+            "secret.put",
+            &name,
+            serde_json::json!({ "name": name, "bytes": body.value.len() }),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -71,9 +82,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SecretList>, Api
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let env = state.registry.runtime().env();
     SecretBox::delete(&env.store, &name)?;
+    state
+        .registry
+        .audit_change(
+            &caller.authority(),
+            "secret.delete",
+            &name,
+            serde_json::json!({ "name": name }),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,7 @@
 //! `/v1/tokens`: create, list and revoke API tokens (admin only).
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -16,8 +18,13 @@ use super::error::{ApiError, ErrorBody};
 pub struct CreateToken {
     /// Name, 1-64 of `[A-Za-z0-9._-]`, unique among active tokens.
     pub name: String,
-    /// `viewer`, `operator` or `admin`.
-    pub role: ApiRole,
+    /// Global role: `viewer`, `operator` or `admin`. Optional when
+    /// `projects` is set.
+    #[serde(default)]
+    pub role: Option<ApiRole>,
+    /// Roles in single projects, e.g. `{"team-a": "operator"}`.
+    #[serde(default)]
+    pub projects: BTreeMap<String, ApiRole>,
 }
 
 /// The token listing.
@@ -31,18 +38,29 @@ pub struct TokenList {
 #[utoipa::path(post, path = "/v1/tokens", tag = "auth", request_body = CreateToken,
     responses(
         (status = 201, body = NewToken, description = "Created; `token` is shown only this once"),
-        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     let Json(body) = body?;
-    let token = state
-        .auth
-        .tokens
-        .create(&body.name, body.role, &caller.actor())?;
-    tracing::info!(token = %body.name, role = %body.role, by = %caller.name, "API token created");
+    let token = state.auth.tokens.create(
+        &body.name,
+        body.role,
+        body.projects.clone(),
+        &caller.actor(),
+    )?;
+    state
+        .registry
+        .audit_change(
+            &caller.authority(),
+            "token.create",
+            &body.name,
+            serde_json::json!({ "name": body.name, "role": body.role, "projects": body.projects }),
+        )
+        .await;
+    tracing::info!(token = %body.name, role = ?body.role, projects = ?body.projects, by = %caller.name, "API token created");
     Ok((StatusCode::CREATED, Json(token)))
 }
 
@@ -66,6 +84,15 @@ pub async fn revoke(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.auth.tokens.revoke(&name)?;
+    state
+        .registry
+        .audit_change(
+            &caller.authority(),
+            "token.revoke",
+            &name,
+            serde_json::json!({ "name": name }),
+        )
+        .await;
     tracing::info!(token = %name, by = %caller.name, "API token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -100,14 +100,8 @@ impl AuditRecord {
 
 /// Why a durable audit write failed.
 #[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// The database refused the write.
-    #[error("audit log write failed: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// The write task did not finish (it panicked or the runtime stopped).
-    #[error("audit log write failed: {0}")]
-    Task(String),
-}
+#[error("audit log write failed: {0}")]
+pub struct AuditError(#[from] rusqlite::Error);
 
 /// A filter for [`Audit::query`].
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
@@ -196,10 +190,12 @@ impl Audit {
         r.at_ms = now_ms();
         tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || insert(&store.conn(), &r))
-            .await
-            .map_err(|e| AuditError::Task(e.to_string()))??;
-        Ok(())
+        match tokio::task::spawn_blocking(move || insert(&store.conn(), &r)).await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(AuditError(rusqlite::Error::InvalidParameterName(format!(
+                "audit task failed: {e}"
+            )))),
+        }
     }
 
     /// Waits until every record sent so far is stored.

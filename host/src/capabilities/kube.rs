@@ -51,7 +51,8 @@ pub enum Verb {
 }
 
 impl Verb {
-    fn as_str(self) -> &'static str {
+    /// The verb as written in grants.
+    pub fn as_str(self) -> &'static str {
         match self {
             Verb::Get => "get",
             Verb::List => "list",
@@ -75,9 +76,38 @@ pub struct KubeGrant {
     pub resources: Vec<String>,
     /// Allowed verbs.
     pub verbs: Vec<Verb>,
-    /// Whether cluster-scoped kinds (Namespace, ClusterRole...) may be used.
+    /// Cluster-scoped kinds (`Namespace`, `rbac.authorization.k8s.io/ClusterRole`)
+    /// this entry allows, named one by one.
+    #[serde(default, deserialize_with = "cluster_scoped_kinds")]
+    pub cluster_scoped: Vec<String>,
+    /// Whether server-side applies may take over fields of other managers.
     #[serde(default)]
-    pub cluster_scoped: bool,
+    pub force: bool,
+}
+
+/// `cluster_scoped = false` (the old form) is an empty list; `true` is refused.
+fn cluster_scoped_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Flag(bool),
+        Kinds(Vec<String>),
+    }
+    match Form::deserialize(d)? {
+        Form::Flag(false) => Ok(Vec::new()),
+        Form::Flag(true) => Err(serde::de::Error::custom(
+            "cluster_scoped = true is no longer accepted: name the cluster-scoped kinds, e.g. cluster_scoped = [\"Namespace\"]",
+        )),
+        Form::Kinds(k) => Ok(k),
+    }
+}
+
+/// Whether the resource pattern `pattern` (`*`, `group/*`, `group/Kind`,
+/// `Kind`) matches the kind `gk` written as `group/Kind` or `Kind`.
+pub fn resource_matches(pattern: &str, gk: &str) -> bool {
+    let (g, k) = gk.rsplit_once('/').unwrap_or(("", gk));
+    let (pg, pk) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    pattern == "*" || (pg == g && (pk == "*" || pk == k))
 }
 
 impl KubeGrant {
@@ -92,7 +122,7 @@ impl KubeGrant {
                 self.cluster
             ));
         }
-        if self.namespaces.is_empty() && !self.cluster_scoped {
+        if self.namespaces.is_empty() && self.cluster_scoped.is_empty() {
             return Err(format!(
                 "grant for cluster `{}` names no namespace and is not cluster_scoped",
                 self.cluster
@@ -326,7 +356,14 @@ impl KubePolicy {
             .iter()
             .filter(|g| match namespace {
                 Some(ns) => g.namespaces.iter().any(|n| n == "*" || n == ns),
-                None => g.cluster_scoped,
+                None => {
+                    let gk = if group.is_empty() {
+                        kind.to_string()
+                    } else {
+                        format!("{group}/{kind}")
+                    };
+                    g.cluster_scoped.contains(&gk)
+                }
             })
             .collect();
         if in_scope.is_empty() {
@@ -698,7 +735,8 @@ mod tests {
             namespaces: vec!["team-a".into()],
             resources: vec!["apps/Deployment".into(), "ConfigMap".into()],
             verbs: vec![Verb::Get, Verb::Apply],
-            cluster_scoped: false,
+            cluster_scoped: vec![],
+            force: false,
         }
     }
 

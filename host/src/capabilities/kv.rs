@@ -18,6 +18,16 @@ CREATE TABLE kv (
 );
 "#;
 
+/// Deletes every kv entry of `plugin` (when the plugin is deleted, so that
+/// a plugin published later under the same name starts empty). Returns how
+/// many keys were deleted.
+pub fn purge(store: &crate::store::Store, plugin: &str) -> Result<usize, crate::store::StoreError> {
+    Ok(store.conn().execute(
+        "DELETE FROM kv WHERE plugin = ?1",
+        rusqlite::params![plugin],
+    )?)
+}
+
 /// Longest key, bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 /// Most keys `list-keys` returns.

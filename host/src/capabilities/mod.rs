@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[&str] = &[
     secrets::SCHEMA,
     crate::api::auth::SCHEMA,
     audit::SCHEMA_DETAIL,
+    crate::trust::SCHEMA,
     secrets::SCHEMA_BOUND,
 ];
 

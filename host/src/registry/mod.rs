@@ -2,6 +2,7 @@
 //! one replaces it. Versions are compiled off the request path and swapped in
 //! atomically; calls in flight keep the `Arc` of the version they started on.
 
+mod trust;
 mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -11,12 +12,18 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
+pub use trust::{Held, PluginGate};
 pub use watch::watch_directory;
 
 use crate::manifest::{Manifest, ManifestError};
 use crate::metrics::Metrics;
 use crate::runtime::{Accounting, Call, InvokeError, LoadError, Output, Prepared, Runtime};
 use crate::store::{Store, StoreError, VersionRecord, digest_of};
+
+/// The approval kind of plugin versions.
+pub fn trust_kind() -> &'static str {
+    trust::KIND
+}
 
 /// How many recent invocations each plugin keeps for `GET .../invocations`.
 const RECENT_INVOCATIONS: usize = 100;
@@ -49,6 +56,36 @@ pub enum RegistryError {
     /// The invocation failed.
     #[error(transparent)]
     Invoke(#[from] InvokeError),
+    /// The caller's roles do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The change is held until someone approves it.
+    #[error("{0}")]
+    Held(String),
+}
+
+impl From<crate::trust::projects::TrustError> for RegistryError {
+    fn from(e: crate::trust::projects::TrustError) -> Self {
+        use crate::trust::projects::TrustError as T;
+        match e {
+            T::Invalid(m) => RegistryError::Conflict(m),
+            T::NotFound(m) => RegistryError::NotFound(m),
+            T::Conflict(m) => RegistryError::Conflict(m),
+            T::Db(e) => RegistryError::Store(StoreError::Db(e)),
+        }
+    }
+}
+
+impl From<crate::trust::approvals::GateError> for RegistryError {
+    fn from(e: crate::trust::approvals::GateError) -> Self {
+        use crate::trust::approvals::GateError as G;
+        match e {
+            G::NotFound(m) => RegistryError::NotFound(m),
+            G::Forbidden(m) => RegistryError::Forbidden(m),
+            G::Conflict(m) => RegistryError::Conflict(m),
+            G::Db(e) => RegistryError::Store(StoreError::Db(e)),
+        }
+    }
 }
 
 impl From<StoreError> for RegistryError {
@@ -73,7 +110,8 @@ pub enum Source {
 }
 
 impl Source {
-    fn as_str(self) -> &'static str {
+    /// `api`, `directory` or `bundled`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Source::Api => "api",
             Source::Directory => "directory",
@@ -139,6 +177,11 @@ pub struct Installed {
     pub active: bool,
     /// False when exactly this version was already stored.
     pub changed: bool,
+    /// The owning project.
+    pub project: String,
+    /// Set when the version is held for approval instead of activated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
 }
 
 /// The registry of plugins.
@@ -150,7 +193,9 @@ pub struct Registry {
     /// Serialises version changes; invocations never take it.
     changes: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    draining: AtomicBool,
     directory_errors: Mutex<BTreeMap<String, String>>,
+    gate: PluginGate,
 }
 
 impl Registry {
@@ -158,13 +203,20 @@ impl Registry {
     pub fn new(runtime: Arc<Runtime>, store: Arc<Store>, metrics: Arc<Metrics>) -> Registry {
         Registry {
             runtime,
-            store,
             metrics,
             slots: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             directory_errors: Mutex::default(),
+            gate: PluginGate::new(store.clone()),
+            store,
         }
+    }
+
+    /// Projects, ownership, ceilings and approvals of plugin versions.
+    pub fn gate(&self) -> &PluginGate {
+        &self.gate
     }
 
     /// The store, for capability modules and the API.
@@ -208,13 +260,24 @@ impl Registry {
         Ok(loaded)
     }
 
+    /// Whether the server is shutting down: `/readyz` answers 503 so that
+    /// load balancers stop sending before the listener closes.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining (see [`Registry::is_draining`]).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     /// Marks the registry ready (for `/readyz`) once startup loading is done.
     pub fn mark_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Validates, compiles and stores a new version; activates it if asked.
-    /// A version that fails never replaces the working one.
+    /// Validates, compiles and stores a new version from the server itself
+    /// (bundled, plugins directory); activates it if asked.
     pub async fn install(
         &self,
         manifest_text: &str,
@@ -222,10 +285,29 @@ impl Registry {
         source: Source,
         activate: bool,
     ) -> Result<Installed, RegistryError> {
+        let who = crate::trust::Authority::system(source.as_str());
+        self.install_as(manifest_text, bytes, source, activate, &who)
+            .await
+    }
+
+    /// Validates, compiles and stores a new version published by `who`.
+    /// Only members of the owning project may publish; grants beyond the
+    /// project's ceiling, or wider than the active version's, are held for
+    /// approval instead of activated (see [`PluginGate::decide`]).
+    /// A version that fails never replaces the working one.
+    pub async fn install_as(
+        &self,
+        manifest_text: &str,
+        bytes: Vec<u8>,
+        source: Source,
+        activate: bool,
+        who: &crate::trust::Authority,
+    ) -> Result<Installed, RegistryError> {
         let manifest = Manifest::parse(manifest_text)?;
         let (name, version) = (manifest.name.clone(), manifest.version.clone());
         let digest = digest_of(&bytes);
         let _guard = self.changes.lock().await;
+        let project = self.gate.owning_project(&manifest, who)?;
         let record = VersionRecord {
             name: name.clone(),
             version: version.clone(),
@@ -244,6 +326,7 @@ impl Registry {
                 "{name} {version} already exists with different content; publish it under a new version"
             )));
         }
+        let grants = manifest.grants.clone();
         let prepared = match self.prepare(manifest, &bytes).await {
             Ok(p) => p,
             Err(e) => {
@@ -253,57 +336,258 @@ impl Registry {
         };
         self.store.put_blob(&bytes)?;
         let changed = self.store.insert_version(&record, replace)?;
+        self.gate.claim(&name, &project)?;
+        let active = self.slot(&name).active();
+        let held = self.gate.decide(
+            &name,
+            &version,
+            &digest,
+            &project,
+            &grants,
+            active.as_ref().map(|p| &p.manifest.grants),
+            who,
+            activate,
+        )?;
         let is_active = self.store.active_version(&name)?.as_deref() == Some(version.as_str());
-        let swap = activate && (changed || !is_active || self.slot(&name).active().is_none());
+        let swap = held.is_none()
+            && activate
+            && (changed || !is_active || self.slot(&name).active().is_none());
+        let from = active.as_ref().map(|p| p.manifest.version.clone());
+        self.audit_change(
+            who,
+            "plugin.upload",
+            &name,
+            serde_json::json!({
+                "name": name, "version": version, "digest": digest, "project": project,
+                "role": record.role, "source": source.as_str(), "grants": grants,
+                "changed": changed, "held": held.as_ref().map(|h| &h.approval),
+            }),
+        )
+        .await;
         if swap {
             self.store.set_active(&name, &version, "activate")?;
             self.swap_in(&name, prepared);
+            self.audit_change(
+                who,
+                "plugin.activate",
+                &name,
+                serde_json::json!({ "name": name, "from": from, "to": version }),
+            )
+            .await;
         }
-        tracing::info!(plugin = %name, %version, digest = %&digest[..12], source = source.as_str(), activated = swap, "installed");
+        tracing::info!(plugin = %name, %version, digest = %&digest[..12], source = source.as_str(), activated = swap, held = held.is_some(), "installed");
         Ok(Installed {
             name,
             version,
             digest,
-            active: swap || is_active,
+            active: swap || (is_active && held.is_none()),
             changed,
+            project,
+            held,
         })
     }
 
-    /// Makes a stored version the active one.
+    /// Records a change in the audit log before it is acknowledged.
+    pub async fn audit_change(
+        &self,
+        who: &crate::trust::Authority,
+        what: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) {
+        let mut record = crate::capabilities::AuditRecord::change(&who.actor, what, target, detail);
+        record.plugin = Some(target.to_string());
+        if let Err(e) = self.runtime.env().audit.record_durable(record).await {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Makes a stored version the active one (as the server itself).
     pub async fn activate(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        let who = crate::trust::Authority::system("server");
+        self.activate_as(name, version, &who).await
+    }
+
+    /// Makes a stored version the active one, for `who`: an operator of the
+    /// owning project, and the version's grants must not need an approval
+    /// that it lacks.
+    pub async fn activate_as(
+        &self,
+        name: &str,
+        version: &str,
+        who: &crate::trust::Authority,
+    ) -> Result<(), RegistryError> {
         let _guard = self.changes.lock().await;
-        self.activate_locked(name, version, "activate").await
+        self.gate
+            .require(name, who, crate::trust::Role::Operator, "activate")?;
+        let record = self
+            .store
+            .version(name, version)?
+            .ok_or_else(|| RegistryError::NotFound(format!("{name} has no version {version}")))?;
+        let grants = Manifest::parse(&record.manifest)?.grants;
+        let active = self.slot(name).active();
+        self.gate.check_activation(
+            name,
+            version,
+            &record.digest,
+            &grants,
+            active.as_ref().map(|p| &p.manifest.grants),
+            who,
+        )?;
+        let from = active.map(|p| p.manifest.version.clone());
+        self.activate_locked(name, version, "activate").await?;
+        self.audit_change(
+            who,
+            "plugin.activate",
+            name,
+            serde_json::json!({ "name": name, "from": from, "to": version }),
+        )
+        .await;
+        Ok(())
     }
 
     /// Returns to the version that was active before the current one.
     pub async fn rollback(&self, name: &str) -> Result<String, RegistryError> {
+        let who = crate::trust::Authority::system("server");
+        self.rollback_as(name, &who).await
+    }
+
+    /// Returns to the version that was active before the current one, for
+    /// `who` (an operator of the owning project). That version was
+    /// authorised when it was first activated.
+    pub async fn rollback_as(
+        &self,
+        name: &str,
+        who: &crate::trust::Authority,
+    ) -> Result<String, RegistryError> {
         let _guard = self.changes.lock().await;
         self.known(name)?;
+        self.gate
+            .require(name, who, crate::trust::Role::Operator, "roll back")?;
         let target = self.store.rollback_target(name)?.ok_or_else(|| {
             RegistryError::Conflict(format!(
                 "{name} has no earlier active version to roll back to"
             ))
         })?;
+        let from = self.slot(name).active().map(|p| p.manifest.version.clone());
         self.activate_locked(name, &target, "rollback").await?;
+        self.audit_change(
+            who,
+            "plugin.rollback",
+            name,
+            serde_json::json!({ "name": name, "from": from, "to": target }),
+        )
+        .await;
         Ok(target)
     }
 
     /// Deletes a plugin and every version of it. Calls in flight finish.
     pub async fn delete(&self, name: &str) -> Result<(), RegistryError> {
+        let who = crate::trust::Authority::system("server");
+        self.delete_as(name, &who).await
+    }
+
+    /// Deletes a plugin, every version of it, its kv entries and its
+    /// ownership, for `who` (an admin of the owning project). A plugin
+    /// published later under the same name starts with no state.
+    pub async fn delete_as(
+        &self,
+        name: &str,
+        who: &crate::trust::Authority,
+    ) -> Result<(), RegistryError> {
         let _guard = self.changes.lock().await;
+        self.gate
+            .require(name, who, crate::trust::Role::Admin, "delete")?;
+        let project = self.gate.owner(name);
         self.store.delete_plugin(name)?;
+        let kv_keys = crate::capabilities::kv::purge(&self.store, name)?;
+        self.gate.release(name)?;
         self.slots
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
         self.metrics.set_loaded(self.loaded_count());
+        self.audit_change(
+            who,
+            "plugin.delete",
+            name,
+            serde_json::json!({ "name": name, "project": project, "kv_keys_deleted": kv_keys }),
+        )
+        .await;
         Ok(())
     }
 
     /// Deletes one version that is not active.
     pub async fn delete_version(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        let who = crate::trust::Authority::system("server");
+        self.delete_version_as(name, version, &who).await
+    }
+
+    /// Deletes one version that is not active, for `who` (an admin of the
+    /// owning project).
+    pub async fn delete_version_as(
+        &self,
+        name: &str,
+        version: &str,
+        who: &crate::trust::Authority,
+    ) -> Result<(), RegistryError> {
         let _guard = self.changes.lock().await;
-        Ok(self.store.delete_version(name, version)?)
+        self.gate
+            .require(name, who, crate::trust::Role::Admin, "delete versions of")?;
+        self.store.delete_version(name, version)?;
+        self.audit_change(
+            who,
+            "plugin.delete-version",
+            name,
+            serde_json::json!({ "name": name, "version": version }),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Records a decision on a held version; an approval that completes
+    /// activates the version if its upload asked for that.
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        who: &crate::trust::Authority,
+        approve: bool,
+        comment: &str,
+    ) -> Result<crate::trust::approvals::Approval, RegistryError> {
+        let _guard = self.changes.lock().await;
+        let approval = self.gate.approvals().decide(id, who, approve, comment)?;
+        let what = if approve {
+            "approval.approve"
+        } else {
+            "approval.reject"
+        };
+        self.audit_change(
+            who,
+            what,
+            &approval.subject,
+            serde_json::json!({ "id": id, "subject": approval.subject, "state": approval.state, "comment": comment }),
+        )
+        .await;
+        let wants_activation =
+            approval.detail.get("activate") == Some(&serde_json::Value::Bool(true));
+        if approval.kind == trust::KIND
+            && approval.state == crate::trust::approvals::ApprovalState::Approved
+            && wants_activation
+        {
+            let (name, version) = approval.subject.split_once('@').ok_or_else(|| {
+                RegistryError::Conflict(format!("bad subject {}", approval.subject))
+            })?;
+            let from = self.slot(name).active().map(|p| p.manifest.version.clone());
+            self.activate_locked(name, version, "activate").await?;
+            self.audit_change(
+                who,
+                "plugin.activate",
+                name,
+                serde_json::json!({ "name": name, "from": from, "to": version, "approval": id }),
+            )
+            .await;
+        }
+        Ok(approval)
     }
 
     /// Invokes the active version of `name`.
@@ -317,7 +601,7 @@ impl Registry {
             RegistryError::NotFound(format!("plugin {name} has no loaded version"))
         })?;
         // UUIDv7: unique across restarts and replicas, ordered by time.
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = crate::ids::new_id();
         let (result, account) = self.runtime.invoke(&plugin, call, id).await;
         self.metrics.record_invocation(name, &account);
         {

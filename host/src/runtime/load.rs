@@ -85,8 +85,11 @@ impl Runtime {
         let serialized = component
             .serialize()
             .map_err(|e| LoadError::Cache(format!("serialize: {e}")))?;
-        crate::store::write_atomic(artifact, &serialized)
-            .map_err(|e| LoadError::Cache(format!("write {}: {e}", artifact.display())))?;
+        // The artifact is a cache: a version whose blob is stored runs
+        // without it (and is compiled again on the next start).
+        if let Err(e) = crate::store::write_atomic(artifact, &serialized) {
+            tracing::warn!(path = %artifact.display(), "compiled artifact not cached: {e}");
+        }
         Ok(component)
     }
 

@@ -76,9 +76,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)?;
+    let written = tmp
+        .1
+        .write_all(bytes)
+        .and_then(|()| tmp.1.sync_all())
+        .and_then(|()| std::fs::rename(&tmp.0, path));
+    if let Err(e) = written {
+        // A full disk must not leave half-written `.tmp-*` files behind.
+        let _ = std::fs::remove_file(&tmp.0);
+        return Err(e);
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

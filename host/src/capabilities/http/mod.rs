@@ -65,6 +65,7 @@
 
 mod address;
 mod policy;
+pub use policy::{network_covers, pattern_covers};
 mod send;
 
 use std::future::Future;

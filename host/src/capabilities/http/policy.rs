@@ -146,6 +146,31 @@ impl HttpPolicy {
     }
 }
 
+/// Whether everything the allow pattern `inner` admits is admitted by the
+/// pattern `outer` (for grant ceilings). Both must parse.
+pub fn pattern_covers(outer: &str, inner: &str) -> Result<bool, String> {
+    let o = Pattern::parse(outer).map_err(|e| format!("pattern `{outer}`: {e}"))?;
+    let i = Pattern::parse(inner).map_err(|e| format!("pattern `{inner}`: {e}"))?;
+    let port = o.port.is_none() || o.port == i.port;
+    let host = match (&o.host, &i.host) {
+        (HostPattern::Any, _) => true,
+        (HostPattern::Subdomains(s), HostPattern::Subdomains(t)) => {
+            t == s || HostPattern::Subdomains(s.clone()).matches(&Host::Name(t.clone()))
+        }
+        (o, HostPattern::Name(n)) => o.matches(&Host::Name(n.clone())),
+        (o, HostPattern::Ip(ip)) => o.matches(&Host::Ip(*ip)),
+        _ => false,
+    };
+    Ok(o.https == i.https && port && host)
+}
+
+/// Whether the `private_networks` entry `inner` lies inside `outer`.
+pub fn network_covers(outer: &str, inner: &str) -> Result<bool, String> {
+    let o = parse_network(outer).map_err(|e| format!("network `{outer}`: {e}"))?;
+    let i = parse_network(inner).map_err(|e| format!("network `{inner}`: {e}"))?;
+    Ok(o.contains(&i))
+}
+
 /// Parses a `private_networks` entry: a CIDR in network form, or one address.
 fn parse_network(text: &str) -> Result<IpNet, String> {
     let net = match text.parse::<IpNet>() {

@@ -1,0 +1,414 @@
+//! The approval gate, shared by every engine: a request names what is to be
+//! approved, who may approve it (a role, globally or in a project) and how
+//! many approvals it needs. Nobody approves their own request; one
+//! rejection rejects. Every decision is stored before it is acted on.
+
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Authority, Role};
+use crate::store::Store;
+
+/// Why a gate operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// No such approval.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not decide it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// It was already decided.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed.
+    #[error("approvals storage: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+/// Where approvers must hold their role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApproverScope {
+    /// A global role.
+    Global,
+    /// A role in the request's project (a global role counts too).
+    Project,
+}
+
+/// State of an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Waiting for decisions.
+    Pending,
+    /// Enough approvals.
+    Approved,
+    /// Someone rejected it.
+    Rejected,
+}
+
+impl ApprovalState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> ApprovalState {
+        match s {
+            "approved" => ApprovalState::Approved,
+            "rejected" => ApprovalState::Rejected,
+            _ => ApprovalState::Pending,
+        }
+    }
+}
+
+/// A decision on an approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Vote {
+    /// Who decided (`token:<name>`).
+    pub voter: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Why.
+    pub comment: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone)]
+pub struct NewApproval {
+    /// Engine-specific kind, e.g. `plugin-version`.
+    pub kind: String,
+    /// What is to be approved, e.g. `deployer@1.2.0`.
+    pub subject: String,
+    /// Owning project.
+    pub project: String,
+    /// Who asked (never allowed to approve it).
+    pub requested_by: String,
+    /// Role approvers need.
+    pub approver_role: Role,
+    /// Where they need it.
+    pub approver_scope: ApproverScope,
+    /// Approvals needed.
+    pub required: u32,
+    /// Why approval is needed, one line each.
+    pub reasons: Vec<String>,
+    /// Engine-specific detail (e.g. the grant diff).
+    pub detail: serde_json::Value,
+}
+
+/// An approval with its decisions.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Approval {
+    /// Id.
+    pub id: String,
+    /// Engine-specific kind.
+    pub kind: String,
+    /// What is to be approved.
+    pub subject: String,
+    /// Owning project.
+    pub project: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Role approvers need.
+    pub approver_role: Role,
+    /// Where they need it.
+    pub approver_scope: ApproverScope,
+    /// Approvals needed.
+    pub required: u32,
+    /// Why approval is needed.
+    pub reasons: Vec<String>,
+    /// Engine-specific detail.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+    /// State.
+    pub state: ApprovalState,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the final decision.
+    pub decided_at: Option<i64>,
+    /// Decisions so far.
+    pub votes: Vec<Vote>,
+}
+
+/// The gate over the store.
+pub struct Approvals {
+    store: Arc<Store>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl Approvals {
+    /// The gate over `store`.
+    pub fn new(store: Arc<Store>) -> Approvals {
+        Approvals { store }
+    }
+
+    /// Files a request; returns it as stored.
+    pub fn request(&self, new: NewApproval) -> Result<Approval, GateError> {
+        let id = crate::ids::new_id();
+        self.store.conn().execute(
+            "INSERT INTO approvals (id, kind, subject, project, requested_by, approver_role, approver_scope,
+                                    required, reasons, detail, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11)",
+            params![
+                id,
+                new.kind,
+                new.subject,
+                new.project,
+                new.requested_by,
+                new.approver_role.as_str(),
+                scope_str(&new.approver_scope),
+                new.required.max(1),
+                serde_json::to_string(&new.reasons).unwrap_or_default(),
+                new.detail.to_string(),
+                now()
+            ],
+        )?;
+        self.get(&id)
+    }
+
+    /// One approval.
+    pub fn get(&self, id: &str) -> Result<Approval, GateError> {
+        self.find("id = ?1", params![id])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| GateError::NotFound(format!("no approval {id}")))
+    }
+
+    /// Approvals of `kind`, optionally only those in `state`, newest first.
+    pub fn list(
+        &self,
+        kind: Option<&str>,
+        state: Option<ApprovalState>,
+    ) -> Result<Vec<Approval>, GateError> {
+        self.find(
+            "(?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR state = ?2)",
+            params![kind, state.map(|s| s.as_str())],
+        )
+    }
+
+    /// The newest approval of `subject`, whatever its state.
+    pub fn latest(&self, kind: &str, subject: &str) -> Result<Option<Approval>, GateError> {
+        Ok(self
+            .find("kind = ?1 AND subject = ?2", params![kind, subject])?
+            .into_iter()
+            .next())
+    }
+
+    /// Records a decision by `who`. Refuses self-approval, a role that is
+    /// too low, a second vote, and decisions on a closed approval.
+    pub fn decide(
+        &self,
+        id: &str,
+        who: &Authority,
+        approve: bool,
+        comment: &str,
+    ) -> Result<Approval, GateError> {
+        let a = self.get(id)?;
+        if a.state != ApprovalState::Pending {
+            return Err(GateError::Conflict(format!(
+                "approval {id} is already {}",
+                a.state.as_str()
+            )));
+        }
+        if who.actor == a.requested_by {
+            return Err(GateError::Forbidden(format!(
+                "{} requested approval {id} and cannot decide it",
+                who.actor
+            )));
+        }
+        let role = match a.approver_scope {
+            ApproverScope::Global => who.global,
+            ApproverScope::Project => who.role_in(&a.project),
+        };
+        if role.is_none_or(|r| r < a.approver_role) {
+            let scope = match a.approver_scope {
+                ApproverScope::Global => "global".to_string(),
+                ApproverScope::Project => format!("project `{}`", a.project),
+            };
+            return Err(GateError::Forbidden(format!(
+                "deciding approval {id} needs the {scope} `{}` role",
+                a.approver_role
+            )));
+        }
+        let mut conn = self.store.conn();
+        let tx = conn.transaction()?;
+        let decision = if approve { "approve" } else { "reject" };
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO approval_votes (approval_id, voter, decision, comment, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, who.actor, decision, comment, now()],
+        )?;
+        if inserted == 0 {
+            return Err(GateError::Conflict(format!(
+                "{} already decided approval {id}",
+                who.actor
+            )));
+        }
+        let approvals: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM approval_votes WHERE approval_id = ?1 AND decision = 'approve'",
+            params![id],
+            |r| r.get(0),
+        )?;
+        let state = if !approve {
+            ApprovalState::Rejected
+        } else if approvals >= a.required {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Pending
+        };
+        if state != ApprovalState::Pending {
+            tx.execute(
+                "UPDATE approvals SET state = ?2, decided_at = ?3 WHERE id = ?1 AND state = 'pending'",
+                params![id, state.as_str(), now()],
+            )?;
+        }
+        tx.commit()?;
+        drop(conn);
+        self.get(id)
+    }
+
+    fn find(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Approval>, GateError> {
+        let conn = self.store.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id, kind, subject, project, requested_by, approver_role, approver_scope, required,
+                    reasons, detail, state, created_at, decided_at
+             FROM approvals WHERE {filter} ORDER BY created_at DESC, rowid DESC LIMIT 500"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
+            Ok(Approval {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                subject: r.get(2)?,
+                project: r.get(3)?,
+                requested_by: r.get(4)?,
+                approver_role: r.get::<_, String>(5)?.parse().unwrap_or(Role::Admin),
+                approver_scope: if r.get::<_, String>(6)? == "project" {
+                    ApproverScope::Project
+                } else {
+                    ApproverScope::Global
+                },
+                required: r.get(7)?,
+                reasons: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                detail: serde_json::from_str(&r.get::<_, String>(9)?)
+                    .unwrap_or(serde_json::Value::Null),
+                state: ApprovalState::parse(&r.get::<_, String>(10)?),
+                created_at: r.get(11)?,
+                decided_at: r.get(12)?,
+                votes: Vec::new(),
+            })
+        })?;
+        let mut out: Vec<Approval> = rows.collect::<Result<_, _>>()?;
+        let mut votes = conn.prepare(
+            "SELECT voter, decision, comment, at FROM approval_votes WHERE approval_id = ?1 ORDER BY at, rowid",
+        )?;
+        for a in &mut out {
+            a.votes = votes
+                .query_map(params![a.id], |r| {
+                    Ok(Vote {
+                        voter: r.get(0)?,
+                        decision: r.get(1)?,
+                        comment: r.get(2)?,
+                        at: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(out)
+    }
+
+    /// Whether `subject` has an approval in `state` (used to tell an
+    /// approved version from a held one).
+    pub fn has(&self, kind: &str, subject: &str, state: ApprovalState) -> Result<bool, GateError> {
+        Ok(self
+            .store
+            .conn()
+            .query_row(
+                "SELECT 1 FROM approvals WHERE kind = ?1 AND subject = ?2 AND state = ?3 LIMIT 1",
+                params![kind, subject, state.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}
+
+fn scope_str(s: &ApproverScope) -> &'static str {
+    match s {
+        ApproverScope::Global => "global",
+        ApproverScope::Project => "project",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(actor: &str, global: Option<Role>, project: Option<Role>) -> Authority {
+        Authority {
+            actor: actor.into(),
+            global,
+            projects: project
+                .map(|r| [("team-a".to_string(), r)].into())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn no_self_approval_roles_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Approvals::new(Arc::new(Store::open(dir.path()).unwrap()));
+        let a = gate
+            .request(NewApproval {
+                kind: "test".into(),
+                subject: "x".into(),
+                project: "team-a".into(),
+                requested_by: "token:op".into(),
+                approver_role: Role::Admin,
+                approver_scope: ApproverScope::Project,
+                required: 2,
+                reasons: vec!["because".into()],
+                detail: serde_json::json!({"k": 1}),
+            })
+            .unwrap();
+        assert_eq!(a.state, ApprovalState::Pending);
+        let own = who("token:op", Some(Role::Admin), None);
+        assert!(matches!(
+            gate.decide(&a.id, &own, true, ""),
+            Err(GateError::Forbidden(_))
+        ));
+        let operator = who("token:o2", None, Some(Role::Operator));
+        assert!(matches!(
+            gate.decide(&a.id, &operator, true, ""),
+            Err(GateError::Forbidden(_))
+        ));
+        let pa = who("token:pa", None, Some(Role::Admin));
+        let a1 = gate.decide(&a.id, &pa, true, "ok").unwrap();
+        assert_eq!(a1.state, ApprovalState::Pending, "needs two");
+        assert!(matches!(
+            gate.decide(&a.id, &pa, true, "again"),
+            Err(GateError::Conflict(_))
+        ));
+        let ga = who("token:ga", Some(Role::Admin), None);
+        let a2 = gate.decide(&a.id, &ga, true, "ok too").unwrap();
+        assert_eq!(a2.state, ApprovalState::Approved);
+        assert_eq!(a2.votes.len(), 2);
+        assert!(gate.has("test", "x", ApprovalState::Approved).unwrap());
+        assert!(matches!(
+            gate.decide(&a.id, &who("token:z", Some(Role::Admin), None), false, ""),
+            Err(GateError::Conflict(_))
+        ));
+    }
+}

@@ -1,0 +1,297 @@
+//! Projects, plugin ownership and stored ceilings.
+//!
+//! A project is a team's unit (as a KubeSphere workspace project). The first
+//! version of a plugin fixes its owning project; later versions must name
+//! the same one, and only members of it may publish them.
+
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::DEFAULT_PROJECT;
+use super::ceilings::{Ceiling, ScopedCeiling};
+use crate::store::Store;
+
+/// Why a project or ceiling operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// Bad name or body.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such project or ceiling.
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists, or is still in use.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed.
+    #[error("trust storage: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+/// A project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Project {
+    /// Name: a DNS label.
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+    /// Who created it.
+    #[serde(default)]
+    pub created_by: String,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Checks a project name: a DNS label (`[a-z0-9-]{1,63}`).
+pub fn validate_project_name(name: &str) -> Result<(), TrustError> {
+    crate::manifest::validate_name(name).map_err(|_| {
+        TrustError::Invalid(format!(
+            "project name `{name}` must be 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`"
+        ))
+    })
+}
+
+/// Projects, owners and ceilings in the store.
+pub struct Projects {
+    store: Arc<Store>,
+}
+
+impl Projects {
+    /// Over `store`.
+    pub fn new(store: Arc<Store>) -> Projects {
+        Projects { store }
+    }
+
+    /// Every project, by name.
+    pub fn list(&self) -> Result<Vec<Project>, TrustError> {
+        let conn = self.store.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, description, created_at, created_by FROM projects ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Project {
+                name: r.get(0)?,
+                description: r.get(1)?,
+                created_at: r.get(2)?,
+                created_by: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether `name` exists.
+    pub fn exists(&self, name: &str) -> Result<bool, TrustError> {
+        Ok(self
+            .store
+            .conn()
+            .query_row(
+                "SELECT 1 FROM projects WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Creates a project.
+    pub fn create(&self, name: &str, description: &str, by: &str) -> Result<Project, TrustError> {
+        validate_project_name(name)?;
+        let at = now();
+        let n = self.store.conn().execute(
+            "INSERT OR IGNORE INTO projects (name, description, created_at, created_by) VALUES (?1, ?2, ?3, ?4)",
+            params![name, description, at, by],
+        )?;
+        if n == 0 {
+            return Err(TrustError::Conflict(format!(
+                "project `{name}` already exists"
+            )));
+        }
+        Ok(Project {
+            name: name.into(),
+            description: description.into(),
+            created_at: at,
+            created_by: by.into(),
+        })
+    }
+
+    /// Deletes a project that owns no plugin.
+    pub fn delete(&self, name: &str) -> Result<(), TrustError> {
+        if name == DEFAULT_PROJECT {
+            return Err(TrustError::Conflict(format!(
+                "`{DEFAULT_PROJECT}` cannot be deleted"
+            )));
+        }
+        let mut conn = self.store.conn();
+        let tx = conn.transaction()?;
+        let owned: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM plugin_owners WHERE project = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        if owned > 0 {
+            return Err(TrustError::Conflict(format!(
+                "project `{name}` still owns {owned} plugin(s); delete them first"
+            )));
+        }
+        if tx.execute("DELETE FROM projects WHERE name = ?1", params![name])? == 0 {
+            return Err(TrustError::NotFound(format!("no project named `{name}`")));
+        }
+        tx.execute("DELETE FROM ceilings WHERE project = ?1", params![name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The project owning `plugin`, if it was ever published.
+    pub fn owner(&self, plugin: &str) -> Result<Option<String>, TrustError> {
+        Ok(self
+            .store
+            .conn()
+            .query_row(
+                "SELECT project FROM plugin_owners WHERE name = ?1",
+                params![plugin],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every (plugin, project) pair.
+    pub fn owners(&self) -> Result<Vec<(String, String)>, TrustError> {
+        let conn = self.store.conn();
+        let mut stmt = conn.prepare("SELECT name, project FROM plugin_owners")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records `project` as the owner of `plugin` unless it has one.
+    pub fn claim(&self, plugin: &str, project: &str) -> Result<(), TrustError> {
+        self.store.conn().execute(
+            "INSERT OR IGNORE INTO plugin_owners (name, project, created_at) VALUES (?1, ?2, ?3)",
+            params![plugin, project, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the owner of a deleted plugin.
+    pub fn release(&self, plugin: &str) -> Result<(), TrustError> {
+        self.store
+            .conn()
+            .execute("DELETE FROM plugin_owners WHERE name = ?1", params![plugin])?;
+        Ok(())
+    }
+
+    /// Every stored ceiling.
+    pub fn ceilings(&self) -> Result<Vec<ScopedCeiling>, TrustError> {
+        let conn = self.store.conn();
+        let mut stmt =
+            conn.prepare("SELECT project, plugin, body FROM ceilings ORDER BY project, plugin")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (project, plugin, body) = row?;
+            let ceiling: Ceiling = serde_json::from_str(&body).map_err(|e| {
+                TrustError::Invalid(format!("stored ceiling of {project}/{plugin}: {e}"))
+            })?;
+            out.push(ScopedCeiling {
+                project,
+                plugin: (!plugin.is_empty()).then_some(plugin),
+                ceiling,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets a ceiling; returns the one it replaced.
+    pub fn put_ceiling(
+        &self,
+        c: &ScopedCeiling,
+        source: &str,
+        by: &str,
+    ) -> Result<Option<Ceiling>, TrustError> {
+        c.ceiling.validate().map_err(TrustError::Invalid)?;
+        if c.project != "*" {
+            validate_project_name(&c.project)?;
+            if !self.exists(&c.project)? {
+                return Err(TrustError::NotFound(format!(
+                    "no project named `{}`; create it first",
+                    c.project
+                )));
+            }
+        }
+        let plugin = c.plugin.clone().unwrap_or_default();
+        let old = self.ceiling(&c.project, &plugin)?;
+        self.store.conn().execute(
+            "INSERT INTO ceilings (project, plugin, body, source, updated_at, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (project, plugin) DO UPDATE SET body = ?3, source = ?4, updated_at = ?5, updated_by = ?6",
+            params![
+                c.project,
+                plugin,
+                serde_json::to_string(&c.ceiling).unwrap_or_default(),
+                source,
+                now(),
+                by
+            ],
+        )?;
+        Ok(old)
+    }
+
+    /// Removes a ceiling; returns it.
+    pub fn delete_ceiling(&self, project: &str, plugin: &str) -> Result<Ceiling, TrustError> {
+        let old = self.ceiling(project, plugin)?.ok_or_else(|| {
+            TrustError::NotFound(format!("no ceiling for `{project}` `{plugin}`"))
+        })?;
+        self.store.conn().execute(
+            "DELETE FROM ceilings WHERE project = ?1 AND plugin = ?2",
+            params![project, plugin],
+        )?;
+        Ok(old)
+    }
+
+    fn ceiling(&self, project: &str, plugin: &str) -> Result<Option<Ceiling>, TrustError> {
+        let body: Option<String> = self
+            .store
+            .conn()
+            .query_row(
+                "SELECT body FROM ceilings WHERE project = ?1 AND plugin = ?2",
+                params![project, plugin],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    }
+
+    /// Config-file ceilings become stored ones where none is stored yet
+    /// (so changes made through the API win over the file). Projects they
+    /// name are created.
+    pub fn seed(&self, defaults: &[ScopedCeiling]) -> Result<Vec<ScopedCeiling>, TrustError> {
+        let mut seeded = Vec::new();
+        for c in defaults {
+            if c.project != "*" && !self.exists(&c.project)? {
+                self.create(&c.project, "from the config file", "config")?;
+            }
+            let plugin = c.plugin.clone().unwrap_or_default();
+            if self.ceiling(&c.project, &plugin)?.is_none() {
+                self.put_ceiling(c, "config", "config")?;
+                seeded.push(c.clone());
+            }
+        }
+        Ok(seeded)
+    }
+}
