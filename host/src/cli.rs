@@ -39,6 +39,27 @@ enum Command {
     /// Review versions held for approval.
     #[command(subcommand)]
     Approval(trust::ApprovalCommand),
+    /// Maintain the secrets store (offline, on the data directory).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every secret under a new key and swap it into the key file.
+    /// Runs on the data directory with the server stopped; a crash at any
+    /// point leaves a state the server starts from.
+    RotateKey {
+        /// TOML config file (for data_dir and secrets_key_file).
+        #[arg(long, env = "CAPSTAN_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory.
+        #[arg(long, env = "CAPSTAN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// The key file (default: <data-dir>/secrets.key).
+        #[arg(long, env = "CAPSTAN_SECRETS_KEY_FILE")]
+        secrets_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -61,9 +82,12 @@ struct ServeArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "CAPSTAN_LOG_JSON")]
     log_json: bool,
-    /// Secrets encryption key (32 bytes, base64).
+    /// Secrets encryption key (32 bytes, base64). Prefer a key file.
     #[arg(long, env = "CAPSTAN_SECRETS_KEY", hide_env_values = true)]
     secrets_key: Option<String>,
+    /// File holding the secrets key (default: <data-dir>/secrets.key).
+    #[arg(long, env = "CAPSTAN_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// The admin API token (stored hashed as `bootstrap-admin`). Without it,
     /// and without any admin token yet, one is generated and printed once.
     /// Prefer the environment variable: arguments are visible to other users.
@@ -207,7 +231,53 @@ pub fn main() -> anyhow::Result<()> {
         Command::Project(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::project(cmd)),
         Command::Ceiling(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::ceiling(cmd)),
         Command::Approval(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::approval(cmd)),
+        Command::Secrets(SecretsCommand::RotateKey {
+            config,
+            data_dir,
+            secrets_key_file,
+        }) => rotate_key(config, data_dir, secrets_key_file),
     }
+}
+
+/// `capstan secrets rotate-key`: offline, holding the data directory.
+fn rotate_key(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use crate::capabilities::secrets::{KeySource, rotate_key};
+    let mut config = match &config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    if key_file.is_some() {
+        config.secrets_key_file = key_file;
+    }
+    if std::env::var_os("CAPSTAN_SECRETS_KEY").is_some() || config.secrets_key.is_some() {
+        bail!(
+            "the secrets key is given inline (CAPSTAN_SECRETS_KEY / secrets_key); rotate-key \
+             rotates a key file: move the key into a file (secrets_key_file) first"
+        );
+    }
+    crate::server::init_tracing(false);
+    let _lock = crate::store::DataDirLock::acquire(&config.data_dir)?;
+    let store = crate::store::Store::open(&config.data_dir)
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let KeySource::File(path) =
+        KeySource::resolve(None, config.secrets_key_file.as_deref(), &config.data_dir)?
+    else {
+        unreachable!("no inline key")
+    };
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let n = rotate_key(&path, &store, &format!("cli:{user}"))?;
+    println!(
+        "re-encrypted {n} secrets under a new key, now in {}",
+        path.display()
+    );
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -228,6 +298,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.log_json |= args.log_json;
     if args.secrets_key.is_some() {
         config.secrets_key = args.secrets_key;
+    }
+    if args.secrets_key_file.is_some() {
+        config.secrets_key_file = args.secrets_key_file;
     }
     if args.admin_token.is_some() {
         config.admin_token = args.admin_token;

@@ -23,9 +23,13 @@ pub struct ServerConfig {
     pub bundled_plugins: bool,
     /// Log as JSON lines instead of human-readable text.
     pub log_json: bool,
-    /// Key that encrypts secrets at rest: 32 bytes, base64. If unset, one is
-    /// generated into `<data_dir>/secrets.key`.
+    /// Key that encrypts secrets at rest: 32 bytes, base64. Unset: the key
+    /// file is used.
     pub secrets_key: Option<String>,
+    /// File holding the secrets key (base64); default `<data_dir>/secrets.key`,
+    /// generated (mode 0600) only if missing while no secret is stored. Keep
+    /// it outside the data directory so a copy of the data is not enough.
+    pub secrets_key_file: Option<PathBuf>,
     /// The first admin API token. If unset and no token exists yet, one is
     /// generated and printed once at startup.
     pub admin_token: Option<String>,
@@ -39,6 +43,43 @@ pub struct ServerConfig {
     /// stored on start where no ceiling for the same project and plugin is
     /// stored yet, so changes made through the API win.
     pub ceilings: Vec<crate::trust::ceilings::CeilingEntry>,
+    /// Audit log retention.
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` section: how long audit records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Records older than this many days are deleted; 0 keeps them forever.
+    pub max_age_days: u64,
+    /// At most this many records are kept (the newest); 0 means no limit.
+    pub max_rows: u64,
+    /// How often retention runs (also once at startup), seconds.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let r = crate::capabilities::audit::Retention::default();
+        AuditConfig {
+            max_age_days: r.max_age.map_or(0, |d| d.as_secs() / 86_400),
+            max_rows: r.max_rows.unwrap_or(0),
+            retention_interval_secs: r.interval.as_secs(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The retention policy this section describes.
+    pub fn retention(&self) -> crate::capabilities::audit::Retention {
+        crate::capabilities::audit::Retention {
+            max_age: (self.max_age_days > 0)
+                .then(|| std::time::Duration::from_secs(self.max_age_days * 86_400)),
+            max_rows: (self.max_rows > 0).then_some(self.max_rows),
+            interval: std::time::Duration::from_secs(self.retention_interval_secs.max(1)),
+        }
+    }
 }
 
 /// The `[kube]` section.
@@ -108,11 +149,13 @@ impl Default for ServerConfig {
             bundled_plugins: true,
             log_json: false,
             secrets_key: None,
+            secrets_key_file: None,
             admin_token: None,
             kube: KubeSection::default(),
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
             ceilings: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -125,6 +125,21 @@ impl Metrics {
         }
     }
 
+    /// Adds the audit log's counters (records dropped on a full queue,
+    /// database writes retried).
+    pub fn register_audit(&mut self, stats: crate::capabilities::audit::AuditStats) {
+        self.registry.register(
+            "audit_records_dropped",
+            "Audit records dropped because the writer's queue was full",
+            stats.dropped,
+        );
+        self.registry.register(
+            "audit_write_failures",
+            "Audit batch writes the database refused (each is retried until stored)",
+            stats.write_failures,
+        );
+    }
+
     /// Records one invocation.
     pub fn record_invocation(&self, plugin: &str, a: &Accounting) {
         let outcome = match a.outcome {

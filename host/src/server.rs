@@ -9,13 +9,13 @@ use tokio::net::TcpListener;
 use crate::api::listen::{EdgeListener, PeerAddr};
 use crate::api::{self, AppState};
 use crate::capabilities::kube::Clusters;
-use crate::capabilities::secrets::SecretBox;
+use crate::capabilities::secrets::{KeySource, SecretBox};
 use crate::capabilities::{Audit, CapabilityEnv};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Source};
 use crate::runtime::Runtime;
-use crate::store::Store;
+use crate::store::{DataDirLock, Store};
 
 /// A started server.
 pub struct Server {
@@ -27,6 +27,7 @@ pub struct Server {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     drain_delay: std::time::Duration,
     _watcher: Option<notify::RecommendedWatcher>,
+    _lock: DataDirLock,
 }
 
 impl Server {
@@ -34,18 +35,29 @@ impl Server {
     /// stored plugin, seeds the bundled ones on first start, and starts
     /// watching the plugins directory. `/healthz` answers while plugins load.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let store = Arc::new(Store::open(&config.data_dir).context("opening the data directory")?);
+        let key = KeySource::resolve(
+            config.secrets_key.as_deref(),
+            config.secrets_key_file.as_deref(),
+            &config.data_dir,
+        )?;
+        let secrets = SecretBox::open(&key, &store)?;
+        let audit = Audit::start(store.clone());
+        audit.start_retention(config.audit.retention());
         let env = Arc::new(CapabilityEnv {
             store: store.clone(),
-            audit: Audit::start(store.clone()),
-            secrets: SecretBox::load(config.secrets_key.as_deref(), &config.data_dir)?,
+            audit: audit.clone(),
+            secrets,
             kube: Clusters::new(config.kube.clusters.clone()),
         });
         let runtime = Arc::new(
             Runtime::new(config.runtime(), env)
                 .map_err(|e| anyhow::anyhow!("creating the Wasm engine: {e:#}"))?,
         );
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.register_audit(audit.stats());
+        let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
         let listener = TcpListener::bind(config.listen)
@@ -102,6 +114,7 @@ impl Server {
             task,
             drain_delay: std::time::Duration::from_millis(config.api.drain_delay_ms),
             _watcher: Some(watcher),
+            _lock: lock,
         })
     }
 

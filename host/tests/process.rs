@@ -337,3 +337,68 @@ async fn trust_model_from_the_cli() {
     assert_eq!(detail["active_version"], "1.0.0", "{detail}");
     assert_eq!(detail["project"], "team-a");
 }
+
+/// `capstan secrets rotate-key` runs offline: refused while a server holds
+/// the data directory, then re-encrypts under a new key file that the next
+/// server start accepts; the rotation is in the audit log.
+#[tokio::test]
+async fn rotate_key_is_offline_and_the_server_starts_on_the_new_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().unwrap();
+    let client = client();
+    let mut proc = start(data.path()).await;
+    let (status, _) = json(
+        client
+            .put(format!("{}/v1/secrets/db-url", proc.url))
+            .json(&serde_json::json!({ "value": "postgres://secret" })),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let key_file = data.path().join("secrets.key");
+    let before = std::fs::read_to_string(&key_file).unwrap();
+    let rotate = || {
+        Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["secrets", "rotate-key", "--data-dir"])
+            .arg(data.path())
+            .env_remove("CAPSTAN_SECRETS_KEY")
+            .env_remove("CAPSTAN_SECRETS_KEY_FILE")
+            .env_remove("CAPSTAN_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = rotate();
+    assert!(!out.status.success(), "refused while the server runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another capstan process"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), before);
+
+    proc.child.kill().unwrap();
+    proc.child.wait().unwrap();
+    let out = rotate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 1 secrets"), "{stdout}");
+    let after = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(after, before);
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!data.path().join("secrets.key.new").exists());
+
+    // The server checks the key against the database at start: it would
+    // refuse a key that does not match.
+    let proc = start(data.path()).await;
+    let (status, body) =
+        json(client.get(format!("{}/v1/audit?capability=secrets", proc.url))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.to_string().contains("secrets.rotate-key"),
+        "the rotation is audited: {body}"
+    );
+}

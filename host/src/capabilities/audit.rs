@@ -1,16 +1,26 @@
 //! The audit log: every capability use (allowed or denied) and every mutating
-//! API call, in SQLite. Writes go through a background writer that batches
-//! them, so a capability call never waits on a disk flush; readers call
-//! [`Audit::flush`] first and so always see everything recorded before.
+//! API call, in SQLite. Capability uses go through a background writer that
+//! batches them, so a capability call never waits on a disk flush; readers
+//! call [`Audit::flush`] first and so always see everything recorded before.
+//! The writer's queue is bounded ([`QUEUE_CAPACITY`]): when it is full a
+//! record is counted as dropped (`capstan_audit_records_dropped_total`)
+//! instead of growing memory. A batch the database refuses is retried with
+//! backoff until it is stored, never dropped. Retention ([`Retention`])
+//! deletes old records in bounded chunks.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+use prometheus_client::metrics::counter::Counter;
 use rusqlite::params;
 use serde::Serialize;
 
 use crate::store::Store;
+pub use retention::{Retention, prune};
+
+mod retention;
 
 /// Table of audit records.
 pub const SCHEMA: &str = r#"
@@ -108,28 +118,48 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Records the writer's queue holds at most; more are dropped and counted.
+pub const QUEUE_CAPACITY: usize = 32_768;
+/// Records stored per transaction.
+const BATCH: usize = 512;
 enum Msg {
-    Record(AuditRecord),
-    Flush(Sender<()>),
+    Record(Box<AuditRecord>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Counters of records the log could not take, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditStats {
+    /// Records dropped because the writer's queue was full.
+    pub dropped: Counter,
+    /// Batch writes the database refused (each retried until stored).
+    pub write_failures: Counter,
 }
 
 /// Handle to the audit log.
 #[derive(Clone)]
 pub struct Audit {
-    tx: Sender<Msg>,
+    tx: SyncSender<Msg>,
     store: Arc<Store>,
+    stats: AuditStats,
 }
 
 impl Audit {
     /// Starts the background writer over `store`.
     pub fn start(store: Arc<Store>) -> Audit {
-        let (tx, rx) = channel();
-        let writer_store = store.clone();
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let stats = AuditStats::default();
+        let (writer_store, writer_stats) = (store.clone(), stats.clone());
         std::thread::Builder::new()
             .name("capstan-audit".into())
-            .spawn(move || writer(writer_store, rx))
+            .spawn(move || writer(writer_store, rx, writer_stats))
             .expect("spawn audit writer");
-        Audit { tx, store }
+        Audit { tx, store, stats }
+    }
+
+    /// The counters of dropped records and failed writes.
+    pub fn stats(&self) -> AuditStats {
+        self.stats.clone()
     }
 
     /// Records an action. Never blocks on the database.
@@ -140,7 +170,18 @@ impl Audit {
         } else {
             tracing::warn!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "denied");
         }
-        let _ = self.tx.send(Msg::Record(r));
+        match self.tx.try_send(Msg::Record(Box::new(r))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                let before = self.stats.dropped.inc();
+                if (before + 1).is_power_of_two() {
+                    tracing::error!(
+                        dropped = before + 1,
+                        "audit queue full: records dropped (the database is not keeping up)"
+                    );
+                }
+            }
+        }
     }
 
     /// Stores a record before returning: for mutations, whose record must
@@ -160,10 +201,14 @@ impl Audit {
     /// Waits until every record sent so far is stored.
     pub async fn flush(&self) {
         let (done, wait) = channel();
-        if self.tx.send(Msg::Flush(done)).is_ok() {
-            let _ = tokio::task::spawn_blocking(move || wait.recv_timeout(Duration::from_secs(10)))
-                .await;
-        }
+        let tx = self.tx.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // Blocks while the queue is full: a flush waits its turn.
+            if tx.send(Msg::Flush(done)).is_ok() {
+                let _ = wait.recv_timeout(Duration::from_secs(10));
+            }
+        })
+        .await;
     }
 
     /// Newest records matching `q`, newest first.
@@ -201,35 +246,63 @@ impl Audit {
     }
 }
 
-fn writer(store: Arc<Store>, rx: Receiver<Msg>) {
+fn writer(store: Arc<Store>, rx: Receiver<Msg>, stats: AuditStats) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 512 {
-                break;
+        let (mut records, mut waiters) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(r) => records.push(*r),
+                Msg::Flush(done) => waiters.push(done),
+            }
+            if records.len() < BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        let mut waiters = Vec::new();
-        let mut conn = store.conn();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for msg in batch {
-                match msg {
-                    Msg::Record(r) => insert(&tx, &r)?,
-                    Msg::Flush(done) => waiters.push(done),
-                }
-            }
-            tx.commit()
-        })();
-        drop(conn);
-        if let Err(e) = result {
-            tracing::error!("audit write failed: {e}");
-        }
+        store_with_retry(&store, &records, &stats);
         for w in waiters {
             let _ = w.send(());
         }
     }
+}
+
+/// Stores `records` in one transaction, retrying with exponential backoff
+/// (jittered, at most 5 s apart) until the database takes them.
+fn store_with_retry(store: &Store, records: &[AuditRecord], stats: &AuditStats) {
+    if records.is_empty() {
+        return;
+    }
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let result = (|| -> rusqlite::Result<()> {
+            let mut conn = store.conn();
+            let tx = conn.transaction()?;
+            for r in records {
+                insert(&tx, r)?;
+            }
+            tx.commit()
+        })();
+        let Err(e) = result else { return };
+        stats.write_failures.inc();
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tracing::error!(
+            records = records.len(),
+            "audit write failed, retrying in {delay:?}: {e}"
+        );
+        std::thread::sleep(delay);
+    }
+}
+
+/// Stores `r` with the current time on `conn` (inside the caller's
+/// transaction): for changes made outside the server, such as a key rotation.
+pub(crate) fn insert_now(conn: &rusqlite::Connection, mut r: AuditRecord) -> rusqlite::Result<()> {
+    r.at_ms = now_ms();
+    insert(conn, &r)
 }
 
 fn insert(conn: &rusqlite::Connection, r: &AuditRecord) -> rusqlite::Result<()> {
@@ -259,4 +332,72 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn rec(target: &str) -> AuditRecord {
+        AuditRecord::change("test", "thing.do", target, serde_json::Value::Null)
+    }
+
+    pub(super) fn count(store: &Store) -> i64 {
+        store
+            .conn()
+            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_database_refuses_is_retried_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Audit::start(store.clone());
+        // The table disappears: every write fails until it is back.
+        store
+            .conn()
+            .execute_batch("ALTER TABLE audit RENAME TO audit_away")
+            .unwrap();
+        for i in 0..3 {
+            audit.record(rec(&format!("r{i}")));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while audit.stats().write_failures.get() < 2 {
+            assert!(std::time::Instant::now() < deadline, "no failed write seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store
+            .conn()
+            .execute_batch("ALTER TABLE audit_away RENAME TO audit")
+            .unwrap();
+        audit.flush().await;
+        let got = audit.query(&AuditQuery::default()).await.unwrap();
+        let targets: Vec<_> = got.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, ["r2", "r1", "r0"]);
+        assert_eq!(audit.stats().dropped.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Audit::start(store.clone());
+        let extra = 1000;
+        {
+            // The writer is stuck on the connection while records pour in.
+            let _busy = store.conn();
+            for i in 0..QUEUE_CAPACITY + extra {
+                audit.record(rec(&format!("r{i}")));
+            }
+        }
+        let dropped = audit.stats().dropped.get() as usize;
+        // The writer may have taken one batch before it blocked.
+        assert!(
+            (extra - BATCH..=extra).contains(&dropped),
+            "dropped {dropped}"
+        );
+        audit.flush().await;
+        assert_eq!(count(&store) as usize, QUEUE_CAPACITY + extra - dropped);
+    }
 }

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[&str] = &[
     crate::api::auth::SCHEMA,
     audit::SCHEMA_DETAIL,
     crate::trust::SCHEMA,
+    secrets::SCHEMA_BOUND,
 ];
 
 /// Everything a manifest grants. The default grants nothing.

@@ -1,13 +1,15 @@
 //! Named secrets: stored by an operator through the API, encrypted at rest
-//! (AES-256-GCM), readable only by plugins whose manifest names them. Values
-//! are never logged or audited; a value a plugin read is redacted from that
-//! invocation's output, logs and audit records.
+//! (AES-256-GCM, each ciphertext bound to its secret's name as associated
+//! data), readable only by plugins whose manifest names them. Values are
+//! never logged or audited; a value a plugin read is redacted from that
+//! invocation's output, logs and audit records. The key: [`key`]; checking
+//! it against the database: [`rekey`]; rotation: [`rotate`].
 
-use std::path::Path;
+mod key;
+mod rekey;
+mod rotate;
 
-use aes_gcm::aead::{Aead, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
-use base64::Engine as _;
+use aes_gcm::Aes256Gcm;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +17,9 @@ use crate::runtime::bindings::WitError;
 use crate::runtime::bindings::capstan::plugin::secrets::Host;
 use crate::runtime::state::HostState;
 use crate::store::Store;
+pub use key::{KeyError, KeySource};
+pub use rekey::SCHEMA_BOUND;
+pub use rotate::rotate_key;
 
 /// Table of encrypted secrets.
 pub const SCHEMA: &str = r#"
@@ -83,46 +88,23 @@ pub enum SecretError {
     Storage(String),
 }
 
-/// Encrypts and decrypts secret values with the server's key.
+/// Encrypts and decrypts secret values with the server's key, each bound
+/// to its secret's name.
 pub struct SecretBox {
     cipher: Aes256Gcm,
 }
 
 impl SecretBox {
-    /// The key from `key_b64` (32 bytes, base64) if given, else from
-    /// `<data_dir>/secrets.key`, created with a fresh random key if missing.
-    pub fn load(key_b64: Option<&str>, data_dir: &Path) -> Result<SecretBox, SecretError> {
-        let engine = base64::engine::general_purpose::STANDARD;
-        let bytes = match key_b64 {
-            Some(k) => engine
-                .decode(k.trim())
-                .map_err(|e| SecretError::Invalid(format!("secrets key is not base64: {e}")))?,
-            None => {
-                let path = data_dir.join("secrets.key");
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => engine
-                        .decode(text.trim())
-                        .map_err(|e| SecretError::Invalid(format!("{}: {e}", path.display())))?,
-                    Err(_) => {
-                        let key: [u8; 32] = rand::random();
-                        crate::store::write_atomic(&path, engine.encode(key).as_bytes()).map_err(
-                            |e| SecretError::Storage(format!("write {}: {e}", path.display())),
-                        )?;
-                        restrict(&path);
-                        tracing::warn!(path = %path.display(), "generated a secrets key; set CAPSTAN_SECRETS_KEY to manage it yourself");
-                        key.to_vec()
-                    }
-                }
-            }
-        };
-        if bytes.len() != 32 {
-            return Err(SecretError::Invalid(format!(
-                "secrets key must be 32 bytes, got {}",
-                bytes.len()
-            )));
-        }
+    /// Loads the key from `source` and checks it against `store`: finishes
+    /// an interrupted rotation, creates a key file only if none exists and
+    /// no secret is stored yet, refuses a key that cannot be read or is not
+    /// the one the stored secrets were encrypted with, and binds secrets
+    /// stored before names were bound to their name (one transaction).
+    pub fn open(source: &KeySource, store: &Store) -> Result<SecretBox, KeyError> {
+        let key = rotate::load_key(source, store)?;
+        rekey::prepare(&mut store.conn(), &key, &source.describe())?;
         Ok(SecretBox {
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            cipher: rekey::cipher(&key),
         })
     }
 
@@ -134,38 +116,41 @@ impl SecretBox {
                 "secret values are limited to 64 KiB".into(),
             ));
         }
-        let nonce: [u8; 12] = rand::random();
-        let ciphertext = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), value.as_bytes())
-            .map_err(|_| SecretError::Storage("encryption failed".into()))?;
+        let (nonce, ciphertext) = rekey::seal(&self.cipher, &rekey::aad(name), value.as_bytes());
         store
             .conn()
             .execute(
-                "INSERT INTO secrets (name, nonce, ciphertext, updated_at) VALUES (?1, ?2, ?3, strftime('%s','now'))
-                 ON CONFLICT(name) DO UPDATE SET nonce = ?2, ciphertext = ?3, updated_at = strftime('%s','now')",
-                params![name, nonce.to_vec(), ciphertext],
+                "INSERT INTO secrets (name, nonce, ciphertext, format, updated_at) VALUES (?1, ?2, ?3, ?4, strftime('%s','now'))
+                 ON CONFLICT(name) DO UPDATE SET nonce = ?2, ciphertext = ?3, format = ?4, updated_at = strftime('%s','now')",
+                params![name, nonce, ciphertext, rekey::FORMAT_BOUND],
             )
             .map_err(|e| SecretError::Storage(e.to_string()))?;
         Ok(())
     }
 
-    /// Reads and decrypts a secret.
+    /// Reads and decrypts a secret. A ciphertext that is not this secret's
+    /// own (copied from another row, altered, or under another key) is an
+    /// error, never garbage.
     pub fn get(&self, store: &Store, name: &str) -> Result<String, SecretError> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = store
+        let row: Option<(Vec<u8>, Vec<u8>, i64)> = store
             .conn()
             .query_row(
-                "SELECT nonce, ciphertext FROM secrets WHERE name = ?1",
+                "SELECT nonce, ciphertext, format FROM secrets WHERE name = ?1",
                 params![name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| SecretError::Storage(e.to_string()))?;
-        let (nonce, ciphertext) = row.ok_or_else(|| SecretError::NotFound(name.into()))?;
-        let plain = self
-            .cipher
-            .decrypt(Nonce::from_slice(&nonce), ciphertext.as_ref())
-            .map_err(|_| SecretError::Storage("decryption failed: wrong secrets key?".into()))?;
+        let (nonce, ciphertext, format) = row.ok_or_else(|| SecretError::NotFound(name.into()))?;
+        let plain = (format == rekey::FORMAT_BOUND)
+            .then(|| rekey::open(&self.cipher, &nonce, &ciphertext, &rekey::aad(name)))
+            .flatten()
+            .ok_or_else(|| {
+                SecretError::Storage(format!(
+                    "secret `{name}` does not decrypt: its stored value is not this secret's \
+                     (altered, copied from another secret, or under another key); store it again"
+                ))
+            })?;
         String::from_utf8(plain).map_err(|_| SecretError::Storage("secret is not UTF-8".into()))
     }
 
@@ -210,15 +195,6 @@ fn validate_name(name: &str) -> Result<(), SecretError> {
     }
 }
 
-#[cfg(unix)]
-fn restrict(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-}
-
-#[cfg(not(unix))]
-fn restrict(_path: &Path) {}
-
 impl Host for HostState {
     #[tracing::instrument(name = "plugin.secrets.get", skip_all, fields(plugin = %self.call.plugin, secret = %name))]
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, WitError>> {
@@ -250,12 +226,19 @@ impl Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aes_gcm::aead::{Aead, KeyInit};
+
+    fn setup() -> (tempfile::TempDir, Store, KeySource) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let source = KeySource::File(dir.path().join("secrets.key"));
+        (dir, store, source)
+    }
 
     #[test]
     fn values_are_encrypted_at_rest_and_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let sb = SecretBox::load(None, dir.path()).unwrap();
+        let (dir, store, source) = setup();
+        let sb = SecretBox::open(&source, &store).unwrap();
         sb.put(&store, "slack-webhook", "https://hooks.example/very-secret")
             .unwrap();
         assert_eq!(
@@ -267,18 +250,99 @@ mod tests {
             .query_row("SELECT ciphertext FROM secrets", [], |r| r.get(0))
             .unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("very-secret"));
-        // The same key file decrypts after a restart; another key does not.
-        let again = SecretBox::load(None, dir.path()).unwrap();
+        // The same key file decrypts after a restart; another key is refused.
+        let again = SecretBox::open(&source, &store).unwrap();
         assert_eq!(
             again.get(&store, "slack-webhook").unwrap(),
             "https://hooks.example/very-secret"
         );
-        let other = SecretBox::load(
-            Some(&base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
-            dir.path(),
-        )
-        .unwrap();
-        assert!(other.get(&store, "slack-webhook").is_err());
+        let other = KeySource::Inline(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [7u8; 32],
+        ));
+        let e = SecretBox::open(&other, &store).err().unwrap().to_string();
+        assert!(e.contains("not the key the stored secrets"), "{e}");
         assert!(sb.put(&store, "bad name", "x").is_err());
+        drop(dir);
+    }
+
+    #[test]
+    fn a_ciphertext_copied_to_another_secret_does_not_decrypt() {
+        let (_dir, store, source) = setup();
+        let sb = SecretBox::open(&source, &store).unwrap();
+        sb.put(&store, "prod-db", "prod-password").unwrap();
+        sb.put(&store, "dev-db", "dev-password").unwrap();
+        store
+            .conn()
+            .execute(
+                "UPDATE secrets SET (nonce, ciphertext) =
+                   (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
+                 WHERE name = 'dev-db'",
+                [],
+            )
+            .unwrap();
+        let e = sb.get(&store, "dev-db").unwrap_err().to_string();
+        assert!(e.contains("`dev-db` does not decrypt"), "{e}");
+        assert!(!e.contains("prod-password"), "{e}");
+        assert_eq!(sb.get(&store, "prod-db").unwrap(), "prod-password");
+    }
+
+    #[test]
+    fn rows_stored_before_names_were_bound_are_upgraded_at_start() {
+        let (dir, store, source) = setup();
+        // As the previous version stored them: no associated data, format 0,
+        // and no key check yet.
+        let key = [9u8; 32];
+        key::write_file(&dir.path().join("secrets.key"), &key, false).unwrap();
+        let cipher = Aes256Gcm::new_from_slice(&key).unwrap();
+        for (name, value) in [("a", "alpha"), ("b", "beta")] {
+            let nonce: [u8; 12] = rand::random();
+            let ct = cipher
+                .encrypt(aes_gcm::Nonce::from_slice(&nonce), value.as_bytes())
+                .unwrap();
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO secrets (name, nonce, ciphertext, updated_at) VALUES (?1, ?2, ?3, 0)",
+                    params![name, nonce.to_vec(), ct],
+                )
+                .unwrap();
+        }
+        let sb = SecretBox::open(&source, &store).unwrap();
+        assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
+        assert_eq!(sb.get(&store, "b").unwrap(), "beta");
+        let legacy: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM secrets WHERE format = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(legacy, 0);
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused_on_a_database_from_before_the_key_check() {
+        let (_dir, store, source) = setup();
+        let sb = SecretBox::open(&source, &store).unwrap();
+        sb.put(&store, "a", "alpha").unwrap();
+        store
+            .conn()
+            .execute("DELETE FROM secrets_key_check", [])
+            .unwrap();
+        let other = KeySource::Inline(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [7u8; 32],
+        ));
+        assert!(matches!(
+            SecretBox::open(&other, &store),
+            Err(KeyError::WrongKey { .. })
+        ));
+        assert_eq!(
+            SecretBox::open(&source, &store)
+                .unwrap()
+                .get(&store, "a")
+                .unwrap(),
+            "alpha"
+        );
     }
 }

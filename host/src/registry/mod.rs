@@ -6,7 +6,7 @@ mod trust;
 mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -194,7 +194,6 @@ pub struct Registry {
     changes: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     draining: AtomicBool,
-    invocations: AtomicU64,
     directory_errors: Mutex<BTreeMap<String, String>>,
     gate: PluginGate,
 }
@@ -209,7 +208,6 @@ impl Registry {
             changes: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            invocations: AtomicU64::new(0),
             directory_errors: Mutex::default(),
             gate: PluginGate::new(store.clone()),
             store,
@@ -602,8 +600,8 @@ impl Registry {
         let plugin = slot.active().ok_or_else(|| {
             RegistryError::NotFound(format!("plugin {name} has no loaded version"))
         })?;
-        let n = self.invocations.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:x}-{n:x}", std::process::id());
+        // UUIDv7: unique across restarts and replicas, ordered by time.
+        let id = crate::ids::new_id();
         let (result, account) = self.runtime.invoke(&plugin, call, id).await;
         self.metrics.record_invocation(name, &account);
         {

@@ -35,6 +35,41 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// An exclusive hold on a data directory (an OS lock on
+/// `<data_dir>/capstan.lock`): one server, or one offline command such as
+/// `capstan secrets rotate-key`, at a time. Released when dropped or when
+/// the process dies, `kill -9` included.
+#[derive(Debug)]
+pub struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+impl DataDirLock {
+    /// Takes the lock, or fails at once if another process holds it.
+    pub fn acquire(root: &Path) -> Result<DataDirLock, StoreError> {
+        let path = root.join("capstan.lock");
+        let io = |what, source| StoreError::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(|e| io("create data directory for", e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("open", e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Conflict(format!(
+                "data directory {} is in use by another capstan process (it holds {}); stop that server first",
+                root.display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(io("lock", e)),
+        }
+    }
+}
+
 /// Writes `bytes` to `path` so that readers see the old file or the new one,
 /// never a torn one: write a temporary sibling, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
