@@ -27,8 +27,8 @@ pub async fn query(
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditList>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if q.limit.is_some_and(|l| l > 1000) {
-        return Err(ApiError::bad_request("limit must be at most 1000"));
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
     }
     let records = state
         .registry

@@ -392,8 +392,8 @@ impl Tokens {
             }
         }
         if name == BOOTSTRAP_TOKEN {
-            return Err(AuthError::Invalid(format!(
-                "`{BOOTSTRAP_TOKEN}` is reserved for the configured admin token"
+            return Err(AuthError::Conflict(format!(
+                "`{BOOTSTRAP_TOKEN}` is taken by the configured admin token"
             )));
         }
         let secret = generate_secret();

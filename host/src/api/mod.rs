@@ -91,6 +91,7 @@ pub struct AppState {
         trust::delete_project_ceiling, trust::delete_plugin_ceiling,
         trust::list_approvals, trust::show_approval, trust::approve, trust::reject,
     ),
+    components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
     tags((name = "plugins", description = "Plugin versions and invocation"), (name = "ops", description = "Health and metrics"),
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),

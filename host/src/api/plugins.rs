@@ -146,6 +146,7 @@ fn approvals_of(
 
 /// Query of an upload.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// Make the new version active (default true).
     #[serde(default = "yes")]
@@ -395,9 +396,25 @@ pub struct InvokeResponse {
     pub plugin: String,
     /// What it cost.
     pub invocation: InvocationInfo,
-    /// The role's typed result: a plan, report, step result, metric families or actions.
-    #[schema(value_type = Object)]
+    /// The role's typed result: a plan or report (provisioner), a step
+    /// result (deploy-step), metric families (metrics-source) or actions
+    /// (alert-handler).
+    #[schema(schema_with = role_result)]
     pub result: serde_json::Value,
+}
+
+fn role_result() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::Ref;
+    use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, Schema};
+    Schema::AnyOf(
+        AnyOfBuilder::new()
+        .item(Ref::from_schema_name("Plan"))
+        .item(Ref::from_schema_name("Report"))
+        .item(Ref::from_schema_name("StepResult"))
+        .item(ArrayBuilder::new().items(Ref::from_schema_name("MetricFamily")))
+        .item(ArrayBuilder::new().items(Ref::from_schema_name("Action")))
+        .build(),
+    )
 }
 
 /// Calls the plugin's role function. The body depends on the role:

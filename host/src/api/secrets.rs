@@ -35,7 +35,7 @@ pub struct SecretList {
 
 /// Stores or replaces a secret.
 #[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path, description = "Secret name, 1-128 of [A-Za-z0-9._-]")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "Secret name, 1-128 of [A-Za-z0-9._-]")),
     request_body = PutSecret,
     responses((status = 204, description = "Stored"), (status = 400, body = ErrorBody)))]
 pub async fn put(

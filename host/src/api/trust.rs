@@ -244,6 +244,7 @@ async fn delete(
 
 /// Filter of `GET /v1/approvals`.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ApprovalQuery {
     /// Only approvals in this state (`pending`, `approved`, `rejected`).
     pub state: Option<ApprovalState>,

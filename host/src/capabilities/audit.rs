@@ -105,6 +105,7 @@ pub struct AuditError(#[from] rusqlite::Error);
 
 /// A filter for [`Audit::query`].
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this plugin.
     pub plugin: Option<String>,
@@ -115,6 +116,7 @@ pub struct AuditQuery {
     /// Only this invocation.
     pub invocation: Option<String>,
     /// Newest N records (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

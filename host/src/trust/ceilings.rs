@@ -38,7 +38,7 @@ use crate::capabilities::kube::{KubeGrant, Verb};
 #[serde(deny_unknown_fields)]
 pub struct FsRoot {
     /// Absolute host directory; grants may mount it or anything below it.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^/")]
     pub path: PathBuf,
     /// Whether read-write mounts are allowed (default read-only).
     #[serde(default)]
@@ -86,6 +86,7 @@ pub struct Ceiling {
     pub private_networks: Vec<String>,
     /// Largest kv quota (`max_bytes`) a grant may ask for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1099511627776_u64)]
     pub kv_max_bytes: Option<u64>,
     /// Kubernetes scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -166,6 +167,9 @@ impl Ceiling {
         for p in &self.http {
             pattern_covers(p, p)?;
         }
+        if self.kv_max_bytes.is_some_and(|b| b > MAX_KV_BYTES) {
+            return Err(format!("kv_max_bytes is over {MAX_KV_BYTES} (1 TiB)"));
+        }
         for n in &self.private_networks {
             network_covers(n, n)?;
         }
@@ -182,6 +186,9 @@ impl Ceiling {
         Ok(())
     }
 }
+
+/// The largest `kv_max_bytes` a ceiling may name.
+pub const MAX_KV_BYTES: u64 = 1 << 40;
 
 fn has_parent(p: &Path) -> bool {
     p.components().any(|c| matches!(c, Component::ParentDir))
