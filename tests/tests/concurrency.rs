@@ -202,3 +202,27 @@ async fn the_server_limit_is_named_when_it_is_the_one_reached() {
     }
     assert_healthy(&server, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_above_a_smaller_server_limit_after_restart_is_capped_not_refused() {
+    let server = server_with(8, 2).await;
+    install_spinner(&server, "wide", "1.0.0", "max_concurrent = 8").await;
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, |c| {
+        c.limits.max_concurrent = 3;
+        c.limits.queue_wait_ms = 50;
+    })
+    .await;
+    // The stored version still loads and runs, with at most the server's 3.
+    let (status, body) = ok_call(&server, "wide").await;
+    assert_eq!(status, 200, "{body}");
+    let calls: Vec<JoinHandle<_>> = (0..3)
+        .map(|_| tokio::spawn(spin(&server, "wide")))
+        .collect();
+    wait_in_flight(&server, "wide", 3).await;
+    let (status, body) = ok_call(&server, "wide").await;
+    assert_overloaded(status, &body, "plugin", 3);
+    for call in calls {
+        assert_deadline(call.await.unwrap());
+    }
+}
