@@ -104,6 +104,10 @@ pub struct LimitsConfig {
     pub max_result_bytes: usize,
     /// Invocations that may run at once.
     pub max_concurrent: usize,
+    /// Invocations of one plugin that may run at once, unless its manifest
+    /// says otherwise (`[limits] max_concurrent`); a quarter of
+    /// `max_concurrent` (at least 1) if unset.
+    pub max_concurrent_per_plugin: Option<usize>,
     /// How long a call may wait for a slot before 503, ms.
     pub queue_wait_ms: u64,
 }
@@ -169,6 +173,7 @@ impl Default for LimitsConfig {
             max_memory_mb: r.max_memory_mb,
             max_result_bytes: r.max_result_bytes,
             max_concurrent: r.max_concurrent,
+            max_concurrent_per_plugin: None,
             queue_wait_ms: r.queue_wait_ms,
         }
     }
@@ -200,6 +205,23 @@ impl ServerConfig {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
     }
 
+    /// Checks what parsing cannot: the concurrency limits' ranges.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.limits;
+        if l.max_concurrent == 0 {
+            anyhow::bail!("limits.max_concurrent must be at least 1");
+        }
+        if let Some(n) = l.max_concurrent_per_plugin
+            && !(1..=l.max_concurrent).contains(&n)
+        {
+            anyhow::bail!(
+                "limits.max_concurrent_per_plugin is {n}, outside 1..={} (limits.max_concurrent)",
+                l.max_concurrent
+            );
+        }
+        Ok(())
+    }
+
     /// The plugins directory in effect.
     pub fn plugins_dir(&self) -> PathBuf {
         self.plugins_dir
@@ -217,6 +239,9 @@ impl ServerConfig {
             pool_instances: (l.max_concurrent as u32 + 16).max(32),
             max_memory_mb: l.max_memory_mb,
             max_concurrent: l.max_concurrent,
+            max_concurrent_per_plugin: l
+                .max_concurrent_per_plugin
+                .unwrap_or_else(|| crate::runtime::default_share(l.max_concurrent)),
             queue_wait_ms: l.queue_wait_ms,
         }
     }
@@ -232,5 +257,49 @@ impl ServerConfig {
             max_connections: self.api.max_connections,
             ..ApiLimits::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<ServerConfig> {
+        let c: ServerConfig = toml::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn per_plugin_share_defaults_to_a_quarter_of_the_server_limit() {
+        assert_eq!(
+            ServerConfig::default().runtime().max_concurrent_per_plugin,
+            16
+        );
+        let c = parse("[limits]\nmax_concurrent = 8").unwrap();
+        assert_eq!(c.runtime().max_concurrent_per_plugin, 2);
+        let c = parse("[limits]\nmax_concurrent = 2").unwrap();
+        assert_eq!(c.runtime().max_concurrent_per_plugin, 1);
+        let c = parse("[limits]\nmax_concurrent = 8\nmax_concurrent_per_plugin = 8").unwrap();
+        assert_eq!(c.runtime().max_concurrent_per_plugin, 8);
+    }
+
+    #[test]
+    fn per_plugin_share_outside_its_range_is_refused() {
+        let e = parse("[limits]\nmax_concurrent = 8\nmax_concurrent_per_plugin = 9")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_concurrent_per_plugin is 9, outside 1..=8"),
+            "{e}"
+        );
+        let e = parse("[limits]\nmax_concurrent_per_plugin = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside 1..=64"), "{e}");
+        let e = parse("[limits]\nmax_concurrent = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_concurrent must be at least 1"), "{e}");
     }
 }

@@ -107,6 +107,10 @@ pub struct Limits {
     pub deadline_ms: Option<u64>,
     /// Fuel (roughly, Wasm instructions) per invocation; unlimited if unset.
     pub fuel: Option<u64>,
+    /// Invocations of this plugin that may run at once (at least 1, at most
+    /// the server's `max_concurrent`); the server's
+    /// `max_concurrent_per_plugin` if unset.
+    pub max_concurrent: Option<usize>,
 }
 
 /// A validated plugin manifest.
@@ -191,6 +195,12 @@ impl Manifest {
         }
         if self.limits.fuel == Some(0) {
             return field("limits.fuel", "must be positive".into());
+        }
+        if self.limits.max_concurrent == Some(0) {
+            return field(
+                "limits.max_concurrent",
+                "must be at least 1 (a plugin that may never run cannot be invoked)".into(),
+            );
         }
         self.grants
             .validate()
@@ -311,6 +321,21 @@ deadline_ms = 2000
         let unknown = format!("{GOOD}\n[extra]\nx = 1\n");
         let e = Manifest::parse(&unknown).unwrap_err().to_string();
         assert!(e.contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn max_concurrent_is_at_least_one() {
+        let m = Manifest::parse(&GOOD.replace("[limits]", "[limits]\nmax_concurrent = 3")).unwrap();
+        assert_eq!(m.limits.max_concurrent, Some(3));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        let zero = GOOD.replace("[limits]", "[limits]\nmax_concurrent = 0");
+        let e = Manifest::parse(&zero).unwrap_err().to_string();
+        assert!(
+            e.contains("limits.max_concurrent") && e.contains("at least 1"),
+            "{e}"
+        );
+        let negative = GOOD.replace("[limits]", "[limits]\nmax_concurrent = -1");
+        assert!(Manifest::parse(&negative).is_err());
     }
 
     #[test]

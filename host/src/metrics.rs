@@ -48,6 +48,36 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     compile: Histogram,
     loaded: Gauge,
+    concurrency: ConcurrencyMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverloadLabels {
+    plugin: String,
+    /// `plugin` (its own limit) or `server` (the global one).
+    limit: String,
+}
+
+/// Per-plugin admission: calls in flight and calls refused at a limit.
+#[derive(Default)]
+struct ConcurrencyMetrics {
+    in_flight: Family<PluginLabels, Gauge>,
+    overloaded: Family<OverloadLabels, Counter>,
+}
+
+impl ConcurrencyMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plugin_invocations_in_flight",
+            "Invocations of a plugin running now (all versions)",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "plugin_invocations_overloaded",
+            "Invocations refused at a concurrency limit, by which limit",
+            self.overloaded.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -112,7 +142,10 @@ impl Metrics {
             "Plugins with an active, loaded version",
             loaded.clone(),
         );
+        let concurrency = ConcurrencyMetrics::default();
+        concurrency.register(&mut registry);
         Metrics {
+            concurrency,
             registry,
             invocations,
             errors,
@@ -173,6 +206,28 @@ impl Metrics {
         if a.fuel_used < u64::MAX / 2 {
             self.fuel.get_or_create(&p).inc_by(a.fuel_used);
         }
+    }
+
+    /// The gauge of `plugin`'s calls in flight; the same one for every call
+    /// with this name.
+    pub fn plugin_in_flight(&self, plugin: &str) -> Gauge {
+        self.concurrency
+            .in_flight
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .clone()
+    }
+
+    /// Counts a call refused at a concurrency limit (`plugin` or `server`).
+    pub fn record_overloaded(&self, plugin: &str, limit: &str) {
+        self.concurrency
+            .overloaded
+            .get_or_create(&OverloadLabels {
+                plugin: plugin.into(),
+                limit: limit.into(),
+            })
+            .inc();
     }
 
     /// Records a load of a plugin version (`ok` or `error`) and its compile time.

@@ -35,6 +35,7 @@ impl Server {
     /// stored plugin, seeds the bundled ones on first start, and starts
     /// watching the plugins directory. `/healthz` answers while plugins load.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        config.validate()?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let store = Arc::new(Store::open(&config.data_dir).context("opening the data directory")?);
         let key = KeySource::resolve(

@@ -21,6 +21,9 @@
 //!   removed (cold) and present (warm).
 //! - `rss`: VmRSS/VmHWM of a fresh process before and after loading 100
 //!   plugins, and after 1000 invocations spread over them.
+//! - `noisy`: HTTP invoke latency of `render-deployment` (1 connection) while
+//!   two other plugins spin until their deadline, with and without the
+//!   per-plugin concurrency limit.
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) nothing is measured.
 
@@ -49,7 +52,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 const PLUGIN: &str = "render-deployment";
 const PARAMS: &str =
     r#"{"name":"web","image":"registry.local/web:1.4.2","replicas":3,"port":8080}"#;
-const SCENARIOS: [&str; 5] = ["invoke", "http", "reload", "restart", "rss"];
+const SCENARIOS: [&str; 6] = ["invoke", "http", "reload", "restart", "rss", "noisy"];
 
 // ---------------------------------------------------------------- options
 
@@ -2000,6 +2003,126 @@ fn scenario_rss(sizes: Sizes) -> anyhow::Result<Table> {
     Ok(t)
 }
 
+// ---------------------------------------------------------------- 6. noisy
+
+/// The server's invoke slots in `noisy`, and the connections driving each
+/// spinning plugin (enough to take every slot if nothing stops them).
+const NOISY_SLOTS: usize = 16;
+
+/// A well-behaved plugin's HTTP invoke while two others spin until their
+/// 1 s deadline: alone, with a per-plugin limit of 1, with the default share
+/// (a quarter of the slots), and with no per-plugin limit (every slot).
+async fn scenario_noisy(sizes: Sizes) -> anyhow::Result<Table> {
+    let window = sizes.http_round * sizes.http_rounds as u32;
+    let mut t = Table::new(
+        &format!(
+            "6. POST /v1/plugins/{PLUGIN}/invoke, 1 connection, {} s, while 2 plugins spin ({NOISY_SLOTS} connections each, server max_concurrent {NOISY_SLOTS})",
+            window.as_secs_f64()
+        ),
+        &[
+            "variant",
+            "req/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "answers",
+            "spinners' answers",
+        ],
+    );
+    let share = default_share_of(NOISY_SLOTS);
+    let variants = [
+        ("no plugin spinning".to_string(), false, None),
+        ("spinning, per-plugin limit 1".to_string(), true, Some(1)),
+        (
+            format!("spinning, per-plugin limit {share} (default share)"),
+            true,
+            None,
+        ),
+        (
+            format!("spinning, no per-plugin limit ({NOISY_SLOTS})"),
+            true,
+            Some(NOISY_SLOTS),
+        ),
+    ];
+    for (label, spin, per_plugin) in variants {
+        let (r, spinners) = noisy_run(sizes, window, spin, per_plugin).await?;
+        let s = stats(&r.latencies_ms);
+        let by = |m: &BTreeMap<u16, usize>| format!("{m:?}");
+        t.row(vec![
+            label.clone(),
+            format!("{:.0}", r.rps()),
+            f2(s.p50),
+            f2(s.p90),
+            f2(s.p99),
+            f2(s.max),
+            by(&r.by_status),
+            by(&spinners),
+        ]);
+        for f in r.failure_samples.iter().take(2) {
+            t.note(format!("{label}: {f}"));
+        }
+    }
+    t.note("answers by HTTP status: the spinners' 504 are calls admitted and stopped at their deadline, 503 calls refused after the 200 ms queue wait");
+    if cfg!(debug_assertions) {
+        t.note("built with debug assertions (dev profile): host code unoptimised, absolute latencies are not release figures");
+    }
+    Ok(t)
+}
+
+fn default_share_of(slots: usize) -> usize {
+    capstan::runtime::default_share(slots)
+}
+
+/// One `noisy` variant on its own server: the spinners' load (if any) in the
+/// background, then the measured load; returns it and the spinners' statuses.
+async fn noisy_run(
+    sizes: Sizes,
+    window: Duration,
+    spin: bool,
+    per_plugin: Option<usize>,
+) -> anyhow::Result<(LoadResult, BTreeMap<u16, usize>)> {
+    let ts = TestServer::start_with(|c| {
+        c.limits.max_concurrent = NOISY_SLOTS;
+        c.limits.max_concurrent_per_plugin = per_plugin;
+    })
+    .await;
+    let b = render_deployment();
+    ts.install(b.manifest, b.component).await;
+    let addr = ts.server.as_ref().context("server")?.addr;
+    let spec = |name: &str, body: Vec<u8>, concurrency| LoadSpec {
+        addr,
+        method: hyper::Method::POST,
+        path: format!("/v1/plugins/{name}/invoke"),
+        token: ts.token.clone(),
+        body: Bytes::from(body),
+        concurrency,
+        warmup: sizes.http_warmup,
+        track_versions: false,
+    };
+    let mut spinners = Vec::new();
+    for name in ["spin-a", "spin-b"].into_iter().filter(|_| spin) {
+        let limits = "[limits]\ndeadline_ms = 1000";
+        let m = capstan_tests::manifest(name, "1.0.0", "deploy-step", limits);
+        let wasm = capstan_tests::guest(capstan_tests::guests::FAULT_STEP);
+        ts.install(&m, &wasm).await;
+        let body = br#"{"params":{"fault":"loop"}}"#.to_vec();
+        let shared = LoadShared::new();
+        let rx = spawn_load(spec(name, body, NOISY_SLOTS), shared.clone());
+        spinners.push((shared, rx));
+    }
+    let r = run_load(spec(PLUGIN, invoke_body(), 1), window).await?;
+    let mut statuses = BTreeMap::new();
+    for (shared, rx) in spinners {
+        shared.stop();
+        for (status, n) in rx.await?.by_status {
+            *statuses.entry(status).or_default() += n;
+        }
+    }
+    ts.stop().await;
+    Ok((r, statuses))
+}
+
 // ---------------------------------------------------------------- main
 
 fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -2052,6 +2175,7 @@ fn main() -> anyhow::Result<()> {
             "reload" => rt.block_on(scenario_reload(sizes)),
             "restart" => rt.block_on(scenario_restart(sizes)),
             "rss" => scenario_rss(sizes),
+            "noisy" => rt.block_on(scenario_noisy(sizes)),
             _ => unreachable!(),
         };
         match table {

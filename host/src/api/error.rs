@@ -225,8 +225,11 @@ impl From<InvokeError> for ApiError {
         let status = match &e {
             InvokeError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::WrongCall(_) => StatusCode::BAD_REQUEST,
-            InvokeError::Overloaded { .. } => {
+            InvokeError::Overloaded { scope, limit } => {
+                let details =
+                    serde_json::json!({ "limit": scope.as_str(), "max_concurrent": limit });
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                    .with_details(details)
                     .retry_after(1);
             }
             InvokeError::Plugin(p) => {

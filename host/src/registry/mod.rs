@@ -17,7 +17,9 @@ pub use watch::watch_directory;
 
 use crate::manifest::{Manifest, ManifestError};
 use crate::metrics::Metrics;
-use crate::runtime::{Accounting, Call, InvokeError, LoadError, Output, Prepared, Runtime};
+use crate::runtime::{
+    Accounting, Call, InvokeError, LoadError, Output, PluginConcurrency, Prepared, Runtime,
+};
 use crate::store::{Store, StoreError, VersionRecord, digest_of};
 
 /// The approval kind of plugin versions.
@@ -132,11 +134,13 @@ pub struct LoadFailure {
 }
 
 /// One plugin's live state.
-#[derive(Default)]
 pub struct Slot {
     active: ArcSwapOption<Prepared>,
     last_error: Mutex<Option<LoadFailure>>,
     recent: Mutex<VecDeque<Accounting>>,
+    /// Calls of this plugin in flight, whichever version they run: a hot
+    /// swap does not reset the count.
+    concurrency: PluginConcurrency,
 }
 
 impl Slot {
@@ -151,6 +155,11 @@ impl Slot {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Calls of this plugin running now.
+    pub fn in_flight(&self) -> usize {
+        self.concurrency.in_flight()
     }
 
     /// Recent invocations, newest last.
@@ -304,6 +313,7 @@ impl Registry {
         who: &crate::trust::Authority,
     ) -> Result<Installed, RegistryError> {
         let manifest = Manifest::parse(manifest_text)?;
+        self.runtime.check_limits(&manifest)?;
         let (name, version) = (manifest.name.clone(), manifest.version.clone());
         let digest = digest_of(&bytes);
         let _guard = self.changes.lock().await;
@@ -602,8 +612,14 @@ impl Registry {
         })?;
         // UUIDv7: unique across restarts and replicas, ordered by time.
         let id = crate::ids::new_id();
-        let (result, account) = self.runtime.invoke(&plugin, call, id).await;
+        let (result, account) = self
+            .runtime
+            .invoke_limited(Some(&slot.concurrency), &plugin, call, id)
+            .await;
         self.metrics.record_invocation(name, &account);
+        if let Err(InvokeError::Overloaded { scope, .. }) = &result {
+            self.metrics.record_overloaded(name, scope.as_str());
+        }
         {
             let mut recent = slot.recent.lock().unwrap_or_else(|e| e.into_inner());
             if recent.len() == RECENT_INVOCATIONS {
@@ -739,7 +755,17 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.to_string())
-            .or_default()
+            .or_insert_with(|| {
+                // The in-flight gauge is kept per name by the metrics, so a
+                // plugin deleted and installed again while calls still run
+                // counts them against its limit.
+                Arc::new(Slot {
+                    active: Default::default(),
+                    last_error: Default::default(),
+                    recent: Default::default(),
+                    concurrency: PluginConcurrency::new(self.metrics.plugin_in_flight(name)),
+                })
+            })
             .clone()
     }
 

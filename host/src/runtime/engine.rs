@@ -29,6 +29,9 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u64,
     /// Invocations that may run at once; more wait up to `queue_wait_ms`.
     pub max_concurrent: usize,
+    /// Invocations of one plugin that may run at once when its manifest sets
+    /// no `[limits] max_concurrent`; at most `max_concurrent`.
+    pub max_concurrent_per_plugin: usize,
     /// How long a call waits for a free slot before it is refused as overloaded.
     pub queue_wait_ms: u64,
 }
@@ -42,9 +45,15 @@ impl Default for RuntimeConfig {
             pool_instances: 256,
             max_memory_mb: 512,
             max_concurrent: 64,
+            max_concurrent_per_plugin: default_share(64),
             queue_wait_ms: 200,
         }
     }
+}
+
+/// The default per-plugin limit: a quarter of the server's slots, at least one.
+pub fn default_share(max_concurrent: usize) -> usize {
+    (max_concurrent / 4).max(1)
 }
 
 /// The shared engine, linker and epoch ticker.
@@ -91,6 +100,37 @@ impl Runtime {
     /// The runtime's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// How many calls of `m`'s plugin may run at once: its manifest's
+    /// `[limits] max_concurrent` or the server's default share, never more
+    /// than the server's `max_concurrent` (a version stored under a larger
+    /// server limit still loads after a restart with a smaller one).
+    pub fn plugin_limit(&self, m: &crate::manifest::Manifest) -> usize {
+        m.limits
+            .max_concurrent
+            .unwrap_or(self.config.max_concurrent_per_plugin)
+            .clamp(1, self.config.max_concurrent.max(1))
+    }
+
+    /// Refuses a new version whose `[limits] max_concurrent` is above the
+    /// server's `max_concurrent`.
+    pub fn check_limits(
+        &self,
+        m: &crate::manifest::Manifest,
+    ) -> Result<(), crate::manifest::ManifestError> {
+        match m.limits.max_concurrent {
+            Some(n) if n > self.config.max_concurrent => {
+                Err(crate::manifest::ManifestError::Field {
+                    field: "limits.max_concurrent",
+                    reason: format!(
+                        "{n} is above the server's [limits] max_concurrent of {}",
+                        self.config.max_concurrent
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A short hex string that changes whenever compiled artifacts become

@@ -98,14 +98,27 @@ pub enum InvokeError {
     #[error("{0}")]
     WrongCall(String),
     /// Too many invocations are running; try again shortly.
-    #[error("too many concurrent invocations ({limit}); retry shortly")]
+    #[error("{}", overloaded_message(*scope, *limit))]
     Overloaded {
+        /// Which limit was reached: the plugin's own or the server's.
+        scope: super::admission::LimitScope,
         /// The concurrency limit.
         limit: usize,
     },
     /// A host-side failure (a bug, or the host ran out of a resource).
     #[error("host error: {0}")]
     Host(String),
+}
+
+fn overloaded_message(scope: super::admission::LimitScope, limit: usize) -> String {
+    match scope {
+        super::admission::LimitScope::Plugin => format!(
+            "this plugin already runs {limit} invocations, its concurrency limit (manifest `[limits] max_concurrent`, or the server's `max_concurrent_per_plugin`); retry shortly"
+        ),
+        super::admission::LimitScope::Server => format!(
+            "the server already runs {limit} invocations, its concurrency limit (`[limits] max_concurrent`); retry shortly"
+        ),
+    }
 }
 
 /// A plugin's own typed error, as it returned it.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::admission::{LimitScope, PluginConcurrency, PluginPermit, deadline_after};
 use super::bindings::{WitError, alert_handler, deploy_step, metrics_source, provisioner};
 use super::engine::{EPOCH_TICK, Runtime};
 use super::error::{InvokeError, PluginError};
@@ -118,12 +119,26 @@ pub struct Accounting {
 type GuestResult<T> = wasmtime::Result<Result<T, WitError>>;
 
 impl Runtime {
-    /// Runs `call` on a fresh instance of `p` within its limits.
+    /// Runs `call` on a fresh instance of `p` within its limits, admitted by
+    /// the server's concurrency limit only.
+    pub async fn invoke(
+        &self,
+        p: &Prepared,
+        call: Call,
+        invocation: String,
+    ) -> (Result<Output, InvokeError>, Accounting) {
+        self.invoke_limited(None, p, call, invocation).await
+    }
+
+    /// Runs `call` on a fresh instance of `p` within its limits, admitted
+    /// first by the plugin's own concurrency limit (counted in `plugin`,
+    /// shared by all its versions), then by the server's.
     #[tracing::instrument(name = "plugin.invoke", skip_all, fields(
         plugin = %p.manifest.name, version = %p.manifest.version, call = call.name(), invocation = %invocation,
     ))]
-    pub async fn invoke(
+    pub async fn invoke_limited(
         &self,
+        plugin: Option<&PluginConcurrency>,
         p: &Prepared,
         call: Call,
         invocation: String,
@@ -139,8 +154,8 @@ impl Runtime {
             peak_memory: 0,
             outcome: Outcome::Ok,
         };
-        let result = match self.admit().await {
-            Ok(_permit) => self.run(p, call, invocation, &mut account).await,
+        let result = match self.admit(plugin, p).await {
+            Ok(_permits) => self.run(p, call, invocation, &mut account).await,
             Err(e) => Err(e),
         };
         account.duration = started.elapsed();
@@ -150,11 +165,33 @@ impl Runtime {
         (result, account)
     }
 
-    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, InvokeError> {
-        let wait = Duration::from_millis(self.config.queue_wait_ms);
-        match tokio::time::timeout(wait, self.permits.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
+    /// The plugin's place first, so a plugin at its own limit waits (and is
+    /// refused) without holding any of the server's slots; both waits share
+    /// one `queue_wait_ms`.
+    async fn admit<'a>(
+        &'a self,
+        plugin: Option<&'a PluginConcurrency>,
+        p: &Prepared,
+    ) -> Result<(Option<PluginPermit<'a>>, tokio::sync::SemaphorePermit<'a>), InvokeError> {
+        let deadline = deadline_after(Duration::from_millis(self.config.queue_wait_ms));
+        let own = match plugin {
+            Some(c) => {
+                let limit = self.plugin_limit(&p.manifest);
+                Some(
+                    c.acquire(limit, deadline)
+                        .await
+                        .ok_or(InvokeError::Overloaded {
+                            scope: LimitScope::Plugin,
+                            limit,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok((own, permit)),
             _ => Err(InvokeError::Overloaded {
+                scope: LimitScope::Server,
                 limit: self.config.max_concurrent,
             }),
         }
