@@ -253,6 +253,14 @@ impl KubePolicy {
     }
 }
 
+/// Whether the resource pattern `pattern` (`*`, `group/*`, `group/Kind`,
+/// `Kind`) matches the kind `gk`, written `group/Kind` or `Kind`.
+pub fn resource_matches(pattern: &str, gk: &str) -> bool {
+    let (g, k) = gk.rsplit_once('/').unwrap_or(("", gk));
+    let (pg, pk) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    pattern == "*" || (pg == g && (pk == "*" || pk == k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,12 +449,4 @@ mod tests {
                 .contains("not among the grant's resources")
         );
     }
-}
-
-/// Whether the resource pattern `pattern` (`*`, `group/*`, `group/Kind`,
-/// `Kind`) matches the kind `gk`, written `group/Kind` or `Kind`.
-pub fn resource_matches(pattern: &str, gk: &str) -> bool {
-    let (g, k) = gk.rsplit_once('/').unwrap_or(("", gk));
-    let (pg, pk) = pattern.rsplit_once('/').unwrap_or(("", pattern));
-    pattern == "*" || (pg == g && (pk == "*" || pk == k))
 }
