@@ -120,6 +120,69 @@ async fn kv_round_trip_isolation_quota_and_persistence() {
 }
 
 #[tokio::test]
+async fn kv_key_too_long_in_multibyte_text_is_invalid_input_and_accounted() {
+    let server = TestServer::start().await;
+    let grant = "[grants.kv]\n";
+    server
+        .install(
+            &manifest("wide", "1.0.0", "deploy-step", grant),
+            &guest(guests::PROBE),
+        )
+        .await;
+    // 600 bytes of 3-byte characters: byte 64 falls inside a character.
+    let key = "€".repeat(200);
+    for op in [
+        "kv-set",
+        "kv-get",
+        "kv-set-if-absent",
+        "kv-delete",
+        "kv-list",
+    ] {
+        let (status, body) = server
+            .invoke(
+                "wide",
+                json!({ "params": { "op": op, "key": key, "prefix": key, "value": "v" } }),
+            )
+            .await;
+        assert_eq!(status, 200, "{op}: {body}");
+        let got = body["result"]["outputs"]["result"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            got.starts_with("err:InvalidInput") && got.contains("longer than 512"),
+            "{op}: {got}"
+        );
+        // The call is accounted like any other.
+        let id = body["invocation"]["id"].as_str().expect("invocation id");
+        let (status, recent) = server.get("/v1/plugins/wide/invocations").await;
+        assert_eq!(status, 200);
+        assert!(
+            recent
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["id"] == id)),
+            "{op}: invocation {id} not listed: {recent}"
+        );
+    }
+    // The refusal is audited with a valid prefix of the key.
+    let records = audit(&server, "wide", "kv").await;
+    let r = records
+        .iter()
+        .find(|r| !r.allowed && r.verb == "set")
+        .expect("refusal audited");
+    assert!(key.starts_with(&r.target) && !r.target.is_empty(), "{r:?}");
+    // The server keeps serving, this plugin included.
+    assert_eq!(
+        probe(
+            &server,
+            "wide",
+            json!({ "op": "kv-set", "key": "k", "value": "v" })
+        )
+        .await,
+        "ok:set"
+    );
+}
+
+#[tokio::test]
 async fn fs_mounts_allow_what_they_grant_and_nothing_else() {
     let ro = tempfile::tempdir().unwrap();
     let rw = tempfile::tempdir().unwrap();
