@@ -63,6 +63,10 @@ struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CAPSTAN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve `/metrics` without a token (`true`, the default) or only to a
+    /// `viewer` token (`false`); overrides `[api] metrics_public`.
+    #[arg(long, env = "CAPSTAN_METRICS_PUBLIC")]
+    metrics_public: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +221,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.tls_cert.is_some() {
         config.api.tls_cert = args.tls_cert;
         config.api.tls_key = args.tls_key;
+    }
+    if let Some(public) = args.metrics_public {
+        config.api.metrics_public = public;
     }
     crate::server::init_tracing(config.log_json);
     let rt = tokio::runtime::Runtime::new()?;
