@@ -273,6 +273,94 @@ async fn fs_mounts_allow_what_they_grant_and_nothing_else() {
     assert!(!got.contains("root:"), "{got}");
 }
 
+/// Opens the FIFO's write end without blocking: it succeeds only if some
+/// thread is waiting to read it (no reader: ENXIO).
+fn fifo_has_a_reader(fifo: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .is_ok()
+}
+
+#[tokio::test]
+async fn fs_refuses_fifos_promptly_and_leaves_no_thread_blocked() {
+    let mount = tempfile::tempdir().unwrap();
+    let fifo = mount.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let grants = format!(
+        "[[grants.fs]]\nhost_path = {:?}\nguest_path = \"/work\"\nmode = \"rw\"\n",
+        mount.path().display().to_string()
+    );
+    let server = TestServer::start().await; // plugin deadline: 2 s
+    server
+        .install(
+            &manifest("pipes", "1.0.0", "deploy-step", &grants),
+            &guest(guests::PROBE),
+        )
+        .await;
+    for op in ["fs-read", "fs-write"] {
+        let started = std::time::Instant::now();
+        let call = server.invoke(
+            "pipes",
+            json!({ "params": { "op": op, "path": "/work/pipe", "data": "x" } }),
+        );
+        let Ok((status, body)) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), call).await
+        else {
+            fifo_has_a_reader(&fifo); // lets the blocked open return
+            panic!("{op} of a FIFO did not return within 10 s (the deadline is 2 s)");
+        };
+        let took = started.elapsed();
+        // Checked first: opening the write end also frees a blocked reader.
+        let left_blocked = fifo_has_a_reader(&fifo);
+        assert_eq!(status, 200, "{op}: {body}");
+        let got = body["result"]["outputs"]["result"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(got.starts_with("err:"), "{op}: {got}");
+        assert!(
+            took < std::time::Duration::from_millis(1_000),
+            "{op} took {took:?}, the deadline is 2 s"
+        );
+        assert!(!left_blocked, "{op} left a thread in open()");
+    }
+    let got = probe(
+        &server,
+        "pipes",
+        json!({ "op": "fs-read", "path": "/work/pipe" }),
+    )
+    .await;
+    assert!(
+        got.starts_with("err:InvalidInput") && got.contains("not a regular file"),
+        "{got}"
+    );
+    // Regular files still work, and so does the server.
+    assert_eq!(
+        probe(
+            &server,
+            "pipes",
+            json!({ "op": "fs-write", "path": "/work/a.txt", "data": "hi" })
+        )
+        .await,
+        "ok:written"
+    );
+    assert_eq!(
+        probe(
+            &server,
+            "pipes",
+            json!({ "op": "fs-read", "path": "/work/a.txt" })
+        )
+        .await,
+        "ok:hi"
+    );
+}
+
 #[tokio::test]
 async fn fs_grant_for_a_missing_directory_is_refused_at_load() {
     let server = TestServer::start().await;
