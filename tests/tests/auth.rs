@@ -412,8 +412,16 @@ async fn secrets_api_round_trip_never_returns_values() {
     let (status, body) = server.get("/v1/secrets").await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({ "secrets": ["db-url"] }));
-    let (status, _) = server.get("/v1/secrets/db-url").await;
-    assert_ne!(status, 200, "there is no way to read a value back");
+    // There is no way to read a value back: the secret's own path answers
+    // PUT and DELETE only.
+    let r = server
+        .request(Method::GET, "/v1/secrets/db-url")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "PUT,DELETE");
+    assert!(!r.text().await.unwrap().contains(value));
 
     // A plugin granted the secret reads it (and its output is redacted).
     let grants = "[grants.secrets]\nnames = [\"db-url\"]\n";

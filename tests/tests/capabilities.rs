@@ -445,7 +445,19 @@ async fn secrets_only_by_grant_and_redacted_from_output_and_audit() {
             .iter()
             .all(|r| !format!("{r:?}").contains("very-secret-value"))
     );
-    // At rest the value is encrypted.
-    let raw = std::fs::read(server.dir.path().join("capstan.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&raw).contains("very-secret-value"));
+    // At rest the value is encrypted: in no file of the data directory, the
+    // database's WAL (where new rows are until a checkpoint) included.
+    let files = capstan_tests::files_at_rest(server.dir.path());
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"capstan.db") && names.contains(&"capstan.db-wal"),
+        "{names:?}"
+    );
+    let needle = b"very-secret-value";
+    for (name, bytes) in &files {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "secret plaintext in {name}"
+        );
+    }
 }
