@@ -99,13 +99,22 @@ struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CAPSTAN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve `/metrics` without a token (`true`, the default) or only to a
+    /// `viewer` token (`false`); overrides `[api] metrics_public`.
+    #[arg(long, env = "CAPSTAN_METRICS_PUBLIC")]
+    metrics_public: Option<bool>,
 }
 
 #[derive(clap::Args)]
 struct Remote {
-    /// Server URL.
+    /// Server URL (`http://` or `https://`).
     #[arg(long, env = "CAPSTAN_URL", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// PEM file of the CA certificate(s) to trust for an https server,
+    /// instead of the system's roots (for a private CA or a self-signed
+    /// server certificate).
+    #[arg(long, env = "CAPSTAN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// API token, sent as `Authorization: Bearer`. Prefer the environment
     /// variable: arguments are visible to other users.
     #[arg(long, env = "CAPSTAN_TOKEN", hide_env_values = true)]
@@ -309,6 +318,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.api.tls_cert = args.tls_cert;
         config.api.tls_key = args.tls_key;
     }
+    if let Some(public) = args.metrics_public {
+        config.api.metrics_public = public;
+    }
     crate::server::init_tracing(config.log_json);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -318,14 +330,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 impl Remote {
-    /// The HTTP client (plain HTTP: the CLI has no TLS support yet).
+    /// The HTTP client: http, or https with rustls (ring) verifying the
+    /// server against the system's roots or, with `--ca-cert`, that CA only.
     fn client(&self) -> anyhow::Result<reqwest::Client> {
-        if self.server.starts_with("https://") {
-            bail!("the CLI speaks plain HTTP only; https servers are not supported yet");
+        // reqwest is built without a crypto provider of its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing the CA certificate {}", path.display()))?;
+            if certs.is_empty() {
+                bail!("{} holds no PEM certificate", path.display());
+            }
+            builder = builder.tls_certs_only(certs);
         }
-        reqwest::Client::builder()
-            .build()
-            .context("building the HTTP client")
+        builder.build().context("building the HTTP client")
     }
 
     /// A request to `path` with the token attached.

@@ -120,6 +120,9 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
     /// Largest other request body, bytes.
     pub max_body_bytes: usize,
+    /// A request not answered within this many ms (its body included) gets
+    /// 408; invocations and uploads are exempt; 0 disables.
+    pub request_timeout_ms: u64,
     /// Serve `/metrics` without a token (default true, so Prometheus can
     /// scrape without credentials). When false it needs a `viewer` token.
     pub metrics_public: bool,
@@ -185,6 +188,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_upload_bytes: a.max_upload_bytes,
             max_body_bytes: a.max_body_bytes,
+            request_timeout_ms: a.request_timeout.as_millis() as u64,
             metrics_public: true,
             rate_limit_per_sec: a.rate_limit_per_sec,
             rate_limit_burst: a.rate_limit_burst,
@@ -251,11 +255,11 @@ impl ServerConfig {
         ApiLimits {
             max_upload_bytes: self.api.max_upload_bytes,
             max_body_bytes: self.api.max_body_bytes,
+            request_timeout: std::time::Duration::from_millis(self.api.request_timeout_ms),
             rate_limit_per_sec: self.api.rate_limit_per_sec,
             rate_limit_burst: self.api.rate_limit_burst,
             max_in_flight_requests: self.api.max_in_flight_requests,
             max_connections: self.api.max_connections,
-            ..ApiLimits::default()
         }
     }
 }

@@ -1699,7 +1699,7 @@ async fn timed_start(dir: tempfile::TempDir) -> anyhow::Result<(TestServer, Star
         let ts = TestServer::start_in(dir, |c| c.listen = addr).await;
         (ts, t0.elapsed())
     });
-    let client = reqwest::Client::new();
+    let client = capstan_tests::client();
     let (mut healthz, mut readyz) = (None, None);
     while readyz.is_none() {
         if healthz.is_none()

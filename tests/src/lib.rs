@@ -275,6 +275,26 @@ pub fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) 
     (cert, key)
 }
 
+/// Every file under `dir`, recursively: (path relative to `dir`, bytes).
+/// For checks of what is at rest: the database, its WAL and shared memory,
+/// blobs and artifacts alike.
+pub fn files_at_rest(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).expect("read data dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let name = path.strip_prefix(dir).unwrap_or(&path);
+                files.push((name.display().to_string(), bytes));
+            }
+        }
+    }
+    files
+}
+
 /// Invokes the probe guest and returns its `result` output (`ok:...` / `err:...`).
 pub async fn probe(server: &TestServer, plugin: &str, params: Value) -> String {
     let (status, body) = server

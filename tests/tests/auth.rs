@@ -412,8 +412,16 @@ async fn secrets_api_round_trip_never_returns_values() {
     let (status, body) = server.get("/v1/secrets").await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({ "secrets": ["db-url"] }));
-    let (status, _) = server.get("/v1/secrets/db-url").await;
-    assert_ne!(status, 200, "there is no way to read a value back");
+    // There is no way to read a value back: the secret's own path answers
+    // PUT and DELETE only.
+    let r = server
+        .request(Method::GET, "/v1/secrets/db-url")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "PUT,DELETE");
+    assert!(!r.text().await.unwrap().contains(value));
 
     // A plugin granted the secret reads it (and its output is redacted).
     let grants = "[grants.secrets]\nnames = [\"db-url\"]\n";
@@ -600,6 +608,87 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "served once the first closed");
+}
+
+/// Sends `head`, then `body` one byte per 100 ms, and stops sending as soon
+/// as the server answers. Returns the raw answer and when it came.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (String, std::time::Duration) {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    for byte in body {
+        if tcp.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    let took = started.elapsed();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    (String::from_utf8_lossy(&answer).into_owned(), took)
+}
+
+#[tokio::test]
+async fn a_request_slower_than_request_timeout_gets_408() {
+    let server = TestServer::start_with(|c| c.api.request_timeout_ms = 300).await;
+    let addr = server.server.as_ref().unwrap().addr;
+    let admin = server.token.clone().unwrap();
+    // 33 bytes at 100 ms each: the body would be complete after 3.3 s.
+    let body = br#"{"value": "sent-far-too-slowly"}"#;
+    let head = format!(
+        "PUT /v1/secrets/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (answer, took) = trickle(addr, &head, body).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    let json: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1)
+        .unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(json["error"]["code"], "request_timeout", "{json}");
+    let (_, secrets) = server.get("/v1/secrets").await;
+    assert_eq!(secrets, json!({ "secrets": [] }), "nothing was stored");
+
+    // A request on time is served; so is an invocation longer than the
+    // timeout (the plugin's deadline bounds it).
+    let (status, _) = server
+        .send(
+            Method::PUT,
+            "/v1/secrets/fast",
+            Some(json!({ "value": "v" })),
+        )
+        .await;
+    assert_eq!(status, 204);
+    server
+        .install(
+            &manifest("slowpoke", "1.0.0", "deploy-step", ""),
+            &guest(guests::FAULT_STEP),
+        )
+        .await;
+    let (status, body) = server
+        .invoke(
+            "slowpoke",
+            json!({ "params": { "fault": "slow", "ms": 600 } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

@@ -120,6 +120,69 @@ async fn kv_round_trip_isolation_quota_and_persistence() {
 }
 
 #[tokio::test]
+async fn kv_key_too_long_in_multibyte_text_is_invalid_input_and_accounted() {
+    let server = TestServer::start().await;
+    let grant = "[grants.kv]\n";
+    server
+        .install(
+            &manifest("wide", "1.0.0", "deploy-step", grant),
+            &guest(guests::PROBE),
+        )
+        .await;
+    // 600 bytes of 3-byte characters: byte 64 falls inside a character.
+    let key = "€".repeat(200);
+    for op in [
+        "kv-set",
+        "kv-get",
+        "kv-set-if-absent",
+        "kv-delete",
+        "kv-list",
+    ] {
+        let (status, body) = server
+            .invoke(
+                "wide",
+                json!({ "params": { "op": op, "key": key, "prefix": key, "value": "v" } }),
+            )
+            .await;
+        assert_eq!(status, 200, "{op}: {body}");
+        let got = body["result"]["outputs"]["result"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            got.starts_with("err:InvalidInput") && got.contains("longer than 512"),
+            "{op}: {got}"
+        );
+        // The call is accounted like any other.
+        let id = body["invocation"]["id"].as_str().expect("invocation id");
+        let (status, recent) = server.get("/v1/plugins/wide/invocations").await;
+        assert_eq!(status, 200);
+        assert!(
+            recent
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["id"] == id)),
+            "{op}: invocation {id} not listed: {recent}"
+        );
+    }
+    // The refusal is audited with a valid prefix of the key.
+    let records = audit(&server, "wide", "kv").await;
+    let r = records
+        .iter()
+        .find(|r| !r.allowed && r.verb == "set")
+        .expect("refusal audited");
+    assert!(key.starts_with(&r.target) && !r.target.is_empty(), "{r:?}");
+    // The server keeps serving, this plugin included.
+    assert_eq!(
+        probe(
+            &server,
+            "wide",
+            json!({ "op": "kv-set", "key": "k", "value": "v" })
+        )
+        .await,
+        "ok:set"
+    );
+}
+
+#[tokio::test]
 async fn fs_mounts_allow_what_they_grant_and_nothing_else() {
     let ro = tempfile::tempdir().unwrap();
     let rw = tempfile::tempdir().unwrap();
@@ -210,6 +273,94 @@ async fn fs_mounts_allow_what_they_grant_and_nothing_else() {
     assert!(!got.contains("root:"), "{got}");
 }
 
+/// Opens the FIFO's write end without blocking: it succeeds only if some
+/// thread is waiting to read it (no reader: ENXIO).
+fn fifo_has_a_reader(fifo: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .is_ok()
+}
+
+#[tokio::test]
+async fn fs_refuses_fifos_promptly_and_leaves_no_thread_blocked() {
+    let mount = tempfile::tempdir().unwrap();
+    let fifo = mount.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let grants = format!(
+        "[[grants.fs]]\nhost_path = {:?}\nguest_path = \"/work\"\nmode = \"rw\"\n",
+        mount.path().display().to_string()
+    );
+    let server = TestServer::start().await; // plugin deadline: 2 s
+    server
+        .install(
+            &manifest("pipes", "1.0.0", "deploy-step", &grants),
+            &guest(guests::PROBE),
+        )
+        .await;
+    for op in ["fs-read", "fs-write"] {
+        let started = std::time::Instant::now();
+        let call = server.invoke(
+            "pipes",
+            json!({ "params": { "op": op, "path": "/work/pipe", "data": "x" } }),
+        );
+        let Ok((status, body)) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), call).await
+        else {
+            fifo_has_a_reader(&fifo); // lets the blocked open return
+            panic!("{op} of a FIFO did not return within 10 s (the deadline is 2 s)");
+        };
+        let took = started.elapsed();
+        // Checked first: opening the write end also frees a blocked reader.
+        let left_blocked = fifo_has_a_reader(&fifo);
+        assert_eq!(status, 200, "{op}: {body}");
+        let got = body["result"]["outputs"]["result"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(got.starts_with("err:"), "{op}: {got}");
+        assert!(
+            took < std::time::Duration::from_millis(1_000),
+            "{op} took {took:?}, the deadline is 2 s"
+        );
+        assert!(!left_blocked, "{op} left a thread in open()");
+    }
+    let got = probe(
+        &server,
+        "pipes",
+        json!({ "op": "fs-read", "path": "/work/pipe" }),
+    )
+    .await;
+    assert!(
+        got.starts_with("err:InvalidInput") && got.contains("not a regular file"),
+        "{got}"
+    );
+    // Regular files still work, and so does the server.
+    assert_eq!(
+        probe(
+            &server,
+            "pipes",
+            json!({ "op": "fs-write", "path": "/work/a.txt", "data": "hi" })
+        )
+        .await,
+        "ok:written"
+    );
+    assert_eq!(
+        probe(
+            &server,
+            "pipes",
+            json!({ "op": "fs-read", "path": "/work/a.txt" })
+        )
+        .await,
+        "ok:hi"
+    );
+}
+
 #[tokio::test]
 async fn fs_grant_for_a_missing_directory_is_refused_at_load() {
     let server = TestServer::start().await;
@@ -294,7 +445,19 @@ async fn secrets_only_by_grant_and_redacted_from_output_and_audit() {
             .iter()
             .all(|r| !format!("{r:?}").contains("very-secret-value"))
     );
-    // At rest the value is encrypted.
-    let raw = std::fs::read(server.dir.path().join("capstan.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&raw).contains("very-secret-value"));
+    // At rest the value is encrypted: in no file of the data directory, the
+    // database's WAL (where new rows are until a checkpoint) included.
+    let files = capstan_tests::files_at_rest(server.dir.path());
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"capstan.db") && names.contains(&"capstan.db-wal"),
+        "{names:?}"
+    );
+    let needle = b"very-secret-value";
+    for (name, bytes) in &files {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "secret plaintext in {name}"
+        );
+    }
 }

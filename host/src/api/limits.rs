@@ -1,14 +1,14 @@
 //! Load limits at the HTTP edge: a token bucket per API token (and per client
-//! address for failed authentication), and a cap on requests in flight that
-//! answers 503 instead of queueing.
+//! address for failed authentication), a cap on requests in flight that
+//! answers 503 instead of queueing, and a request timeout that answers 408.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
@@ -119,9 +119,66 @@ pub async fn in_flight(State(limit): State<InFlight>, req: Request, next: Next) 
     }
 }
 
+/// Routes without the request timeout: an invocation is bounded by the
+/// plugin's deadline, an upload (up to `max_upload_bytes`, then compiled)
+/// may take longer than other calls.
+fn no_request_timeout(method: &Method, path: &str) -> bool {
+    if method != Method::POST {
+        return false;
+    }
+    let invoke = path
+        .strip_prefix("/v1/plugins/")
+        .and_then(|rest| rest.strip_suffix("/invoke"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+    invoke || path.trim_end_matches('/') == "/v1/plugins"
+}
+
+/// The middleware: a request (reading its body included) that is not
+/// answered within `timeout` gets 408 and its connection is closed. A zero
+/// timeout disables it.
+pub async fn request_timeout(
+    State(timeout): State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if timeout.is_zero() || no_request_timeout(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not complete within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invoke_and_upload_have_no_request_timeout() {
+        let exempt = |m: Method, p: &str| no_request_timeout(&m, p);
+        assert!(exempt(Method::POST, "/v1/plugins/web/invoke"));
+        assert!(exempt(Method::POST, "/v1/plugins"));
+        assert!(!exempt(Method::GET, "/v1/plugins"));
+        assert!(!exempt(Method::PUT, "/v1/secrets/x"));
+        assert!(!exempt(Method::POST, "/v1/plugins/web/rollback"));
+        assert!(!exempt(Method::POST, "/v1/plugins/a/b/invoke"));
+        assert!(!exempt(Method::POST, "/v1/tokens"));
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_refills() {
@@ -132,7 +189,7 @@ mod tests {
         }
         assert_eq!(l.check(k()), Err(1));
         assert_eq!(l.check(RateKey::Token("other".into())), Ok(()));
-        std::thread::sleep(std::time::Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(120));
         assert_eq!(l.check(k()), Ok(()));
         let off = RateLimiter::new(0, 0);
         for _ in 0..1000 {

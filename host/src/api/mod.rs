@@ -37,7 +37,8 @@ pub struct ApiLimits {
     pub max_upload_bytes: usize,
     /// Largest request body for everything else, bytes.
     pub max_body_bytes: usize,
-    /// Longest a request may take before 408, for non-invoke routes.
+    /// Longest a request (its body included) may take before 408; not
+    /// applied to invocations and uploads. Zero disables it.
     pub request_timeout: Duration,
     /// Requests per second per token, on average (0: unlimited). Admin
     /// tokens are exempt.
@@ -187,8 +188,9 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals/{id}/approve", post(trust::approve))
         .route("/approvals/{id}/reject", post(trust::reject));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
-    // Outermost first: tracing, the in-flight cap, then authentication
-    // and authorisation (auth::guard) in front of every route.
+    // Outermost first: tracing, the in-flight cap, authentication and
+    // authorisation (auth::guard), then the request timeout, in front of
+    // every route.
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -197,6 +199,11 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .layer(body_limit)
+        // Inside the guard, so a mutating call that times out is audited (408).
+        .layer(from_fn_with_state(
+            state.limits.request_timeout,
+            limits::request_timeout,
+        ))
         .layer(from_fn_with_state(state.clone(), auth::guard))
         .layer(from_fn_with_state(in_flight, limits::in_flight))
         .layer(TraceLayer::new_for_http())

@@ -32,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
 }
 
 /// Prometheus metrics: the server's own, then each metrics-source plugin's
-/// families (collected now, prefixed `capstan_plugin_<name>_`).
+/// families (collected now, named by [`crate::metrics::plugin_family_name`]).
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut families = Vec::new();

@@ -139,9 +139,39 @@ impl FsPolicy {
 
 type FsResult<T> = wasmtime::Result<Result<T, WitError>>;
 
+/// Opens a regular file to read (or, with `write`, to replace).
+/// `O_NONBLOCK` keeps the open of a FIFO from waiting for the other end,
+/// and the type is checked on the opened handle, so nothing can be swapped
+/// in between a check and the open.
+fn open_regular(dir: &Dir, rel: &Path, write: bool) -> std::io::Result<cap_std::fs::File> {
+    use cap_std::fs::OpenOptionsExt;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.custom_flags(libc::O_NONBLOCK);
+    if write {
+        options.write(true).create(true).truncate(true);
+    } else {
+        options.read(true);
+    }
+    let file = dir.open_with(rel, &options)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (FIFO, socket or device)"
+        };
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is {what}", rel.display()),
+        ));
+    }
+    Ok(file)
+}
+
 fn io_err(e: std::io::Error) -> WitError {
     match e.kind() {
         ErrorKind::NotFound => WitError::NotFound(e.to_string()),
+        ErrorKind::InvalidInput => WitError::InvalidInput(e.to_string()),
         ErrorKind::PermissionDenied => {
             WitError::Denied(format!("{e} (outside the granted directory?)"))
         }
@@ -196,7 +226,7 @@ impl Host for HostState {
         };
         Ok(self
             .fs_run("read", &path, move || {
-                let file = dir.open(&rel)?;
+                let file = open_regular(&dir, &rel, false)?;
                 let mut buf = Vec::new();
                 file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf)?;
                 if buf.len() as u64 > MAX_FILE_BYTES {
@@ -222,7 +252,10 @@ impl Host for HostState {
             )));
         }
         Ok(self
-            .fs_run("write", &path, move || dir.write(&rel, &data))
+            .fs_run("write", &path, move || {
+                use std::io::Write;
+                open_regular(&dir, &rel, true)?.write_all(&data)
+            })
             .await)
     }
 

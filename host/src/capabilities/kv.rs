@@ -74,7 +74,10 @@ impl HostState {
             return Err(self.deny("kv", verb, key, "the manifest grants no kv"));
         };
         if key.len() > MAX_KEY_BYTES {
-            return Err(self.deny("kv", verb, &key[..64], "key longer than 512 bytes"));
+            // Guest-chosen text: the audit target is cut at a character boundary.
+            let why = format!("key of {} bytes is longer than {MAX_KEY_BYTES}", key.len());
+            self.audit("kv", verb, super::clip(key, 64), false, &why);
+            return Err(WitError::InvalidInput(why));
         }
         Ok(grant)
     }

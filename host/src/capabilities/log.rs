@@ -1,6 +1,7 @@
 //! The `log` host interface: levelled, structured records attributed to the
 //! plugin, its version and the invocation that emitted them.
 
+use super::clip;
 use crate::runtime::bindings::capstan::plugin::log::{Host, Level};
 use crate::runtime::state::HostState;
 
@@ -18,11 +19,11 @@ impl Host for HostState {
     ) -> wasmtime::Result<()> {
         let call = &self.call;
         // A secret the plugin read in this call never reaches the log.
-        let message = self.redact(truncate(&message, MAX_MESSAGE));
+        let message = self.redact(clip(&message, MAX_MESSAGE));
         let fields: Vec<String> = fields
             .iter()
             .take(MAX_FIELDS)
-            .map(|(k, v)| format!("{}={}", truncate(k, 64), truncate(v, 1024)))
+            .map(|(k, v)| format!("{}={}", clip(k, 64), clip(v, 1024)))
             .collect();
         let fields = fields.join(" ");
         let fields = self.redact(&fields);
@@ -47,15 +48,4 @@ impl Host for HostState {
         }
         Ok(())
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -36,6 +36,12 @@ pub const MIGRATIONS: &[&str] = &[
     secrets::SCHEMA_BOUND,
 ];
 
+/// At most `max` bytes of a guest-chosen string, cut at a character
+/// boundary (slicing `&s[..max]` would panic inside a UTF-8 character).
+pub(crate) fn clip(s: &str, max: usize) -> &str {
+    &s[..s.floor_char_boundary(max)]
+}
+
 /// Everything a manifest grants. The default grants nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -23,7 +23,8 @@ pub enum AddrClass {
     Multicast,
     /// 255.255.255.255.
     Broadcast,
-    /// 240.0.0.0/4, 192.0.0.0/24, 198.18.0.0/15, documentation ranges.
+    /// 240.0.0.0/4, 192.0.0.0/24, 198.18.0.0/15, documentation ranges,
+    /// Teredo (2001::/32) with public embedded addresses.
     Reserved,
 }
 
@@ -99,9 +100,28 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddrClass> {
     } else if s[..6] == [0; 6] {
         // IPv4-compatible (deprecated): judge the embedded address, never public.
         return Some(classify_v4(embedded(s[6], s[7])).unwrap_or(Reserved));
+    } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated (RFC 2765, ::ffff:0:a.b.c.d): as the embedded
+        // IPv4 address, like IPv4-mapped.
+        return classify_v4(embedded(s[6], s[7]));
     } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         // NAT64 well-known prefix: as the embedded IPv4 address.
         return classify_v4(embedded(s[6], s[7]));
+    } else if s[..3] == [0x64, 0xff9b, 1] {
+        // Local-use NAT64 (RFC 8215, 64:ff9b:1::/48): the operator's prefix
+        // length decides where the IPv4 address sits, so every RFC 6052
+        // position a /48../96 prefix allows must be public.
+        return local_nat64(ip.octets());
+    } else if s[..2] == [0x2001, 0] {
+        // Teredo (RFC 4380): the server's and the client's (inverted) IPv4
+        // addresses are embedded; a deprecated tunnel, never public itself.
+        let server = embedded(s[2], s[3]);
+        let client = embedded(!s[6], !s[7]);
+        return Some(
+            classify_v4(client)
+                .or(classify_v4(server))
+                .unwrap_or(Reserved),
+        );
     } else if s[0] == 0x2002 {
         // 6to4: as the embedded IPv4 address.
         return classify_v4(embedded(s[1], s[2]));
@@ -117,6 +137,20 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddrClass> {
         return None;
     };
     Some(class)
+}
+
+/// The class of a local-use NAT64 address: the first non-public IPv4
+/// address among the positions of RFC 6052 for prefixes /96, /64, /56, /48
+/// (the u-octet, byte 8, is skipped). Public only if all of them are.
+fn local_nat64(o: [u8; 16]) -> Option<AddrClass> {
+    [
+        [o[12], o[13], o[14], o[15]],
+        [o[9], o[10], o[11], o[12]],
+        [o[7], o[9], o[10], o[11]],
+        [o[6], o[7], o[9], o[10]],
+    ]
+    .into_iter()
+    .find_map(|v4| classify_v4(Ipv4Addr::from(v4)))
 }
 
 #[cfg(test)]
@@ -174,6 +208,23 @@ mod tests {
             ("2002:a9fe:a9fe::1", Some(CloudMetadata)),
             ("2002:0a00:0001::1", Some(Private)),
             ("2002:0808:0808::1", None),
+            // IPv4-translated (RFC 2765).
+            ("::ffff:0:127.0.0.1", Some(Loopback)),
+            ("::ffff:0:10.1.2.3", Some(Private)),
+            ("::ffff:0:169.254.169.254", Some(CloudMetadata)),
+            ("::ffff:0:8.8.8.8", None),
+            // Local-use NAT64 (RFC 8215): the IPv4 address of each prefix
+            // length; public only when every reading is.
+            ("64:ff9b:1::10.0.0.1", Some(Private)),
+            ("64:ff9b:1::169.254.169.254", Some(CloudMetadata)),
+            ("64:ff9b:1::8.8.8.8", Some(Unspecified)), // as a /48: 0.0.0.0
+            ("64:ff9b:1:7f08:8:808:808:808", Some(Loopback)), // as a /48: 127.8.8.8
+            ("64:ff9b:1:808:8:808:808:808", None),
+            // Teredo: client address inverted (here 127.0.0.1 and 10.0.0.1).
+            ("2001:0:808:808::80ff:fffe", Some(Loopback)),
+            ("2001:0:808:808::f5ff:fffe", Some(Private)),
+            ("2001:0:a00:1::f7f7:f7f7", Some(Private)),
+            ("2001:0:808:808::f7f7:f7f7", Some(Reserved)),
         ];
         for (addr, expected) in cases {
             assert_eq!(classify(ip(addr)), *expected, "{addr}");
