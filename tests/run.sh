@@ -3,8 +3,11 @@
 #
 # Installs (once) what the tests need that a fresh machine lacks: Debian's
 # etcd, curl, openssl and a kube-apiserver built from Debian's source package
-# (cached under ~/.cache/capstan, ~5-9 min the first time). Then runs
-# `cargo test --workspace`. Extra arguments go to cargo test.
+# (cached under ~/.cache/capstan, ~5-9 min the first time), Prometheus,
+# Alertmanager and Schemathesis (PyPI). Then runs `cargo test --workspace`
+# and the API contract check (tests/contract.sh) against the built server.
+# Extra arguments go to cargo test. Some tests mount a small tmpfs (a full
+# disk), so run as root, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +27,10 @@ bash .ci/kube-testenv.sh install
 bash .ci/kube-testenv.sh build
 
 step "cargo test --workspace --no-fail-fast"
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+
+step "API contract: Schemathesis against the served OpenAPI document"
+cargo build -p capstan --bin capstan --quiet
+bash tests/contract.sh || status=$?
+exit $status

@@ -33,7 +33,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
 
 /// Prometheus metrics: the server's own, then each metrics-source plugin's
 /// families (collected now, named by [`crate::metrics::plugin_family_name`]).
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", description = "OpenMetrics text: the server's families, then each metrics source's")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut families = Vec::new();
     for name in state.registry.names() {
