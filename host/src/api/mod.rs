@@ -5,6 +5,7 @@ mod audit;
 pub mod auth;
 mod dto;
 pub mod error;
+mod json;
 pub mod limits;
 pub mod listen;
 mod openapi;

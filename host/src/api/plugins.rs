@@ -323,9 +323,8 @@ pub async fn activate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Result<Json<ActivateRequest>, axum::extract::rejection::JsonRejection>,
+    super::json::Body(body): super::json::Body<ActivateRequest>,
 ) -> Result<Json<ActiveVersion>, ApiError> {
-    let Json(body) = body?;
     state
         .registry
         .activate_as(&name, &body.version, &caller.authority())
@@ -408,12 +407,12 @@ fn role_result() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, Schema};
     Schema::AnyOf(
         AnyOfBuilder::new()
-        .item(Ref::from_schema_name("Plan"))
-        .item(Ref::from_schema_name("Report"))
-        .item(Ref::from_schema_name("StepResult"))
-        .item(ArrayBuilder::new().items(Ref::from_schema_name("MetricFamily")))
-        .item(ArrayBuilder::new().items(Ref::from_schema_name("Action")))
-        .build(),
+            .item(Ref::from_schema_name("Plan"))
+            .item(Ref::from_schema_name("Report"))
+            .item(Ref::from_schema_name("StepResult"))
+            .item(ArrayBuilder::new().items(Ref::from_schema_name("MetricFamily")))
+            .item(ArrayBuilder::new().items(Ref::from_schema_name("Action")))
+            .build(),
     )
 }
 

@@ -42,16 +42,13 @@ pub async fn put(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Result<Json<PutSecret>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     // The rejection text of a body that does not parse could quote the value.
-    let Json(body) = body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "bad_request",
-            "expected a JSON body {\"value\": \"<string>\"}",
-        )
-    })?;
+    const SHAPE: &str = "expected a JSON body {\"value\": \"<string>\"}";
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), "bad_request", SHAPE))?;
+    let super::json::Body(body) =
+        super::json::Body::<PutSecret>::from_value(body, |_| SHAPE.to_string())?;
     let env = state.registry.runtime().env();
     env.secrets.put(&env.store, &name, &body.value)?;
     state

@@ -43,9 +43,8 @@ pub struct TokenList {
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
+    super::json::Body(mut body): super::json::Body<CreateToken>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let Json(mut body) = body?;
     if body.role.is_none() && body.projects.is_empty() {
         body.role = Some(ApiRole::Viewer);
     }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::json::Body;
 use crate::registry::RegistryError;
 use crate::trust::approvals::{Approval, ApprovalState};
 use crate::trust::ceilings::{Ceiling, ScopedCeiling};
@@ -60,9 +61,8 @@ pub async fn list_projects(
 pub async fn create_project(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<CreateProject>, axum::extract::rejection::JsonRejection>,
+    Body(body): Body<CreateProject>,
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
-    let Json(body) = body?;
     let project =
         state
             .registry
@@ -133,9 +133,8 @@ pub async fn put_project_ceiling(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
-    body: Result<Json<Ceiling>, axum::extract::rejection::JsonRejection>,
+    Body(ceiling): Body<Ceiling>,
 ) -> Result<Json<ScopedCeiling>, ApiError> {
-    let Json(ceiling) = body?;
     put(&state, &caller, project, None, ceiling).await
 }
 
@@ -148,9 +147,8 @@ pub async fn put_plugin_ceiling(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((project, plugin)): Path<(String, String)>,
-    body: Result<Json<Ceiling>, axum::extract::rejection::JsonRejection>,
+    Body(ceiling): Body<Ceiling>,
 ) -> Result<Json<ScopedCeiling>, ApiError> {
-    let Json(ceiling) = body?;
     put(&state, &caller, project, Some(plugin), ceiling).await
 }
 
@@ -347,8 +345,10 @@ async fn decide(
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
         String::new()
     } else {
-        serde_json::from_slice::<Decision>(&body)
-            .map_err(|e| ApiError::bad_request(format!("expected {{\"comment\": \"...\"}}: {e}")))?
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+        Body::<Decision>::from_value(value, |e| format!("expected {{\"comment\": \"...\"}}: {e}"))?
+            .0
             .comment
     };
     let who = caller.authority();

@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[&str] = &[
     audit::SCHEMA_DETAIL,
     crate::trust::SCHEMA,
     secrets::SCHEMA_BOUND,
+    crate::store::leases::SCHEMA,
 ];
 
 /// At most `max` bytes of a guest-chosen string, cut at a character

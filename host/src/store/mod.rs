@@ -4,12 +4,14 @@
 
 mod blobs;
 mod db;
+pub mod leases;
 
 use std::io::Write;
 use std::path::Path;
 
 pub use blobs::digest_of;
 pub use db::{HistoryEntry, Store, VersionRecord};
+pub use leases::{Lease, LeaseKeeper};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
