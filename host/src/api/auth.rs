@@ -32,21 +32,6 @@ use crate::capabilities::AuditRecord;
 use crate::store::Store;
 use crate::trust::Authority;
 
-/// Table of API tokens. Only the SHA-256 of a token is stored. A name is
-/// unique among tokens that are not revoked; revoked rows stay for the record.
-pub const SCHEMA: &str = r#"
-CREATE TABLE api_tokens (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    name        TEXT NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
-    hash        TEXT NOT NULL UNIQUE,
-    created_at  INTEGER NOT NULL,
-    created_by  TEXT NOT NULL DEFAULT '',
-    revoked_at  INTEGER
-);
-CREATE UNIQUE INDEX api_tokens_active_name ON api_tokens (name) WHERE revoked_at IS NULL;
-"#;
-
 /// Name of the admin token that comes from the config (or is generated on
 /// first start).
 pub const BOOTSTRAP_TOKEN: &str = "bootstrap-admin";

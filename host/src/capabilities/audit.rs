@@ -22,29 +22,6 @@ pub use retention::{Retention, prune};
 
 mod retention;
 
-/// Table of audit records.
-pub const SCHEMA: &str = r#"
-CREATE TABLE audit (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms       INTEGER NOT NULL,
-    actor       TEXT NOT NULL,
-    plugin      TEXT,
-    version     TEXT,
-    invocation  TEXT,
-    capability  TEXT NOT NULL,
-    target      TEXT NOT NULL,
-    verb        TEXT NOT NULL,
-    allowed     INTEGER NOT NULL,
-    outcome     TEXT NOT NULL
-);
-CREATE INDEX audit_by_plugin ON audit (plugin, id);
-"#;
-
-/// Adds what a mutation changed, as JSON text (`''` for capability uses).
-pub const SCHEMA_DETAIL: &str = r#"
-ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';
-"#;
-
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {

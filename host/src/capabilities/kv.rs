@@ -8,16 +8,6 @@ use crate::runtime::bindings::WitError;
 use crate::runtime::bindings::capstan::plugin::kv::Host;
 use crate::runtime::state::HostState;
 
-/// Table of kv entries.
-pub const SCHEMA: &str = r#"
-CREATE TABLE kv (
-    plugin  TEXT NOT NULL,
-    key     TEXT NOT NULL,
-    value   BLOB NOT NULL,
-    PRIMARY KEY (plugin, key)
-);
-"#;
-
 /// Deletes every kv entry of `plugin` (when the plugin is deleted, so that
 /// a plugin published later under the same name starts empty). Returns how
 /// many keys were deleted.

@@ -24,19 +24,6 @@ use crate::runtime::state::HostState;
 use crate::store::Store;
 pub use audit::{Audit, AuditRecord};
 
-/// Schema migrations of capability tables, run after the core ones.
-/// Append only: a migration's position is its schema version.
-pub const MIGRATIONS: &[&str] = &[
-    audit::SCHEMA,
-    kv::SCHEMA,
-    secrets::SCHEMA,
-    crate::api::auth::SCHEMA,
-    audit::SCHEMA_DETAIL,
-    crate::trust::SCHEMA,
-    secrets::SCHEMA_BOUND,
-    crate::store::leases::SCHEMA,
-];
-
 /// At most `max` bytes of a guest-chosen string, cut at a character
 /// boundary (slicing `&s[..max]` would panic inside a UTF-8 character).
 pub(crate) fn clip(s: &str, max: usize) -> &str {

@@ -18,18 +18,7 @@ use crate::runtime::bindings::capstan::plugin::secrets::Host;
 use crate::runtime::state::HostState;
 use crate::store::Store;
 pub use key::{KeyError, KeySource};
-pub use rekey::SCHEMA_BOUND;
 pub use rotate::rotate_key;
-
-/// Table of encrypted secrets.
-pub const SCHEMA: &str = r#"
-CREATE TABLE secrets (
-    name        TEXT PRIMARY KEY,
-    nonce       BLOB NOT NULL,
-    ciphertext  BLOB NOT NULL,
-    updated_at  INTEGER NOT NULL
-);
-"#;
 
 /// Secret values handed to the guest during one invocation, shared by every
 /// place that may echo them (outputs, log lines, audit records, HTTP targets)

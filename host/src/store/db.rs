@@ -7,34 +7,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 
-/// Schema migrations, applied in order; the index is `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE plugin_versions (
-    name        TEXT NOT NULL,
-    version     TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    manifest    TEXT NOT NULL,
-    role        TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE plugins (
-    name            TEXT PRIMARY KEY,
-    active_version  TEXT NOT NULL,
-    updated_at      INTEGER NOT NULL
-);
-CREATE TABLE history (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    name     TEXT NOT NULL,
-    version  TEXT NOT NULL,
-    action   TEXT NOT NULL,
-    detail   TEXT NOT NULL DEFAULT '',
-    at       INTEGER NOT NULL
-);
-CREATE INDEX history_by_name ON history (name, id);
-"#];
-
 /// One stored plugin version.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct VersionRecord {
@@ -316,11 +288,7 @@ fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
 
 /// Extra migrations registered by capability modules run after the core ones.
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let all: Vec<&str> = MIGRATIONS
-        .iter()
-        .copied()
-        .chain(crate::capabilities::MIGRATIONS.iter().copied())
-        .collect();
+    let all: Vec<&str> = super::schema::MIGRATIONS.iter().map(|m| m.sql).collect();
     let current: usize =
         conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in all.iter().enumerate().skip(current) {

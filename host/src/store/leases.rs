@@ -21,16 +21,6 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 
-/// The lease table.
-pub const SCHEMA: &str = r#"
-CREATE TABLE leases (
-    name           TEXT PRIMARY KEY,
-    holder         TEXT NOT NULL,
-    token          INTEGER NOT NULL,
-    expires_at_ms  INTEGER NOT NULL
-);
-"#;
-
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Lease {

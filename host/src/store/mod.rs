@@ -5,6 +5,7 @@
 mod blobs;
 mod db;
 pub mod leases;
+pub mod schema;
 
 use std::io::Write;
 use std::path::Path;

@@ -9,18 +9,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::key::{KeyBytes, KeyError};
 
-/// Binds ciphertexts to their secret's name (`format`: 0 = written before,
-/// without associated data; 1 = bound to the name) and stores a value
-/// encrypted under the current key, so a wrong key is refused at startup.
-pub const SCHEMA_BOUND: &str = r#"
-ALTER TABLE secrets ADD COLUMN format INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE secrets_key_check (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    nonce       BLOB NOT NULL,
-    ciphertext  BLOB NOT NULL
-);
-"#;
-
 /// Rows bound to their name.
 pub const FORMAT_BOUND: i64 = 1;
 const FORMAT_LEGACY: i64 = 0;
