@@ -1,7 +1,7 @@
 //! Builds the test guests in `tests/guests/` from source to wasm32-wasip2
 //! and generates a path constant for each (as wasmtime's test-programs do).
 
-#[path = "../host/guest_build.rs"]
+#[path = "../host/capstan/guest_build.rs"]
 mod guest_build;
 
 use std::fmt::Write;

@@ -1,5 +1,12 @@
 //! The HTTP API: routes, JSON shapes, the error type and the OpenAPI document.
-//! This is the only module that knows HTTP.
+//! This is the only crate that knows HTTP.
+//!
+//! Depends on `capstan-registry`, `capstan-runtime` and `capstan-store`;
+//! only the `capstan` crate (server assembly) depends on it.
+
+pub(crate) use capstan_registry::{registry, trust};
+pub(crate) use capstan_runtime::{capabilities, manifest, runtime};
+pub(crate) use capstan_store as store;
 
 mod audit;
 pub mod auth;
@@ -14,7 +21,7 @@ mod plugins;
 mod secrets;
 pub mod tls;
 mod tokens;
-mod trust;
+mod projects;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,10 +95,10 @@ pub struct AppState {
         plugins::invocations, ops::healthz, ops::readyz, ops::metrics,
         tokens::create, tokens::list, tokens::revoke,
         secrets::put, secrets::list, secrets::delete, audit::query,
-        trust::list_projects, trust::create_project, trust::delete_project,
-        trust::list_ceilings, trust::put_project_ceiling, trust::put_plugin_ceiling,
-        trust::delete_project_ceiling, trust::delete_plugin_ceiling,
-        trust::list_approvals, trust::show_approval, trust::approve, trust::reject,
+        projects::list_projects, projects::create_project, projects::delete_project,
+        projects::list_ceilings, projects::put_project_ceiling, projects::put_plugin_ceiling,
+        projects::delete_project_ceiling, projects::delete_plugin_ceiling,
+        projects::list_approvals, projects::show_approval, projects::approve, projects::reject,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -172,22 +179,22 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit::query))
         .route(
             "/projects",
-            get(trust::list_projects).post(trust::create_project),
+            get(projects::list_projects).post(projects::create_project),
         )
-        .route("/projects/{name}", delete(trust::delete_project))
-        .route("/ceilings", get(trust::list_ceilings))
+        .route("/projects/{name}", delete(projects::delete_project))
+        .route("/ceilings", get(projects::list_ceilings))
         .route(
             "/ceilings/{project}",
-            put(trust::put_project_ceiling).delete(trust::delete_project_ceiling),
+            put(projects::put_project_ceiling).delete(projects::delete_project_ceiling),
         )
         .route(
             "/ceilings/{project}/{plugin}",
-            put(trust::put_plugin_ceiling).delete(trust::delete_plugin_ceiling),
+            put(projects::put_plugin_ceiling).delete(projects::delete_plugin_ceiling),
         )
-        .route("/approvals", get(trust::list_approvals))
-        .route("/approvals/{id}", get(trust::show_approval))
-        .route("/approvals/{id}/approve", post(trust::approve))
-        .route("/approvals/{id}/reject", post(trust::reject));
+        .route("/approvals", get(projects::list_approvals))
+        .route("/approvals/{id}", get(projects::show_approval))
+        .route("/approvals/{id}/approve", post(projects::approve))
+        .route("/approvals/{id}/reject", post(projects::reject));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

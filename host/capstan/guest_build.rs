@@ -9,10 +9,7 @@ use std::process::Command;
 /// `out_dir/<package>.wasm`. Returns (package, path) pairs.
 pub fn build_guests(packages: &[String], out_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     ensure_wasm_target()?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let workspace = workspace_root();
     // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>/out; guests get a
     // target dir of their own beside it so the outer build's lock is not shared.
     let target_dir = out_dir
@@ -84,6 +81,19 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
             "the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed ({other:?}); run it yourself (in this directory, so that rust-toolchain.toml picks the toolchain) and build again"
         ),
     }
+}
+
+/// The workspace root: the nearest ancestor of the package being built
+/// whose `Cargo.toml` has a `[workspace]` table.
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or(here)
+        .to_path_buf()
 }
 
 /// Package names of the crates directly under `dir` (each `*/Cargo.toml`).

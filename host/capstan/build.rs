@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = guest_build::workspace_root();
     for dir in ["plugins", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

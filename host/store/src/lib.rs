@@ -1,9 +1,14 @@
-//! Durable state: content-addressed blobs on disk, precompiled artifacts, and
-//! a SQLite database (WAL) for plugin versions, the active version and history.
-//! Every write is atomic, so a `kill -9` at any point loses nothing committed.
+//! Durable state, the bottom layer of Capstan: content-addressed blobs on
+//! disk, precompiled artifacts, and the database (SQLite, WAL) with the one
+//! schema of every layer ([`schema`]), plugin versions and history, and
+//! [`leases`]. Every write is atomic, so a `kill -9` at any point loses
+//! nothing committed.
+//!
+//! Depends on no other Capstan crate; every other crate may depend on it.
 
 mod blobs;
 mod db;
+pub mod ids;
 pub mod leases;
 pub mod schema;
 

@@ -6,7 +6,7 @@
 //! asked for the other roles' exports.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "capstan-host",
     imports: { default: async | trappable },
     exports: { default: async },
