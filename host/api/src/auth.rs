@@ -250,12 +250,7 @@ fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+use crate::store::unix_secs as now;
 
 /// A new random token secret: `cap_` + 32 random bytes, base64url.
 pub fn generate_secret() -> String {

@@ -18,10 +18,10 @@ pub mod listen;
 mod openapi;
 mod ops;
 mod plugins;
+mod projects;
 mod secrets;
 pub mod tls;
 mod tokens;
-mod projects;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,7 +20,7 @@ pub fn new_plugin(
     }
     let sdk = match sdk {
         Some(p) => p.to_path_buf(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("sdk"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk"),
     };
     let sdk = sdk
         .canonicalize()

@@ -45,12 +45,7 @@ pub struct Store {
     db: Mutex<Connection>,
 }
 
-pub(super) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+pub(super) use super::unix_secs as now;
 
 impl Store {
     /// Opens (creating if needed) the store under `root`.

@@ -15,7 +15,7 @@
 //! of the TTL and says when the lease was lost.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{OptionalExtension, params};
 
@@ -34,12 +34,7 @@ pub struct Lease {
     pub expires_at_ms: i64,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+use super::unix_millis as now_ms;
 
 impl Store {
     /// Claims `name` for `holder` for `ttl`: granted when the lease is free,

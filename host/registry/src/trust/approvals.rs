@@ -143,12 +143,7 @@ pub struct Approvals {
     store: Arc<Store>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+use crate::store::unix_secs as now;
 
 impl Approvals {
     /// The gate over `store`.

@@ -46,12 +46,7 @@ pub struct Project {
     pub created_by: String,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+use crate::store::unix_secs as now;
 
 /// Checks a project name: a DNS label (`[a-z0-9-]{1,63}`).
 pub fn validate_project_name(name: &str) -> Result<(), TrustError> {

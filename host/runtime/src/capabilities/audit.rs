@@ -306,12 +306,7 @@ fn parse_detail(text: &str) -> serde_json::Value {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+use crate::store::unix_millis as now_ms;
 
 #[cfg(test)]
 mod tests {
