@@ -618,3 +618,61 @@ async fn admins_take_effect_at_once_and_every_change_is_recorded() {
     assert_error(s, &b, 400, "must be absolute");
     drop(w.kubeconfig);
 }
+
+#[tokio::test]
+async fn an_approval_covers_only_the_content_it_was_given_for() {
+    let w = World::start().await;
+    w.ceiling("team-a", json!({ "secrets": ["team-a-*"] }))
+        .await;
+    let admin_a = w.token("admin-a", json!({ "team-a": "admin" })).await;
+    let (s, b) = w
+        .upload_as(&admin_a, &probe_manifest("step", "1.0.0", "team-a", ""))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    // A narrow secret beyond the ceiling, uploaded inactive, approved.
+    let narrow = "[grants.secrets]\nnames = [\"shared-db\"]\n";
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "manifest",
+            probe_manifest("step", "1.1.0", "team-a", narrow),
+        )
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(guest(guests::PROBE)),
+        );
+    let r = w
+        .server
+        .client
+        .post(format!("{}/v1/plugins?activate=false", w.server.url))
+        .bearer_auth(&admin_a)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (s, b) = status_json(r).await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["held"]["approval"].as_str().unwrap().to_string();
+    let (s, b) = w
+        .server
+        .send(Method::POST, &format!("/v1/approvals/{id}/approve"), None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // The project admin deletes the approved version and uploads the same
+    // number again with wider grants: the old approval does not carry over.
+    let (s, _) = w
+        .send_as(
+            &admin_a,
+            Method::DELETE,
+            "/v1/plugins/step/versions/1.1.0",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let wide = "[grants.secrets]\nnames = [\"shared-db\", \"prod-root\"]\n";
+    let (s, b) = w
+        .upload_as(&admin_a, &probe_manifest("step", "1.1.0", "team-a", wide))
+        .await;
+    assert_eq!(s, 202, "a new approval is needed: {b}");
+    assert_ne!(b["held"]["approval"], id.as_str());
+    assert_eq!(w.active("step").await, "1.0.0");
+}

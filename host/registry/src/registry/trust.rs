@@ -217,10 +217,17 @@ impl PluginGate {
         activate: bool,
     ) -> Result<Option<Held>, RegistryError> {
         let subject = format!("{plugin}@{version}");
-        if self
-            .approvals
-            .has(KIND, &subject, ApprovalState::Approved)?
-        {
+        // An approval covers exactly the content it was given for: the same
+        // component and the same grants (a version deleted and uploaded
+        // again under its number with other grants needs a new one).
+        let grants_json = serde_json::to_value(grants).unwrap_or_default();
+        let same = |a: &crate::trust::approvals::Approval| {
+            a.detail.get("digest").and_then(|d| d.as_str()) == Some(digest)
+                && a.detail.get("grants") == Some(&grants_json)
+        };
+        let mut earlier = self.approvals.of_subject(KIND, &subject)?;
+        earlier.retain(same);
+        if earlier.iter().any(|a| a.state == ApprovalState::Approved) {
             return Ok(None);
         }
         let Some((reasons, diff, scope)) = self.review(plugin, project, grants, active, who)?
@@ -231,8 +238,9 @@ impl PluginGate {
             ApproverScope::Global => "global admin",
             ApproverScope::Project => "project admin",
         };
-        if let Some(pending) = self.approvals.latest(KIND, &subject)?
-            && pending.state == ApprovalState::Pending
+        if let Some(pending) = earlier
+            .into_iter()
+            .find(|a| a.state == ApprovalState::Pending)
         {
             return Ok(Some(Held {
                 approval: pending.id,

@@ -195,12 +195,9 @@ impl Approvals {
         )
     }
 
-    /// The newest approval of `subject`, whatever its state.
-    pub fn latest(&self, kind: &str, subject: &str) -> Result<Option<Approval>, GateError> {
-        Ok(self
-            .find("kind = ?1 AND subject = ?2", params![kind, subject])?
-            .into_iter()
-            .next())
+    /// Every approval of `subject`, newest first.
+    pub fn of_subject(&self, kind: &str, subject: &str) -> Result<Vec<Approval>, GateError> {
+        self.find("kind = ?1 AND subject = ?2", params![kind, subject])
     }
 
     /// Records a decision by `who`. Refuses self-approval, a role that is
