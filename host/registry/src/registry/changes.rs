@@ -135,12 +135,6 @@ impl Registry {
         }
     }
 
-    /// Makes a stored version the active one (as the server itself).
-    pub async fn activate(&self, name: &str, version: &str) -> Result<(), RegistryError> {
-        let who = crate::trust::Authority::system("server");
-        self.activate_as(name, version, &who).await
-    }
-
     /// Makes a stored version the active one, for `who`: an operator of the
     /// owning project, and the version's grants must not need an approval
     /// that it lacks.
@@ -179,12 +173,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Returns to the version that was active before the current one.
-    pub async fn rollback(&self, name: &str) -> Result<String, RegistryError> {
-        let who = crate::trust::Authority::system("server");
-        self.rollback_as(name, &who).await
-    }
-
     /// Returns to the version that was active before the current one, for
     /// `who` (an operator of the owning project). That version was
     /// authorised when it was first activated.
@@ -212,12 +200,6 @@ impl Registry {
         )
         .await;
         Ok(target)
-    }
-
-    /// Deletes a plugin and every version of it. Calls in flight finish.
-    pub async fn delete(&self, name: &str) -> Result<(), RegistryError> {
-        let who = crate::trust::Authority::system("server");
-        self.delete_as(name, &who).await
     }
 
     /// Deletes a plugin, every version of it, its kv entries and its
@@ -248,12 +230,6 @@ impl Registry {
         )
         .await;
         Ok(())
-    }
-
-    /// Deletes one version that is not active.
-    pub async fn delete_version(&self, name: &str, version: &str) -> Result<(), RegistryError> {
-        let who = crate::trust::Authority::system("server");
-        self.delete_version_as(name, version, &who).await
     }
 
     /// Deletes one version that is not active, for `who` (an admin of the
