@@ -164,3 +164,49 @@ async fn a_locked_database_is_a_503_with_the_reason() {
         .await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// A plugin's kv call that waits on a locked database waits on a blocking
+/// thread, not on the server's async workers: everyone else is served
+/// meanwhile (this test's runtime has a single thread, so a blocked worker
+/// would stall the whole server).
+#[tokio::test]
+async fn a_kv_call_waiting_on_a_locked_database_does_not_stall_the_server() {
+    let server = TestServer::start().await;
+    let grant = "[grants.kv]\nmax_bytes = 4096\nmax_value_bytes = 1024\n";
+    server
+        .install(
+            &manifest("stateful", "1.0.0", "deploy-step", grant),
+            &guest(guests::PROBE),
+        )
+        .await;
+    let db = rusqlite::Connection::open(server.dir.path().join("capstan.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (url, client, token) = (
+        server.url.clone(),
+        server.client.clone(),
+        server.token.clone().unwrap(),
+    );
+    let kv_call = tokio::spawn(async move {
+        client
+            .post(format!("{url}/v1/plugins/stateful/invoke"))
+            .bearer_auth(token)
+            .json(&json!({ "params": { "op": "kv-set", "key": "k", "value": "v" } }))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // The kv call cannot finish while the database is locked, yet the server
+    // answers others.
+    let (status, _) = server.get("/v1/plugins/stateful").await;
+    assert_eq!(status, 200);
+    assert!(
+        !kv_call.is_finished(),
+        "the server answered only after the kv call gave up: it blocked an async worker"
+    );
+    db.execute_batch("ROLLBACK").unwrap();
+    let status = kv_call.await.unwrap().unwrap();
+    assert_eq!(
+        status, 200,
+        "the kv call completes once the lock is gone (a call blocked inside the database runs past its deadline)"
+    );
+}

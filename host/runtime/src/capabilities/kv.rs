@@ -72,15 +72,20 @@ impl HostState {
         Ok(grant)
     }
 
-    fn kv_db<T>(
-        &self,
+    /// Runs `f` on the database on a blocking thread (never on an async
+    /// worker: a slow disk or a locked database must not stall other calls),
+    /// then audits the outcome.
+    async fn kv_db<T: Send + 'static>(
+        &mut self,
         verb: &str,
         key: &str,
-        f: impl FnOnce(&rusqlite::Connection, &str) -> Result<T, WitError>,
+        f: impl FnOnce(&rusqlite::Connection, &str) -> Result<T, WitError> + Send + 'static,
     ) -> Result<T, WitError> {
-        let conn = self.caps.env.store.conn();
-        let result = f(&conn, &self.call.plugin);
-        drop(conn);
+        let store = self.caps.env.store.clone();
+        let plugin = self.call.plugin.to_string();
+        let result = tokio::task::spawn_blocking(move || f(&store.conn(), &plugin))
+            .await
+            .unwrap_or_else(|e| Err(WitError::Failed(format!("kv task failed: {e}"))));
         self.audited("kv", verb, key, result)
     }
 }
@@ -126,15 +131,18 @@ impl Host for HostState {
         if let Err(e) = self.kv_check("get", &key) {
             return Ok(Err(e));
         }
-        Ok(self.kv_db("get", &key, |c, plugin| {
-            c.query_row(
-                "SELECT value FROM kv WHERE plugin = ?1 AND key = ?2",
-                params![plugin, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)
-        }))
+        let k = key.clone();
+        Ok(self
+            .kv_db("get", &key, move |c, plugin| {
+                c.query_row(
+                    "SELECT value FROM kv WHERE plugin = ?1 AND key = ?2",
+                    params![plugin, k],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)
+            })
+            .await)
     }
 
     #[tracing::instrument(name = "plugin.kv.set", skip_all, fields(plugin = %self.call.plugin))]
@@ -143,16 +151,19 @@ impl Host for HostState {
             Ok(g) => g,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.kv_db("set", &key, |c, plugin| {
-            check_quota(c, plugin, &key, &value, &grant)?;
-            c.execute(
-                "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(plugin, key) DO UPDATE SET value = ?3",
-                params![plugin, key, value],
-            )
-            .map(drop)
-            .map_err(db_err)
-        }))
+        let k = key.clone();
+        Ok(self
+            .kv_db("set", &key, move |c, plugin| {
+                check_quota(c, plugin, &k, &value, &grant)?;
+                c.execute(
+                    "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(plugin, key) DO UPDATE SET value = ?3",
+                    params![plugin, k, value],
+                )
+                .map(drop)
+                .map_err(db_err)
+            })
+            .await)
     }
 
     #[tracing::instrument(name = "plugin.kv.set_if_absent", skip_all, fields(plugin = %self.call.plugin))]
@@ -161,16 +172,19 @@ impl Host for HostState {
             Ok(g) => g,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.kv_db("set-if-absent", &key, |c, plugin| {
-            check_quota(c, plugin, &key, &value, &grant)?;
-            // One statement under the connection lock: atomic against concurrent calls.
-            c.execute(
-                "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO NOTHING",
-                params![plugin, key, value],
-            )
-            .map(|n| n == 1)
-            .map_err(db_err)
-        }))
+        let k = key.clone();
+        Ok(self
+            .kv_db("set-if-absent", &key, move |c, plugin| {
+                check_quota(c, plugin, &k, &value, &grant)?;
+                // One statement under the connection lock: atomic against concurrent calls.
+                c.execute(
+                    "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO NOTHING",
+                    params![plugin, k, value],
+                )
+                .map(|n| n == 1)
+                .map_err(db_err)
+            })
+            .await)
     }
 
     #[tracing::instrument(name = "plugin.kv.delete", skip_all, fields(plugin = %self.call.plugin))]
@@ -178,14 +192,17 @@ impl Host for HostState {
         if let Err(e) = self.kv_check("delete", &key) {
             return Ok(Err(e));
         }
-        Ok(self.kv_db("delete", &key, |c, plugin| {
-            c.execute(
-                "DELETE FROM kv WHERE plugin = ?1 AND key = ?2",
-                params![plugin, key],
-            )
-            .map(|n| n == 1)
-            .map_err(db_err)
-        }))
+        let k = key.clone();
+        Ok(self
+            .kv_db("delete", &key, move |c, plugin| {
+                c.execute(
+                    "DELETE FROM kv WHERE plugin = ?1 AND key = ?2",
+                    params![plugin, k],
+                )
+                .map(|n| n == 1)
+                .map_err(db_err)
+            })
+            .await)
     }
 
     #[tracing::instrument(name = "plugin.kv.list_keys", skip_all, fields(plugin = %self.call.plugin))]
@@ -193,14 +210,17 @@ impl Host for HostState {
         if let Err(e) = self.kv_check("list-keys", &prefix) {
             return Ok(Err(e));
         }
-        Ok(self.kv_db("list-keys", &prefix, |c, plugin| {
-            let mut stmt = c
-                .prepare("SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?3")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![plugin, prefix, MAX_LIST as i64], |r| r.get(0))
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
-        }))
+        let p = prefix.clone();
+        Ok(self
+            .kv_db("list-keys", &prefix, move |c, plugin| {
+                let mut stmt = c
+                    .prepare("SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?3")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map(params![plugin, p, MAX_LIST as i64], |r| r.get(0))
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+            })
+            .await)
     }
 }
