@@ -676,3 +676,31 @@ async fn an_approval_covers_only_the_content_it_was_given_for() {
     assert_ne!(b["held"]["approval"], id.as_str());
     assert_eq!(w.active("step").await, "1.0.0");
 }
+
+#[tokio::test]
+async fn uploading_the_active_version_again_unchanged_files_nothing() {
+    let w = World::start().await;
+    w.ceiling("team-a", json!({ "secrets": ["team-a-*"] }))
+        .await;
+    let op = w.token("op-a", json!({ "team-a": "operator" })).await;
+    let m = probe_manifest(
+        "steady",
+        "1.0.0",
+        "team-a",
+        "[grants.secrets]\nnames = [\"team-a-db\"]\n",
+    );
+    let (s, b) = w.upload_as(&op, &m).await;
+    assert_eq!(s, 201, "{b}");
+    // The ceiling narrows; the same bytes uploaded again change nothing, so
+    // they are neither held nor reported as inactive.
+    w.ceiling("team-a", json!({})).await;
+    let (s, b) = w.upload_as(&op, &m).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["active"], true, "{b}");
+    assert_eq!(b["held"], Value::Null);
+    let (_, approvals) = w.server.get("/v1/approvals").await;
+    assert_eq!(approvals["approvals"], json!([]));
+    // A new version with the same grants is now beyond the ceiling.
+    let (s, b) = w.upload_as(&op, &m.replace("1.0.0", "1.0.1")).await;
+    assert_eq!(s, 202, "{b}");
+}

@@ -71,17 +71,23 @@ impl Registry {
         let changed = self.store.insert_version(&record, replace)?;
         self.gate.claim(&name, &project)?;
         let active = self.slot(&name).active();
-        let held = self.gate.decide(
-            &name,
-            &version,
-            &digest,
-            &project,
-            &grants,
-            active.as_ref().map(|p| &p.manifest.grants),
-            who,
-            activate,
-        )?;
         let is_active = self.store.active_version(&name)?.as_deref() == Some(version.as_str());
+        // Uploading the active version again, unchanged, changes nothing and
+        // needs no approval.
+        let held = if !changed && is_active {
+            None
+        } else {
+            self.gate.decide(
+                &name,
+                &version,
+                &digest,
+                &project,
+                &grants,
+                active.as_ref().map(|p| &p.manifest.grants),
+                who,
+                activate,
+            )?
+        };
         let swap = held.is_none()
             && activate
             && (changed || !is_active || self.slot(&name).active().is_none());
