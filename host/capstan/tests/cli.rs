@@ -3,30 +3,14 @@
 //! `CAPSTAN_CA_CERT`), and `serve --metrics-public false`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "cli-test-admin-token";
 
-struct Proc {
-    child: Child,
-    url: String,
-}
+mod common;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Proc, free_port};
 
 /// A self-signed end-entity certificate for 127.0.0.1 and localhost, made
 /// with the `openssl` command in `dir`; returns (cert, key) PEM paths.

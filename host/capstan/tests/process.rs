@@ -1,35 +1,14 @@
 //! The real `capstan` binary: first start with the bundled plugins, upload
 //! and activate over HTTP, `kill -9`, restart, and find everything as it was.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "process-test-admin-token";
 
-struct Proc {
-    child: Child,
-    url: String,
-}
+mod common;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Proc, client, free_port};
 
 async fn start(data: &std::path::Path) -> Proc {
     let port = free_port();
