@@ -5,7 +5,7 @@
 pub mod kube_env;
 pub mod peers;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use capstan::config::ServerConfig;
 use capstan::server::Server;
@@ -176,14 +176,128 @@ impl TestServer {
     }
 }
 
+/// Env var that runs every [`TestServer`] on PostgreSQL (a fresh database
+/// of `CAPSTAN_TEST_PG` per data directory) instead of SQLite.
+pub const BACKEND_ENV: &str = "CAPSTAN_TEST_BACKEND";
+
+/// Whether this run puts test servers on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var(BACKEND_ENV).as_deref() == Ok("postgres")
+}
+
+/// For tests of SQLite itself (its file, its locks): `true` (and a note)
+/// when the run is on PostgreSQL, so the test returns early.
+pub fn sqlite_only(test: &str) -> bool {
+    if on_postgres() {
+        eprintln!("note: {test} checks SQLite's own behaviour; skipped on PostgreSQL");
+    }
+    on_postgres()
+}
+
+type PgDatabases =
+    std::collections::HashMap<PathBuf, std::sync::Arc<capstan::store::testing::PgDatabase>>;
+static PG_DATABASES: std::sync::Mutex<Option<PgDatabases>> = std::sync::Mutex::new(None);
+
+/// On PostgreSQL runs, the URL of the database of `data_dir` (created on
+/// first use, the same one on restarts); `None` on SQLite runs.
+fn pg_database_for(data_dir: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let mut map = PG_DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    let db = map
+        .get_or_insert_default()
+        .entry(data_dir.to_path_buf())
+        .or_insert_with(|| {
+            let db = capstan::store::testing::PgDatabase::create()
+                .expect("CAPSTAN_TEST_BACKEND=postgres needs CAPSTAN_TEST_PG");
+            std::sync::Arc::new(db)
+        });
+    Some(db.url.clone())
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // The data directory goes away with the server: so does its database.
+        if let Some(map) = PG_DATABASES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            map.remove(self.dir.path());
+        }
+    }
+}
+
+/// Another client holding the server's database locked (a stuck process, a
+/// backup tool), until [`DbLock::release`] or drop: SQLite's file with
+/// `BEGIN EXCLUSIVE`; on PostgreSQL, `tables` with `LOCK TABLE … IN ACCESS
+/// EXCLUSIVE MODE` in an open transaction.
+pub struct DbLock {
+    sqlite: Option<rusqlite::Connection>,
+    pg: Option<postgres::Client>,
+}
+
+impl DbLock {
+    /// Locks the database of `server`.
+    pub fn hold(server: &TestServer, tables: &[&str]) -> DbLock {
+        match pg_database_for(server.dir.path()) {
+            Some(url) => capstan::store::blocking(|| {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+                c.batch_execute(&format!(
+                    "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                    tables.join(", ")
+                ))
+                .expect("lock");
+                DbLock {
+                    sqlite: None,
+                    pg: Some(c),
+                }
+            }),
+            None => {
+                let db = rusqlite::Connection::open(server.dir.path().join("capstan.db")).unwrap();
+                db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                DbLock {
+                    sqlite: Some(db),
+                    pg: None,
+                }
+            }
+        }
+    }
+
+    /// Gives the lock up.
+    pub fn release(mut self) {
+        self.rollback();
+    }
+
+    fn rollback(&mut self) {
+        if let Some(db) = self.sqlite.take() {
+            db.execute_batch("ROLLBACK").unwrap();
+        }
+        if let Some(mut c) = self.pg.take() {
+            capstan::store::blocking(move || {
+                c.batch_execute("ROLLBACK").unwrap();
+                drop(c);
+            });
+        }
+    }
+}
+
+impl Drop for DbLock {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
 /// The config tests start from: loopback, random port, no bundled plugins,
-/// short default deadline.
+/// short default deadline; on PostgreSQL runs, the database of `data_dir`.
 pub fn test_config(data_dir: &Path) -> ServerConfig {
     let mut c = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         bundled_plugins: false,
         admin_token: Some(format!("test-admin-{}", std::process::id())),
+        database: pg_database_for(data_dir),
         ..ServerConfig::default()
     };
     c.limits.default_deadline_ms = 2_000;
@@ -234,7 +348,7 @@ pub async fn audit(
 
 /// A self-signed end-entity certificate for 127.0.0.1 and localhost, made
 /// with the `openssl` command in `dir`; returns (cert, key) PEM paths.
-pub fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key, config) = (
         dir.join("cert.pem"),
         dir.join("key.pem"),

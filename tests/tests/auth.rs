@@ -273,20 +273,19 @@ async fn tokens_are_stored_only_as_hashes() {
     let secret = create_token(&server, "hashed", "operator").await;
     let admin = server.token.clone().unwrap();
 
-    let db = rusqlite::Connection::open(server.dir.path().join("capstan.db")).unwrap();
-    let rows: Vec<(String, String)> = db
-        .prepare("SELECT name, hash FROM api_tokens")
+    let rows: Vec<(String, String)> = server
+        .env()
+        .store
+        .with(|c| c.rows("SELECT name, hash FROM api_tokens", &[]))
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+        .collect();
     assert_eq!(rows.len(), 2, "{rows:?}");
     for (name, hash) in &rows {
         assert_eq!(hash.len(), 64, "sha-256 hex of {name}");
         assert!(!hash.contains(&secret) && !hash.contains(&admin));
     }
-    drop(db);
     // Nowhere in the database files either (the WAL included).
     for file in ["capstan.db", "capstan.db-wal"] {
         let path = server.dir.path().join(file);

@@ -107,13 +107,14 @@ async fn a_ciphertext_copied_from_another_secret_is_an_error_for_the_plugin() {
     server
         .env()
         .store
-        .conn()
-        .execute(
-            "UPDATE secrets SET (nonce, ciphertext) =
-               (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
-             WHERE name = 'dev-db'",
-            [],
-        )
+        .with(|c| {
+            c.exec(
+                "UPDATE secrets SET (nonce, ciphertext) =
+                   (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
+                 WHERE name = 'dev-db'",
+                &[],
+            )
+        })
         .unwrap();
     let got = probe(&server, "dev-reader", read).await;
     assert!(got.starts_with("err:"), "{got}");

@@ -83,6 +83,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn a_full_disk_is_a_clear_507_and_loses_nothing() {
+    if capstan_tests::sqlite_only("a full data-directory disk") {
+        return;
+    }
     let fs = Tmpfs::mount(48);
     let data = tempfile::TempDir::new_in(fs.path()).unwrap();
     let data_path = data.path().to_path_buf();
@@ -143,8 +146,7 @@ async fn a_locked_database_is_a_503_with_the_reason() {
     let server = TestServer::start().await;
     // Another writer holds the database (as a stuck process or a backup
     // tool might) for longer than the server's busy timeout.
-    let db = rusqlite::Connection::open(server.dir.path().join("capstan.db")).unwrap();
-    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = capstan_tests::DbLock::hold(&server, &["projects", "audit"]);
     let (status, body) = server
         .send(
             reqwest::Method::POST,
@@ -152,9 +154,10 @@ async fn a_locked_database_is_a_503_with_the_reason() {
             Some(json!({ "name": "while-locked" })),
         )
         .await;
-    assert_error(status, &body, 503, "locked");
+    // SQLite: "database is locked"; PostgreSQL: "lock timeout".
+    assert_error(status, &body, 503, "lock");
     assert_eq!(body["error"]["code"], "storage_busy");
-    db.execute_batch("ROLLBACK").unwrap();
+    lock.release();
     let (status, body) = server
         .send(
             reqwest::Method::POST,
@@ -179,8 +182,7 @@ async fn a_kv_call_waiting_on_a_locked_database_does_not_stall_the_server() {
             &guest(guests::PROBE),
         )
         .await;
-    let db = rusqlite::Connection::open(server.dir.path().join("capstan.db")).unwrap();
-    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = capstan_tests::DbLock::hold(&server, &["kv"]);
     let (url, client, token) = (
         server.url.clone(),
         server.client.clone(),
@@ -203,7 +205,7 @@ async fn a_kv_call_waiting_on_a_locked_database_does_not_stall_the_server() {
         !kv_call.is_finished(),
         "the server answered only after the kv call gave up: it blocked an async worker"
     );
-    db.execute_batch("ROLLBACK").unwrap();
+    lock.release();
     let status = kv_call.await.unwrap().unwrap();
     assert_eq!(
         status, 200,

@@ -26,6 +26,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn a_data_directory_of_the_previous_release_upgrades_in_place() {
+    if capstan_tests::sqlite_only("the previous release's SQLite data directory") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     copy_dir(Path::new(FIXTURE), dir.path());
     let server = TestServer::start_in(dir, |c| c.admin_token = Some(ADMIN.into())).await;

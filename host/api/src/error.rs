@@ -152,12 +152,12 @@ pub enum StorageClass {
 }
 
 impl StorageClass {
-    /// Classifies a SQLite error.
-    pub fn of_db(e: &rusqlite::Error) -> StorageClass {
-        use rusqlite::ErrorCode::*;
-        match e.sqlite_error_code() {
-            Some(DatabaseBusy | DatabaseLocked) => StorageClass::Busy,
-            Some(DiskFull) => StorageClass::Full,
+    /// Classifies a database error (SQLite or PostgreSQL).
+    pub fn of_db(e: &crate::store::sql::DbError) -> StorageClass {
+        use crate::store::sql::ErrorKind;
+        match e.kind() {
+            ErrorKind::Busy => StorageClass::Busy,
+            ErrorKind::Full => StorageClass::Full,
             _ => StorageClass::Other,
         }
     }

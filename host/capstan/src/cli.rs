@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Data directory (database, blobs, compiled artifacts).
     #[arg(long, env = "CAPSTAN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Database: `sqlite` (default, in the data directory) or a
+    /// `postgres://user:password@host:port/db` URL shared by replicas.
+    #[arg(long, env = "CAPSTAN_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Watched plugins directory (default: <data-dir>/plugins).
     #[arg(long, env = "CAPSTAN_PLUGINS_DIR")]
     plugins_dir: Option<PathBuf>,
@@ -273,7 +277,8 @@ fn rotate_key(
     }
     crate::server::init_tracing(false);
     let _lock = crate::store::DataDirLock::acquire(&config.data_dir)?;
-    let store = crate::store::Store::open(&config.data_dir)
+    let store = config
+        .open_store()
         .with_context(|| format!("opening {}", config.data_dir.display()))?;
     let KeySource::File(path) =
         KeySource::resolve(None, config.secrets_key_file.as_deref(), &config.data_dir)?
@@ -299,6 +304,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if args.database.is_some() {
+        config.database = args.database;
     }
     if let Some(d) = args.plugins_dir {
         config.plugins_dir = Some(d);

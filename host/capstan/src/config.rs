@@ -17,6 +17,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where the database, blobs and compiled artifacts live.
     pub data_dir: PathBuf,
+    /// The database: unset or `sqlite` for `<data_dir>/capstan.db`, or a
+    /// `postgres://user:password@host:port/db` URL that several replicas
+    /// share (blobs then live in the database too; `data_dir` keeps only
+    /// this replica's compiled-artifact cache and secrets key file).
+    pub database: Option<String>,
     /// The watched plugins directory; `<data_dir>/plugins` if unset.
     pub plugins_dir: Option<PathBuf>,
     /// Install the bundled example plugins into a fresh data directory.
@@ -152,6 +157,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: PathBuf::from("capstan-data"),
+            database: None,
             plugins_dir: None,
             bundled_plugins: true,
             log_json: false,
@@ -202,6 +208,16 @@ impl Default for ApiConfig {
 }
 
 impl ServerConfig {
+    /// Opens the store: the data directory, with the configured database.
+    pub fn open_store(&self) -> anyhow::Result<crate::store::Store> {
+        let db = crate::store::sql::Database::parse(
+            self.database.as_deref().unwrap_or_default(),
+            &self.data_dir,
+        )?;
+        tracing::info!(database = %db, "opening the store");
+        Ok(crate::store::Store::open_with(&self.data_dir, db)?)
+    }
+
     /// Reads a TOML config file; unknown keys are an error.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<ServerConfig> {
         let text = std::fs::read_to_string(path)

@@ -15,7 +15,7 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Source};
 use crate::runtime::Runtime;
-use crate::store::{DataDirLock, Store};
+use crate::store::DataDirLock;
 
 /// A started server.
 pub struct Server {
@@ -37,7 +37,9 @@ impl Server {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let store = Arc::new(Store::open(&config.data_dir).context("opening the data directory")?);
+        let store = Arc::new(config.open_store().context("opening the store")?);
+        // Before loading anything, so that no change of another replica is missed.
+        let changes = store.subscribe();
         let key = KeySource::resolve(
             config.secrets_key.as_deref(),
             config.secrets_key_file.as_deref(),
@@ -80,10 +82,11 @@ impl Server {
             &limits,
         )
         .context("preparing API tokens")?;
+        let auth = Arc::new(auth);
         let state = AppState {
             registry: registry.clone(),
             limits,
-            auth: Arc::new(auth),
+            auth: auth.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
@@ -107,6 +110,9 @@ impl Server {
             .await
             .with_context(|| format!("watching {}", plugins_dir.display()))?;
         tracing::info!(dir = %plugins_dir.display(), "watching plugins directory");
+        if let Some(changes) = changes {
+            tokio::spawn(follow_replicas(registry.clone(), auth, changes));
+        }
         registry.mark_ready();
         Ok(Server {
             addr,
@@ -236,4 +242,50 @@ pub fn init_tracing(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// How often a replica on PostgreSQL re-reads everything, in case a notice
+/// was lost without the listener noticing.
+const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Applies the changes other replicas make (PostgreSQL only): plugins are
+/// loaded and swapped in, tokens re-read.
+async fn follow_replicas(
+    registry: Arc<Registry>,
+    auth: Arc<api::auth::Auth>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::store::changes::Change>,
+) {
+    use crate::store::changes::Change;
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    resync.tick().await;
+    loop {
+        let change = tokio::select! {
+            c = changes.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = resync.tick() => Change::Resync,
+        };
+        match change {
+            Change::Plugin(name) => {
+                if let Err(e) = registry.sync_plugin(&name).await {
+                    tracing::error!(plugin = %name, "following another replica: {e}");
+                }
+            }
+            Change::Tokens => reload_tokens(&auth),
+            Change::Resync => {
+                reload_tokens(&auth);
+                if let Err(e) = registry.sync_all().await {
+                    tracing::error!("resync with the store: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn reload_tokens(auth: &api::auth::Auth) {
+    let tokens = &auth.tokens;
+    if let Err(e) = crate::store::blocking(|| tokens.reload()) {
+        tracing::error!("reloading API tokens: {e}");
+    }
 }

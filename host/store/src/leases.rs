@@ -17,9 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, params};
-
 use super::{Store, StoreError};
+use crate::args;
+use crate::sql::Row;
 
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -48,9 +48,8 @@ impl Store {
     ) -> Result<Option<Lease>, StoreError> {
         let now = now_ms();
         let expires = now + ttl.as_millis() as i64;
-        let token: Option<i64> = self
-            .conn()
-            .query_row(
+        let token: Option<i64> = self.with(|c| {
+            c.row(
                 "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES (?1, ?2, 1, ?3)
                  ON CONFLICT (name) DO UPDATE SET
                      token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,
@@ -58,10 +57,11 @@ impl Store {
                      expires_at_ms = excluded.expires_at_ms
                  WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?4
                  RETURNING token",
-                params![name, holder, expires, now],
-                |r| r.get(0),
-            )
-            .optional()?;
+                args![name, holder, expires, now],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
+        })?;
         Ok(token.map(|token| Lease {
             name: name.into(),
             holder: holder.into(),
@@ -74,11 +74,13 @@ impl Store {
     /// released) since.
     pub fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let expires = now_ms() + ttl.as_millis() as i64;
-        let n = self.conn().execute(
-            "UPDATE leases SET expires_at_ms = ?4
-             WHERE name = ?1 AND holder = ?2 AND token = ?3",
-            params![lease.name, lease.holder, lease.token, expires],
-        )?;
+        let n = self.with(|c| {
+            c.exec(
+                "UPDATE leases SET expires_at_ms = ?4
+                 WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                args![&lease.name, &lease.holder, lease.token, expires],
+            )
+        })?;
         Ok((n == 1).then(|| Lease {
             expires_at_ms: expires,
             ..lease.clone()
@@ -89,44 +91,47 @@ impl Store {
     /// expired): check it before each effect done under the lease.
     pub fn lease_is_current(&self, lease: &Lease) -> Result<bool, StoreError> {
         Ok(self
-            .conn()
-            .query_row(
-                "SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at_ms > ?4",
-                params![lease.name, lease.holder, lease.token, now_ms()],
-                |_| Ok(()),
-            )
-            .optional()?
+            .with(|c| {
+                c.row(
+                    "SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at_ms > ?4",
+                    args![&lease.name, &lease.holder, lease.token, now_ms()],
+                )
+            })?
             .is_some())
     }
 
     /// Gives a lease up early, so another replica need not wait for expiry.
     /// The token is kept, so the next holder's is higher.
     pub fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2 AND token = ?3",
-            params![lease.name, lease.holder, lease.token],
-        )?;
+        self.with(|c| {
+            c.exec(
+                "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                args![&lease.name, &lease.holder, lease.token],
+            )
+        })?;
         Ok(())
     }
 
     /// The current holder of `name`, if any and not expired.
     pub fn lease_holder(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.with(|c| {
+            c.row(
                 "SELECT name, holder, token, expires_at_ms FROM leases WHERE name = ?1 AND expires_at_ms > ?2",
-                params![name, now_ms()],
-                |r| {
-                    Ok(Lease {
-                        name: r.get(0)?,
-                        holder: r.get(1)?,
-                        token: r.get(2)?,
-                        expires_at_ms: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+                args![name, now_ms()],
+            )?
+            .map(|r| row_to_lease(&r))
+            .transpose()
+        })
     }
+}
+
+fn row_to_lease(r: &Row) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        name: r.get(0)?,
+        holder: r.get(1)?,
+        token: r.get(2)?,
+        expires_at_ms: r.get(3)?,
+    })
 }
 
 /// Holds one lease in the background, renewing it at a third of its TTL.
@@ -218,17 +223,25 @@ impl Drop for LeaseKeeper {
 mod tests {
     use super::*;
 
-    /// Two replicas: two stores over the same database file.
-    fn replicas() -> (tempfile::TempDir, Arc<Store>, Arc<Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Arc::new(Store::open(dir.path()).unwrap());
-        let b = Arc::new(Store::open(dir.path()).unwrap());
-        (dir, a, b)
+    /// Two replicas (two stores over the same database) per backend.
+    fn replicas() -> Vec<(crate::testing::TestStore, Arc<Store>, Arc<Store>)> {
+        crate::testing::backends()
+            .into_iter()
+            .map(|t| {
+                let (a, b) = (t.store.clone(), Arc::new(t.reopen()));
+                (t, a, b)
+            })
+            .collect()
     }
 
     #[test]
     fn one_holder_at_a_time_and_a_higher_token_after_expiry() {
-        let (_dir, a, b) = replicas();
+        for (_t, a, b) in replicas() {
+            one_holder_at_a_time(a, b);
+        }
+    }
+
+    fn one_holder_at_a_time(a: Arc<Store>, b: Arc<Store>) {
         let ttl = Duration::from_millis(200);
         let la = a
             .acquire_lease("drift/prod", "replica-a", ttl)
@@ -272,9 +285,14 @@ mod tests {
         assert_eq!(la2.token, 3);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_keeper_renews_and_another_replica_takes_over_when_it_dies() {
-        let (_dir, a, b) = replicas();
+        for (_t, a, b) in replicas() {
+            keeper_takeover(a, b).await;
+        }
+    }
+
+    async fn keeper_takeover(a: Arc<Store>, b: Arc<Store>) {
         let ttl = Duration::from_millis(300);
         let keeper = LeaseKeeper::acquire(a.clone(), "schedule/nightly", "replica-a", ttl)
             .await

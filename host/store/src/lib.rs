@@ -1,22 +1,26 @@
-//! Durable state, the bottom layer of Capstan: content-addressed blobs on
-//! disk, precompiled artifacts, and the database (SQLite, WAL) with the one
-//! schema of every layer ([`schema`]), plugin versions and history, and
+//! Durable state, the bottom layer of Capstan: content-addressed blobs,
+//! precompiled artifacts (a per-replica cache), and the database ([`sql`]:
+//! SQLite by default, PostgreSQL for replicas) with the one schema of every
+//! layer (`migrations/`, versioned), plugin versions and history, and
 //! [`leases`]. Every write is atomic, so a `kill -9` at any point loses
 //! nothing committed.
 //!
 //! Depends on no other Capstan crate; every other crate may depend on it.
 
 mod blobs;
+pub mod changes;
 mod db;
 pub mod ids;
 pub mod leases;
-pub mod schema;
+pub mod sql;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::io::Write;
 use std::path::Path;
 
 pub use blobs::digest_of;
-pub use db::{HistoryEntry, Store, VersionRecord};
+pub use db::{HistoryEntry, Store, VersionRecord, blocking};
 pub use leases::{Lease, LeaseKeeper};
 
 /// Now, in Unix seconds (the time every stored record carries).
@@ -50,7 +54,7 @@ pub enum StoreError {
     },
     /// The database failed.
     #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] sql::DbError),
     /// Something referenced does not exist.
     #[error("{0}")]
     NotFound(String),

@@ -180,7 +180,7 @@ pub enum AuthError {
     Conflict(String),
     /// The database failed.
     #[error("token storage: {0}")]
-    Storage(#[from] rusqlite::Error),
+    Storage(#[from] crate::store::sql::DbError),
 }
 
 /// The authenticated caller of a request (a request extension).

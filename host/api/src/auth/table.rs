@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use crate::store::args;
+use crate::store::changes::{Change, announce};
+use crate::store::sql::{Conn, DbError, ErrorKind};
 use base64::Engine as _;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -90,22 +92,18 @@ impl Tokens {
         Ok(tokens)
     }
 
-    fn reload(&self) -> Result<(), AuthError> {
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, role, projects, hash FROM api_tokens WHERE revoked_at IS NULL",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
+    /// Reads the active tokens again (another replica changed them).
+    pub fn reload(&self) -> Result<(), AuthError> {
+        let rows = self.store.with(|c| {
+            c.rows(
+                "SELECT name, role, projects, hash FROM api_tokens WHERE revoked_at IS NULL",
+                args![],
+            )
         })?;
         let mut active = HashMap::new();
         for row in rows {
-            let (name, role, projects, hash) = row?;
+            let (name, role, projects, hash): (String, Option<String>, String, String) =
+                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
             let (Ok(role), Ok(projects), Ok(bytes)) = (
                 role.map(|r| r.parse::<ApiRole>()).transpose(),
                 serde_json::from_str::<BTreeMap<String, ApiRole>>(&projects),
@@ -127,8 +125,6 @@ impl Tokens {
                 },
             );
         }
-        drop(stmt);
-        drop(conn);
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = active;
         Ok(())
     }
@@ -162,11 +158,7 @@ impl Tokens {
         for p in projects.keys() {
             let exists = self
                 .store
-                .conn()
-                .query_row("SELECT 1 FROM projects WHERE name = ?1", params![p], |_| {
-                    Ok(())
-                })
-                .optional()?
+                .with(|c| c.row("SELECT 1 FROM projects WHERE name = ?1", args![p]))?
                 .is_some();
             if !exists {
                 return Err(AuthError::NotFound(format!(
@@ -181,22 +173,24 @@ impl Tokens {
         }
         let secret = generate_secret();
         let created_at = now();
-        let inserted = self.store.conn().execute(
-            "INSERT INTO api_tokens (name, role, projects, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                name,
-                role.map(ApiRole::as_str),
-                serde_json::to_string(&projects).unwrap_or_default(),
-                hex::encode(digest(&secret)),
-                created_at,
-                created_by
-            ],
-        );
+        let args = args![
+            name,
+            role.map(ApiRole::as_str),
+            serde_json::to_string(&projects).unwrap_or_default(),
+            hex::encode(digest(&secret)),
+            created_at,
+            created_by
+        ];
+        let inserted = self.store.with(|c| {
+            c.exec(
+                "INSERT INTO api_tokens (name, role, projects, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                args,
+            )?;
+            announce(c, &Change::Tokens)
+        });
         match inserted {
             Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
+            Err(e) if e.kind() == ErrorKind::Unique => {
                 return Err(AuthError::Conflict(format!(
                     "a token named `{name}` already exists; revoke it first"
                 )));
@@ -220,23 +214,18 @@ impl Tokens {
 
     /// Every token, active and revoked, oldest first.
     pub fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, role, projects, created_at, created_by, revoked_at FROM api_tokens ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-            ))
+        let rows = self.store.with(|c| {
+            c.rows(
+                "SELECT name, role, projects, created_at, created_by, revoked_at FROM api_tokens ORDER BY id",
+                args![],
+            )
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, projects, created_at, created_by, revoked_at) = row?;
+            let (name, role, projects): (String, Option<String>, String) =
+                (row.get(0)?, row.get(1)?, row.get(2)?);
+            let (created_at, created_by, revoked_at): (i64, String, Option<i64>) =
+                (row.get(3)?, row.get(4)?, row.get(5)?);
             out.push(TokenInfo {
                 name,
                 role: role
@@ -256,35 +245,7 @@ impl Tokens {
 
     /// Revokes the active token `name`. Refuses to revoke the last admin token.
     pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
-        {
-            let mut conn = self.store.conn();
-            let tx = conn.transaction()?;
-            let role: Option<Option<String>> = tx
-                .query_row(
-                    "SELECT role FROM api_tokens WHERE name = ?1 AND revoked_at IS NULL",
-                    params![name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let role = role.ok_or_else(|| AuthError::NotFound(format!("no token named {name}")))?;
-            if role.as_deref() == Some("admin") {
-                let admins: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
-                    [],
-                    |r| r.get(0),
-                )?;
-                if admins <= 1 {
-                    return Err(AuthError::Conflict(format!(
-                        "`{name}` is the last admin token; create another admin token first"
-                    )));
-                }
-            }
-            tx.execute(
-                "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-                params![name, now()],
-            )?;
-            tx.commit()?;
-        }
+        self.store.with(|c| c.tx(|tx| revoke_in(tx, name)))?;
         self.reload()
     }
 
@@ -294,70 +255,99 @@ impl Tokens {
     /// without any active admin token, a token is generated and returned:
     /// the caller shows it once.
     pub fn bootstrap(&self, configured: Option<&str>) -> Result<Option<String>, AuthError> {
-        let generated = {
-            let mut conn = self.store.conn();
-            let tx = conn.transaction()?;
-            let (secret, created_by, generated) = match configured {
-                Some(secret) => {
-                    let secret = secret.trim();
-                    if secret.is_empty() {
-                        return Err(AuthError::Invalid("admin_token is empty".into()));
-                    }
-                    if secret.len() < 24 {
-                        tracing::warn!(
-                            "admin_token is short; use a long random value (e.g. `openssl rand -base64 32`)"
-                        );
-                    }
-                    let existing: Option<(String, Option<i64>)> = tx
-                        .query_row(
-                            "SELECT name, revoked_at FROM api_tokens WHERE hash = ?1",
-                            params![hex::encode(digest(secret))],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    match existing {
-                        Some((_, Some(_))) => {
-                            tracing::warn!(
-                                "the configured admin_token was revoked and stays revoked; configure a new value to use one"
-                            );
-                            return Ok(None);
-                        }
-                        Some((name, None)) => {
-                            if name != BOOTSTRAP_TOKEN {
-                                tracing::warn!(token = %name, "the configured admin_token is the secret of another token; using that token as it is");
-                            }
-                            return Ok(None);
-                        }
-                        None => (secret.to_string(), "config", false),
-                    }
-                }
-                None => {
-                    let admins: i64 = tx.query_row(
-                        "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
-                        [],
-                        |r| r.get(0),
-                    )?;
-                    if admins > 0 {
-                        return Ok(None);
-                    }
-                    (generate_secret(), "startup", true)
-                }
-            };
-            let at = now();
-            tx.execute(
-                "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-                params![BOOTSTRAP_TOKEN, at],
-            )?;
-            tx.execute(
-                "INSERT INTO api_tokens (name, role, hash, created_at, created_by) VALUES (?1, 'admin', ?2, ?3, ?4)",
-                params![BOOTSTRAP_TOKEN, hex::encode(digest(&secret)), at, created_by],
-            )?;
-            tx.commit()?;
-            generated.then_some(secret)
+        let generated = match self.store.with(|c| c.tx(|tx| bootstrap_in(tx, configured))) {
+            // Another replica starting at the same moment stored it first.
+            Err(AuthError::Storage(e)) if e.kind() == ErrorKind::Unique => None,
+            other => other?,
         };
         self.reload()?;
         Ok(generated)
     }
+}
+
+fn admins(tx: &mut Conn) -> Result<i64, DbError> {
+    tx.value(
+        "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
+        args![],
+    )
+}
+
+fn revoke_in(tx: &mut Conn, name: &str) -> Result<(), AuthError> {
+    let role: Option<Option<String>> = tx
+        .row(
+            "SELECT role FROM api_tokens WHERE name = ?1 AND revoked_at IS NULL",
+            args![name],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
+    let role = role.ok_or_else(|| AuthError::NotFound(format!("no token named {name}")))?;
+    if role.as_deref() == Some("admin") && admins(tx)? <= 1 {
+        return Err(AuthError::Conflict(format!(
+            "`{name}` is the last admin token; create another admin token first"
+        )));
+    }
+    tx.exec(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+        args![name, now()],
+    )?;
+    announce(tx, &Change::Tokens)?;
+    Ok(())
+}
+
+fn bootstrap_in(tx: &mut Conn, configured: Option<&str>) -> Result<Option<String>, AuthError> {
+    let (secret, created_by, generated) = match configured {
+        Some(secret) => {
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(AuthError::Invalid("admin_token is empty".into()));
+            }
+            if secret.len() < 24 {
+                tracing::warn!(
+                    "admin_token is short; use a long random value (e.g. `openssl rand -base64 32`)"
+                );
+            }
+            let existing = tx.row(
+                "SELECT name, revoked_at FROM api_tokens WHERE hash = ?1",
+                args![hex::encode(digest(secret))],
+            )?;
+            let existing: Option<(String, Option<i64>)> = match existing {
+                Some(r) => Some((r.get(0)?, r.get(1)?)),
+                None => None,
+            };
+            match existing {
+                Some((_, Some(_))) => {
+                    tracing::warn!(
+                        "the configured admin_token was revoked and stays revoked; configure a new value to use one"
+                    );
+                    return Ok(None);
+                }
+                Some((name, None)) => {
+                    if name != BOOTSTRAP_TOKEN {
+                        tracing::warn!(token = %name, "the configured admin_token is the secret of another token; using that token as it is");
+                    }
+                    return Ok(None);
+                }
+                None => (secret.to_string(), "config", false),
+            }
+        }
+        None => {
+            if admins(tx)? > 0 {
+                return Ok(None);
+            }
+            (generate_secret(), "startup", true)
+        }
+    };
+    let at = now();
+    tx.exec(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+        args![BOOTSTRAP_TOKEN, at],
+    )?;
+    tx.exec(
+        "INSERT INTO api_tokens (name, role, hash, created_at, created_by) VALUES (?1, 'admin', ?2, ?3, ?4)",
+        args![BOOTSTRAP_TOKEN, hex::encode(digest(&secret)), at, created_by],
+    )?;
+    announce(tx, &Change::Tokens)?;
+    Ok(generated.then_some(secret))
 }
 
 #[cfg(test)]
@@ -385,12 +375,13 @@ mod tests {
             tokens.create("ci", Some(ApiRole::Viewer), BTreeMap::new(), ""),
             Err(AuthError::Conflict(_))
         ));
-        let stored: String = store
-            .conn()
-            .query_row("SELECT group_concat(hash) FROM api_tokens", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let stored: Vec<String> = store
+            .with(|c| c.rows("SELECT hash FROM api_tokens", args![]))
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0).unwrap())
+            .collect();
+        let stored = stored.join(",");
         assert!(!stored.contains(&t.token[4..]) && !stored.contains(&first[4..]));
         tokens.revoke("ci").unwrap();
         assert_eq!(tokens.authenticate(&t.token), None);

@@ -3,6 +3,7 @@
 //! atomically; calls in flight keep the `Arc` of the version they started on.
 
 mod changes;
+mod sync;
 mod trust;
 mod watch;
 

@@ -88,6 +88,17 @@ impl PluginGate {
         Ok(())
     }
 
+    /// Reads the owner of `plugin` again (another replica changed it).
+    pub(super) fn refresh_owner(&self, plugin: &str) -> Result<(), RegistryError> {
+        let owner = self.projects.owner(plugin)?;
+        let mut owners = self.owners.write().unwrap_or_else(|e| e.into_inner());
+        match owner {
+            Some(project) => owners.insert(plugin.to_string(), project),
+            None => owners.remove(plugin),
+        };
+        Ok(())
+    }
+
     pub(super) fn release(&self, plugin: &str) -> Result<(), RegistryError> {
         self.projects.release(plugin)?;
         self.owners

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::args;
+use crate::store::sql::{Conn, DbError, Row, Value};
 use serde::{Deserialize, Serialize};
 
 use super::{Authority, Role};
@@ -25,7 +26,7 @@ pub enum GateError {
     Conflict(String),
     /// Storage failed.
     #[error("approvals storage: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] DbError),
 }
 
 /// Where approvers must hold their role.
@@ -154,30 +155,29 @@ impl Approvals {
     /// Files a request; returns it as stored.
     pub fn request(&self, new: NewApproval) -> Result<Approval, GateError> {
         let id = crate::ids::new_id();
-        self.store.conn().execute(
-            "INSERT INTO approvals (id, kind, subject, project, requested_by, approver_role, approver_scope,
+        let sql = "INSERT INTO approvals (id, kind, subject, project, requested_by, approver_role, approver_scope,
                                     required, reasons, detail, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11)",
-            params![
-                id,
-                new.kind,
-                new.subject,
-                new.project,
-                new.requested_by,
-                new.approver_role.as_str(),
-                scope_str(&new.approver_scope),
-                new.required.max(1),
-                serde_json::to_string(&new.reasons).unwrap_or_default(),
-                new.detail.to_string(),
-                now()
-            ],
-        )?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11)";
+        let args = args![
+            id,
+            new.kind,
+            new.subject,
+            new.project,
+            new.requested_by,
+            new.approver_role.as_str(),
+            scope_str(&new.approver_scope),
+            new.required.max(1),
+            serde_json::to_string(&new.reasons).unwrap_or_default(),
+            new.detail.to_string(),
+            now()
+        ];
+        self.store.with(|c| c.exec(sql, args))?;
         self.get(&id)
     }
 
     /// One approval.
     pub fn get(&self, id: &str) -> Result<Approval, GateError> {
-        self.find("id = ?1", params![id])?
+        self.find("id = ?1", args![id])?
             .into_iter()
             .next()
             .ok_or_else(|| GateError::NotFound(format!("no approval {id}")))
@@ -190,14 +190,14 @@ impl Approvals {
         state: Option<ApprovalState>,
     ) -> Result<Vec<Approval>, GateError> {
         self.find(
-            "(?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR state = ?2)",
-            params![kind, state.map(|s| s.as_str())],
+            "(CAST(?1 AS TEXT) IS NULL OR kind = ?1) AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)",
+            args![kind, state.map(|s| s.as_str())],
         )
     }
 
     /// Every approval of `subject`, newest first.
     pub fn of_subject(&self, kind: &str, subject: &str) -> Result<Vec<Approval>, GateError> {
-        self.find("kind = ?1 AND subject = ?2", params![kind, subject])
+        self.find("kind = ?1 AND subject = ?2", args![kind, subject])
     }
 
     /// Records a decision by `who`. Refuses self-approval, a role that is
@@ -236,105 +236,121 @@ impl Approvals {
                 a.approver_role
             )));
         }
-        let mut conn = self.store.conn();
-        let tx = conn.transaction()?;
-        let decision = if approve { "approve" } else { "reject" };
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO approval_votes (approval_id, voter, decision, comment, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, who.actor, decision, comment, now()],
-        )?;
-        if inserted == 0 {
-            return Err(GateError::Conflict(format!(
-                "{} already decided approval {id}",
-                who.actor
-            )));
-        }
-        let approvals: u32 = tx.query_row(
-            "SELECT COUNT(*) FROM approval_votes WHERE approval_id = ?1 AND decision = 'approve'",
-            params![id],
-            |r| r.get(0),
-        )?;
-        let state = if !approve {
-            ApprovalState::Rejected
-        } else if approvals >= a.required {
-            ApprovalState::Approved
-        } else {
-            ApprovalState::Pending
-        };
-        if state != ApprovalState::Pending {
-            tx.execute(
-                "UPDATE approvals SET state = ?2, decided_at = ?3 WHERE id = ?1 AND state = 'pending'",
-                params![id, state.as_str(), now()],
-            )?;
-        }
-        tx.commit()?;
-        drop(conn);
+        self.store
+            .with(|c| c.tx(|tx| vote(tx, &a, who, approve, comment)))?;
         self.get(id)
     }
 
-    fn find(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Approval>, GateError> {
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT id, kind, subject, project, requested_by, approver_role, approver_scope, required,
-                    reasons, detail, state, created_at, decided_at
-             FROM approvals WHERE {filter} ORDER BY created_at DESC, rowid DESC LIMIT 500"
-        ))?;
-        let rows = stmt.query_map(args, |r| {
-            Ok(Approval {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                subject: r.get(2)?,
-                project: r.get(3)?,
-                requested_by: r.get(4)?,
-                approver_role: r.get::<_, String>(5)?.parse().unwrap_or(Role::Admin),
-                approver_scope: if r.get::<_, String>(6)? == "project" {
-                    ApproverScope::Project
-                } else {
-                    ApproverScope::Global
-                },
-                required: r.get(7)?,
-                reasons: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
-                detail: serde_json::from_str(&r.get::<_, String>(9)?)
-                    .unwrap_or(serde_json::Value::Null),
-                state: ApprovalState::parse(&r.get::<_, String>(10)?),
-                created_at: r.get(11)?,
-                decided_at: r.get(12)?,
-                votes: Vec::new(),
-            })
-        })?;
-        let mut out: Vec<Approval> = rows.collect::<Result<_, _>>()?;
-        let mut votes = conn.prepare(
-            "SELECT voter, decision, comment, at FROM approval_votes WHERE approval_id = ?1 ORDER BY at, rowid",
-        )?;
-        for a in &mut out {
-            a.votes = votes
-                .query_map(params![a.id], |r| {
-                    Ok(Vote {
-                        voter: r.get(0)?,
-                        decision: r.get(1)?,
-                        comment: r.get(2)?,
-                        at: r.get(3)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-        }
-        Ok(out)
+    fn find(&self, filter: &str, args: &[Value]) -> Result<Vec<Approval>, GateError> {
+        Ok(self.store.with(|c| find(c, filter, args))?)
     }
 
     /// Whether `subject` has an approval in `state` (used to tell an
     /// approved version from a held one).
     pub fn has(&self, kind: &str, subject: &str, state: ApprovalState) -> Result<bool, GateError> {
-        Ok(self
-            .store
-            .conn()
-            .query_row(
+        let row = self.store.with(|c| {
+            c.row(
                 "SELECT 1 FROM approvals WHERE kind = ?1 AND subject = ?2 AND state = ?3 LIMIT 1",
-                params![kind, subject, state.as_str()],
-                |_| Ok(()),
+                args![kind, subject, state.as_str()],
             )
-            .optional()?
-            .is_some())
+        })?;
+        Ok(row.is_some())
     }
+}
+
+/// Records one vote and closes the approval when it is decided.
+fn vote(
+    tx: &mut Conn,
+    a: &Approval,
+    who: &Authority,
+    approve: bool,
+    comment: &str,
+) -> Result<(), GateError> {
+    let id = a.id.as_str();
+    let decision = if approve { "approve" } else { "reject" };
+    let inserted = tx.exec(
+        "INSERT INTO approval_votes (approval_id, voter, decision, comment, at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
+        args![id, who.actor, decision, comment, now()],
+    )?;
+    if inserted == 0 {
+        return Err(GateError::Conflict(format!(
+            "{} already decided approval {id}",
+            who.actor
+        )));
+    }
+    let approvals: u32 = tx.value(
+        "SELECT COUNT(*) FROM approval_votes WHERE approval_id = ?1 AND decision = 'approve'",
+        args![id],
+    )?;
+    let state = if !approve {
+        ApprovalState::Rejected
+    } else if approvals >= a.required {
+        ApprovalState::Approved
+    } else {
+        ApprovalState::Pending
+    };
+    if state != ApprovalState::Pending {
+        tx.exec(
+            "UPDATE approvals SET state = ?2, decided_at = ?3 WHERE id = ?1 AND state = 'pending'",
+            args![id, state.as_str(), now()],
+        )?;
+    }
+    Ok(())
+}
+
+fn find(c: &mut Conn, filter: &str, args: &[Value]) -> Result<Vec<Approval>, DbError> {
+    // Ids are UUIDv7: they order approvals created in the same second.
+    let rows = c.rows(
+        &format!(
+            "SELECT id, kind, subject, project, requested_by, approver_role, approver_scope, required,
+                    reasons, detail, state, created_at, decided_at
+             FROM approvals WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT 500"
+        ),
+        args,
+    )?;
+    let mut out: Vec<Approval> = rows.iter().map(row_to_approval).collect::<Result<_, _>>()?;
+    for a in &mut out {
+        a.votes = c
+            .rows(
+                "SELECT voter, decision, comment, at FROM approval_votes WHERE approval_id = ?1 ORDER BY at, voter",
+                args![a.id],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Vote {
+                    voter: r.get(0)?,
+                    decision: r.get(1)?,
+                    comment: r.get(2)?,
+                    at: r.get(3)?,
+                })
+            })
+            .collect::<Result<_, DbError>>()?;
+    }
+    Ok(out)
+}
+
+fn row_to_approval(r: &Row) -> Result<Approval, DbError> {
+    Ok(Approval {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        subject: r.get(2)?,
+        project: r.get(3)?,
+        requested_by: r.get(4)?,
+        approver_role: r.get::<String>(5)?.parse().unwrap_or(Role::Admin),
+        approver_scope: if r.get::<String>(6)? == "project" {
+            ApproverScope::Project
+        } else {
+            ApproverScope::Global
+        },
+        required: r.get(7)?,
+        reasons: serde_json::from_str(&r.get::<String>(8)?).unwrap_or_default(),
+        detail: serde_json::from_str(&r.get::<String>(9)?).unwrap_or(serde_json::Value::Null),
+        state: ApprovalState::parse(&r.get::<String>(10)?),
+        created_at: r.get(11)?,
+        decided_at: r.get(12)?,
+        votes: Vec::new(),
+    })
 }
 
 fn scope_str(s: &ApproverScope) -> &'static str {

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::args;
+use crate::store::sql::{DbError, FromValue, Row, Value};
 use serde::{Deserialize, Serialize};
 
 use super::DEFAULT_PROJECT;
@@ -27,7 +28,7 @@ pub enum TrustError {
     Conflict(String),
     /// Storage failed.
     #[error("trust storage: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] DbError),
 }
 
 /// A project.
@@ -68,34 +69,43 @@ impl Projects {
         Projects { store }
     }
 
+    fn rows(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        self.store.with(|c| c.rows(sql, args))
+    }
+
+    fn exec(&self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
+        self.store.with(|c| c.exec(sql, args))
+    }
+
+    /// The first column of the first row, if any.
+    fn first<T: FromValue>(&self, sql: &str, args: &[Value]) -> Result<Option<T>, DbError> {
+        self.store
+            .with(|c| c.row(sql, args))?
+            .map(|r| r.get(0))
+            .transpose()
+    }
+
     /// Every project, by name.
     pub fn list(&self) -> Result<Vec<Project>, TrustError> {
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare(
+        let rows = self.rows(
             "SELECT name, description, created_at, created_by FROM projects ORDER BY name",
+            args![],
         )?;
-        let rows = stmt.query_map([], |r| {
+        let project = |r: &Row| {
             Ok(Project {
                 name: r.get(0)?,
                 description: r.get(1)?,
                 created_at: r.get(2)?,
                 created_by: r.get(3)?,
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        };
+        rows.iter().map(project).collect()
     }
 
     /// Whether `name` exists.
     pub fn exists(&self, name: &str) -> Result<bool, TrustError> {
         Ok(self
-            .store
-            .conn()
-            .query_row(
-                "SELECT 1 FROM projects WHERE name = ?1",
-                params![name],
-                |_| Ok(()),
-            )
-            .optional()?
+            .first::<i64>("SELECT 1 FROM projects WHERE name = ?1", args![name])?
             .is_some())
     }
 
@@ -103,9 +113,10 @@ impl Projects {
     pub fn create(&self, name: &str, description: &str, by: &str) -> Result<Project, TrustError> {
         validate_project_name(name)?;
         let at = now();
-        let n = self.store.conn().execute(
-            "INSERT OR IGNORE INTO projects (name, description, created_at, created_by) VALUES (?1, ?2, ?3, ?4)",
-            params![name, description, at, by],
+        let n = self.exec(
+            "INSERT INTO projects (name, description, created_at, created_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            args![name, description, at, by],
         )?;
         if n == 0 {
             return Err(TrustError::Conflict(format!(
@@ -127,79 +138,66 @@ impl Projects {
                 "`{DEFAULT_PROJECT}` cannot be deleted"
             )));
         }
-        let mut conn = self.store.conn();
-        let tx = conn.transaction()?;
-        let owned: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM plugin_owners WHERE project = ?1",
-            params![name],
-            |r| r.get(0),
-        )?;
-        if owned > 0 {
-            return Err(TrustError::Conflict(format!(
-                "project `{name}` still owns {owned} plugin(s); delete them first"
-            )));
-        }
-        if tx.execute("DELETE FROM projects WHERE name = ?1", params![name])? == 0 {
-            return Err(TrustError::NotFound(format!("no project named `{name}`")));
-        }
-        tx.execute("DELETE FROM ceilings WHERE project = ?1", params![name])?;
-        tx.commit()?;
-        Ok(())
+        self.store.with(|c| {
+            c.tx(|tx| {
+                let owned: i64 = tx.value(
+                    "SELECT COUNT(*) FROM plugin_owners WHERE project = ?1",
+                    args![name],
+                )?;
+                if owned > 0 {
+                    return Err(TrustError::Conflict(format!(
+                        "project `{name}` still owns {owned} plugin(s); delete them first"
+                    )));
+                }
+                if tx.exec("DELETE FROM projects WHERE name = ?1", args![name])? == 0 {
+                    return Err(TrustError::NotFound(format!("no project named `{name}`")));
+                }
+                tx.exec("DELETE FROM ceilings WHERE project = ?1", args![name])?;
+                Ok(())
+            })
+        })
     }
 
     /// The project owning `plugin`, if it was ever published.
     pub fn owner(&self, plugin: &str) -> Result<Option<String>, TrustError> {
-        Ok(self
-            .store
-            .conn()
-            .query_row(
-                "SELECT project FROM plugin_owners WHERE name = ?1",
-                params![plugin],
-                |r| r.get(0),
-            )
-            .optional()?)
+        Ok(self.first(
+            "SELECT project FROM plugin_owners WHERE name = ?1",
+            args![plugin],
+        )?)
     }
 
     /// Every (plugin, project) pair.
     pub fn owners(&self) -> Result<Vec<(String, String)>, TrustError> {
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare("SELECT name, project FROM plugin_owners")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.rows("SELECT name, project FROM plugin_owners", args![])?;
+        rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
     /// Records `project` as the owner of `plugin` unless it has one.
     pub fn claim(&self, plugin: &str, project: &str) -> Result<(), TrustError> {
-        self.store.conn().execute(
-            "INSERT OR IGNORE INTO plugin_owners (name, project, created_at) VALUES (?1, ?2, ?3)",
-            params![plugin, project, now()],
+        self.exec(
+            "INSERT INTO plugin_owners (name, project, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            args![plugin, project, now()],
         )?;
         Ok(())
     }
 
     /// Forgets the owner of a deleted plugin.
     pub fn release(&self, plugin: &str) -> Result<(), TrustError> {
-        self.store
-            .conn()
-            .execute("DELETE FROM plugin_owners WHERE name = ?1", params![plugin])?;
+        self.exec("DELETE FROM plugin_owners WHERE name = ?1", args![plugin])?;
         Ok(())
     }
 
     /// Every stored ceiling.
     pub fn ceilings(&self) -> Result<Vec<ScopedCeiling>, TrustError> {
-        let conn = self.store.conn();
-        let mut stmt =
-            conn.prepare("SELECT project, plugin, body FROM ceilings ORDER BY project, plugin")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let rows = self.rows(
+            "SELECT project, plugin, body FROM ceilings ORDER BY project, plugin",
+            args![],
+        )?;
         let mut out = Vec::new();
         for row in rows {
-            let (project, plugin, body) = row?;
+            let (project, plugin, body): (String, String, String) =
+                (row.get(0)?, row.get(1)?, row.get(2)?);
             let ceiling: Ceiling = serde_json::from_str(&body).map_err(|e| {
                 TrustError::Invalid(format!("stored ceiling of {project}/{plugin}: {e}"))
             })?;
@@ -231,11 +229,11 @@ impl Projects {
         }
         let plugin = c.plugin.clone().unwrap_or_default();
         let old = self.ceiling(&c.project, &plugin)?;
-        self.store.conn().execute(
+        self.exec(
             "INSERT INTO ceilings (project, plugin, body, source, updated_at, updated_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (project, plugin) DO UPDATE SET body = ?3, source = ?4, updated_at = ?5, updated_by = ?6",
-            params![
+            args![
                 c.project,
                 plugin,
                 serde_json::to_string(&c.ceiling).unwrap_or_default(),
@@ -252,23 +250,18 @@ impl Projects {
         let old = self.ceiling(project, plugin)?.ok_or_else(|| {
             TrustError::NotFound(format!("no ceiling for `{project}` `{plugin}`"))
         })?;
-        self.store.conn().execute(
+        self.exec(
             "DELETE FROM ceilings WHERE project = ?1 AND plugin = ?2",
-            params![project, plugin],
+            args![project, plugin],
         )?;
         Ok(old)
     }
 
     fn ceiling(&self, project: &str, plugin: &str) -> Result<Option<Ceiling>, TrustError> {
-        let body: Option<String> = self
-            .store
-            .conn()
-            .query_row(
-                "SELECT body FROM ceilings WHERE project = ?1 AND plugin = ?2",
-                params![project, plugin],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let body: Option<String> = self.first(
+            "SELECT body FROM ceilings WHERE project = ?1 AND plugin = ?2",
+            args![project, plugin],
+        )?;
         Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
     }
 

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel};
 use std::time::Duration;
 
+use crate::store::args;
+use crate::store::sql::{Conn, DbError};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use prometheus_client::metrics::counter::Counter;
-use rusqlite::params;
 use serde::Serialize;
 
 use crate::store::Store;
@@ -78,7 +79,7 @@ impl AuditRecord {
 /// Why a durable audit write failed.
 #[derive(Debug, thiserror::Error)]
 #[error("audit log write failed: {0}")]
-pub struct AuditError(#[from] rusqlite::Error);
+pub struct AuditError(#[from] DbError);
 
 /// A filter for [`Audit::query`].
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
@@ -169,12 +170,7 @@ impl Audit {
         r.at_ms = now_ms();
         tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || insert(&store.conn(), &r)).await {
-            Ok(result) => Ok(result?),
-            Err(e) => Err(AuditError(rusqlite::Error::InvalidParameterName(format!(
-                "audit task failed: {e}"
-            )))),
-        }
+        Ok(store.run(move |c| insert(c, &r)).await?)
     }
 
     /// Waits until every record sent so far is stored.
@@ -191,38 +187,42 @@ impl Audit {
     }
 
     /// Newest records matching `q`, newest first.
-    pub async fn query(&self, q: &AuditQuery) -> rusqlite::Result<Vec<AuditRecord>> {
+    pub async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, DbError> {
         self.flush().await;
-        let conn = self.store.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome, detail
-             FROM audit
-             WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR capability = ?2)
-               AND (?3 IS NULL OR allowed = ?3) AND (?4 IS NULL OR invocation = ?4)
-             ORDER BY id DESC LIMIT ?5",
-        )?;
-        let limit = q.limit.unwrap_or(100).min(1000);
-        let rows = stmt.query_map(
-            params![q.plugin, q.capability, q.allowed, q.invocation, limit],
-            |r| {
-                Ok(AuditRecord {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    plugin: r.get(3)?,
-                    version: r.get(4)?,
-                    invocation: r.get(5)?,
-                    capability: r.get(6)?,
-                    target: r.get(7)?,
-                    verb: r.get(8)?,
-                    allowed: r.get(9)?,
-                    outcome: r.get(10)?,
-                    detail: parse_detail(&r.get::<_, String>(11)?),
-                })
-            },
-        )?;
-        rows.collect()
+        let q = q.clone();
+        self.store.run(move |c| query(c, &q)).await
     }
+}
+
+fn query(c: &mut Conn, q: &AuditQuery) -> Result<Vec<AuditRecord>, DbError> {
+    let limit = q.limit.unwrap_or(100).min(1000);
+    // Typed NULL tests (`CAST`) so that PostgreSQL knows each parameter's type.
+    let rows = c.rows(
+        "SELECT id, at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome, detail
+         FROM audit
+         WHERE (CAST(?1 AS TEXT) IS NULL OR plugin = ?1) AND (CAST(?2 AS TEXT) IS NULL OR capability = ?2)
+           AND (CAST(?3 AS BIGINT) IS NULL OR allowed = ?3) AND (CAST(?4 AS TEXT) IS NULL OR invocation = ?4)
+         ORDER BY id DESC LIMIT ?5",
+        args![q.plugin, q.capability, q.allowed, q.invocation, limit],
+    )?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                actor: r.get(2)?,
+                plugin: r.get(3)?,
+                version: r.get(4)?,
+                invocation: r.get(5)?,
+                capability: r.get(6)?,
+                target: r.get(7)?,
+                verb: r.get(8)?,
+                allowed: r.get(9)?,
+                outcome: r.get(10)?,
+                detail: parse_detail(&r.get::<String>(11)?),
+            })
+        })
+        .collect()
 }
 
 fn writer(store: Arc<Store>, rx: Receiver<Msg>, stats: AuditStats) {
@@ -258,14 +258,14 @@ fn store_with_retry(store: &Store, records: &[AuditRecord], stats: &AuditStats) 
         .without_max_times()
         .build();
     loop {
-        let result = (|| -> rusqlite::Result<()> {
-            let mut conn = store.conn();
-            let tx = conn.transaction()?;
-            for r in records {
-                insert(&tx, r)?;
-            }
-            tx.commit()
-        })();
+        let result = store.with(|c| {
+            c.tx(|c| {
+                for r in records {
+                    insert(c, r)?;
+                }
+                Ok::<_, DbError>(())
+            })
+        });
         let Err(e) = result else { return };
         stats.write_failures.inc();
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -279,21 +279,21 @@ fn store_with_retry(store: &Store, records: &[AuditRecord], stats: &AuditStats) 
 
 /// Stores `r` with the current time on `conn` (inside the caller's
 /// transaction): for changes made outside the server, such as a key rotation.
-pub(crate) fn insert_now(conn: &rusqlite::Connection, mut r: AuditRecord) -> rusqlite::Result<()> {
+pub(crate) fn insert_now(conn: &mut Conn, mut r: AuditRecord) -> Result<(), DbError> {
     r.at_ms = now_ms();
     insert(conn, &r)
 }
 
-fn insert(conn: &rusqlite::Connection, r: &AuditRecord) -> rusqlite::Result<()> {
+fn insert(conn: &mut Conn, r: &AuditRecord) -> Result<(), DbError> {
     let detail = if r.detail.is_null() {
         String::new()
     } else {
         r.detail.to_string()
     };
-    conn.execute(
+    conn.exec(
         "INSERT INTO audit (at_ms, actor, plugin, version, invocation, capability, target, verb, allowed, outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![r.at_ms, r.actor, r.plugin, r.version, r.invocation, r.capability, r.target, r.verb, r.allowed, r.outcome, detail],
+        args![r.at_ms, r.actor, r.plugin, r.version, r.invocation, r.capability, r.target, r.verb, r.allowed, r.outcome, detail],
     )?;
     Ok(())
 }
@@ -318,8 +318,7 @@ mod tests {
 
     pub(super) fn count(store: &Store) -> i64 {
         store
-            .conn()
-            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .with(|c| c.value("SELECT count(*) FROM audit", args![]))
             .unwrap()
     }
 
@@ -330,8 +329,7 @@ mod tests {
         let audit = Audit::start(store.clone());
         // The table disappears: every write fails until it is back.
         store
-            .conn()
-            .execute_batch("ALTER TABLE audit RENAME TO audit_away")
+            .with(|c| c.batch("ALTER TABLE audit RENAME TO audit_away"))
             .unwrap();
         for i in 0..3 {
             audit.record(rec(&format!("r{i}")));
@@ -342,8 +340,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         store
-            .conn()
-            .execute_batch("ALTER TABLE audit_away RENAME TO audit")
+            .with(|c| c.batch("ALTER TABLE audit_away RENAME TO audit"))
             .unwrap();
         audit.flush().await;
         let got = audit.query(&AuditQuery::default()).await.unwrap();
@@ -359,8 +356,10 @@ mod tests {
         let audit = Audit::start(store.clone());
         let extra = 1000;
         {
-            // The writer is stuck on the connection while records pour in.
-            let _busy = store.conn();
+            // The writer is stuck on the database's write lock, held by
+            // another connection, while records pour in.
+            let busy = rusqlite::Connection::open(dir.path().join("capstan.db")).unwrap();
+            busy.execute_batch("BEGIN IMMEDIATE").unwrap();
             for i in 0..QUEUE_CAPACITY + extra {
                 audit.record(rec(&format!("r{i}")));
             }

@@ -1,8 +1,10 @@
-//! Key-value state per plugin, in the server's SQLite database. Plugins are
+//! Key-value state per plugin, in the server's database. Plugins are
 //! isolated by construction: every query is keyed by the calling plugin's name.
 
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+use crate::store::args;
+use crate::store::sql::{Conn, DbError};
 
 use crate::runtime::bindings::WitError;
 use crate::runtime::bindings::capstan::plugin::kv::Host;
@@ -12,10 +14,8 @@ use crate::runtime::state::HostState;
 /// a plugin published later under the same name starts empty). Returns how
 /// many keys were deleted.
 pub fn purge(store: &crate::store::Store, plugin: &str) -> Result<usize, crate::store::StoreError> {
-    Ok(store.conn().execute(
-        "DELETE FROM kv WHERE plugin = ?1",
-        rusqlite::params![plugin],
-    )?)
+    let n = store.with(|c| c.exec("DELETE FROM kv WHERE plugin = ?1", args![plugin]))?;
+    Ok(n as usize)
 }
 
 /// Longest key, bytes.
@@ -79,23 +79,30 @@ impl HostState {
         &mut self,
         verb: &str,
         key: &str,
-        f: impl FnOnce(&rusqlite::Connection, &str) -> Result<T, WitError> + Send + 'static,
+        f: impl FnOnce(&mut Conn, &str) -> Result<T, WitError> + Send + 'static,
     ) -> Result<T, WitError> {
         let store = self.caps.env.store.clone();
         let plugin = self.call.plugin.to_string();
-        let result = tokio::task::spawn_blocking(move || f(&store.conn(), &plugin))
+        let result = store
+            .run(move |c| Ok::<_, DbError>(f(c, &plugin)))
             .await
-            .unwrap_or_else(|e| Err(WitError::Failed(format!("kv task failed: {e}"))));
+            .unwrap_or_else(|e| Err(db_err(e)));
         self.audited("kv", verb, key, result)
     }
 }
 
-fn db_err(e: rusqlite::Error) -> WitError {
+impl From<DbError> for WitError {
+    fn from(e: DbError) -> WitError {
+        db_err(e)
+    }
+}
+
+fn db_err(e: DbError) -> WitError {
     WitError::Failed(format!("kv storage: {e}"))
 }
 
 fn check_quota(
-    conn: &rusqlite::Connection,
+    conn: &mut Conn,
     plugin: &str,
     key: &str,
     value: &[u8],
@@ -109,10 +116,10 @@ fn check_quota(
         )));
     }
     let used: i64 = conn
-        .query_row(
-            "SELECT COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0) FROM kv WHERE plugin = ?1 AND key != ?2",
-            params![plugin, key],
-            |r| r.get(0),
+        .value(
+            "SELECT CAST(COALESCE(SUM(octet_length(key) + octet_length(value)), 0) AS BIGINT)
+             FROM kv WHERE plugin = ?1 AND key != ?2",
+            args![plugin, key],
         )
         .map_err(db_err)?;
     let total = used as u64 + (key.len() + value.len()) as u64;
@@ -134,12 +141,11 @@ impl Host for HostState {
         let k = key.clone();
         Ok(self
             .kv_db("get", &key, move |c, plugin| {
-                c.query_row(
+                c.row(
                     "SELECT value FROM kv WHERE plugin = ?1 AND key = ?2",
-                    params![plugin, k],
-                    |r| r.get(0),
+                    args![plugin, k],
                 )
-                .optional()
+                .and_then(|r| r.map(|r| r.get(0)).transpose())
                 .map_err(db_err)
             })
             .await)
@@ -154,14 +160,16 @@ impl Host for HostState {
         let k = key.clone();
         Ok(self
             .kv_db("set", &key, move |c, plugin| {
-                check_quota(c, plugin, &k, &value, &grant)?;
-                c.execute(
-                    "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(plugin, key) DO UPDATE SET value = ?3",
-                    params![plugin, k, value],
-                )
-                .map(drop)
-                .map_err(db_err)
+                c.tx(|c| {
+                    check_quota(c, plugin, &k, &value, &grant)?;
+                    c.exec(
+                        "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(plugin, key) DO UPDATE SET value = ?3",
+                        args![plugin, k, value],
+                    )
+                    .map(drop)
+                    .map_err(db_err)
+                })
             })
             .await)
     }
@@ -175,14 +183,16 @@ impl Host for HostState {
         let k = key.clone();
         Ok(self
             .kv_db("set-if-absent", &key, move |c, plugin| {
-                check_quota(c, plugin, &k, &value, &grant)?;
-                // One statement under the connection lock: atomic against concurrent calls.
-                c.execute(
-                    "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO NOTHING",
-                    params![plugin, k, value],
-                )
-                .map(|n| n == 1)
-                .map_err(db_err)
+                // The insert is one statement: atomic against concurrent calls.
+                c.tx(|c| {
+                    check_quota(c, plugin, &k, &value, &grant)?;
+                    c.exec(
+                        "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO NOTHING",
+                        args![plugin, k, value],
+                    )
+                    .map(|n| n == 1)
+                    .map_err(db_err)
+                })
             })
             .await)
     }
@@ -195,9 +205,9 @@ impl Host for HostState {
         let k = key.clone();
         Ok(self
             .kv_db("delete", &key, move |c, plugin| {
-                c.execute(
+                c.exec(
                     "DELETE FROM kv WHERE plugin = ?1 AND key = ?2",
-                    params![plugin, k],
+                    args![plugin, k],
                 )
                 .map(|n| n == 1)
                 .map_err(db_err)
@@ -213,13 +223,12 @@ impl Host for HostState {
         let p = prefix.clone();
         Ok(self
             .kv_db("list-keys", &prefix, move |c, plugin| {
-                let mut stmt = c
-                    .prepare("SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?3")
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map(params![plugin, p, MAX_LIST as i64], |r| r.get(0))
-                    .map_err(db_err)?;
-                rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+                c.rows(
+                    "SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?3",
+                    args![plugin, p, MAX_LIST as i64],
+                )
+                .and_then(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .map_err(db_err)
             })
             .await)
     }

@@ -9,8 +9,8 @@ mod key;
 mod rekey;
 mod rotate;
 
+use crate::store::args;
 use aes_gcm::Aes256Gcm;
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::bindings::WitError;
@@ -91,7 +91,7 @@ impl SecretBox {
     /// stored before names were bound to their name (one transaction).
     pub fn open(source: &KeySource, store: &Store) -> Result<SecretBox, KeyError> {
         let key = rotate::load_key(source, store)?;
-        rekey::prepare(&mut store.conn(), &key, &source.describe())?;
+        store.with(|c| rekey::prepare(c, &key, &source.describe()))?;
         Ok(SecretBox {
             cipher: rekey::cipher(&key),
         })
@@ -107,12 +107,13 @@ impl SecretBox {
         }
         let (nonce, ciphertext) = rekey::seal(&self.cipher, &rekey::aad(name), value.as_bytes());
         store
-            .conn()
-            .execute(
-                "INSERT INTO secrets (name, nonce, ciphertext, format, updated_at) VALUES (?1, ?2, ?3, ?4, strftime('%s','now'))
-                 ON CONFLICT(name) DO UPDATE SET nonce = ?2, ciphertext = ?3, format = ?4, updated_at = strftime('%s','now')",
-                params![name, nonce, ciphertext, rekey::FORMAT_BOUND],
-            )
+            .with(|c| {
+                c.exec(
+                    "INSERT INTO secrets (name, nonce, ciphertext, format, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET nonce = ?2, ciphertext = ?3, format = ?4, updated_at = ?5",
+                    args![name, nonce, ciphertext, rekey::FORMAT_BOUND, crate::store::unix_secs()],
+                )
+            })
             .map_err(|e| SecretError::Storage(e.to_string()))?;
         Ok(())
     }
@@ -122,14 +123,15 @@ impl SecretBox {
     /// error, never garbage.
     pub fn get(&self, store: &Store, name: &str) -> Result<String, SecretError> {
         let row: Option<(Vec<u8>, Vec<u8>, i64)> = store
-            .conn()
-            .query_row(
-                "SELECT nonce, ciphertext, format FROM secrets WHERE name = ?1",
-                params![name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| SecretError::Storage(e.to_string()))?;
+            .with(|c| {
+                c.row(
+                    "SELECT nonce, ciphertext, format FROM secrets WHERE name = ?1",
+                    args![name],
+                )?
+                .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .transpose()
+            })
+            .map_err(|e: crate::store::sql::DbError| SecretError::Storage(e.to_string()))?;
         let (nonce, ciphertext, format) = row.ok_or_else(|| SecretError::NotFound(name.into()))?;
         let plain = (format == rekey::FORMAT_BOUND)
             .then(|| rekey::open(&self.cipher, &nonce, &ciphertext, &rekey::aad(name)))
@@ -146,8 +148,7 @@ impl SecretBox {
     /// Deletes a secret.
     pub fn delete(store: &Store, name: &str) -> Result<(), SecretError> {
         let n = store
-            .conn()
-            .execute("DELETE FROM secrets WHERE name = ?1", params![name])
+            .with(|c| c.exec("DELETE FROM secrets WHERE name = ?1", args![name]))
             .map_err(|e| SecretError::Storage(e.to_string()))?;
         if n == 0 {
             return Err(SecretError::NotFound(name.into()));
@@ -157,15 +158,14 @@ impl SecretBox {
 
     /// Secret names (never values), sorted.
     pub fn names(store: &Store) -> Result<Vec<String>, SecretError> {
-        let conn = store.conn();
-        let mut stmt = conn
-            .prepare("SELECT name FROM secrets ORDER BY name")
-            .map_err(|e| SecretError::Storage(e.to_string()))?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(|e| SecretError::Storage(e.to_string()))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(|e| SecretError::Storage(e.to_string()))
+        store
+            .with(|c| {
+                c.rows("SELECT name FROM secrets ORDER BY name", args![])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            })
+            .map_err(|e: crate::store::sql::DbError| SecretError::Storage(e.to_string()))
     }
 }
 
@@ -235,8 +235,7 @@ mod tests {
             "https://hooks.example/very-secret"
         );
         let raw: Vec<u8> = store
-            .conn()
-            .query_row("SELECT ciphertext FROM secrets", [], |r| r.get(0))
+            .with(|c| c.value("SELECT ciphertext FROM secrets", args![]))
             .unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("very-secret"));
         // The same key file decrypts after a restart; another key is refused.
@@ -262,13 +261,14 @@ mod tests {
         sb.put(&store, "prod-db", "prod-password").unwrap();
         sb.put(&store, "dev-db", "dev-password").unwrap();
         store
-            .conn()
-            .execute(
-                "UPDATE secrets SET (nonce, ciphertext) =
-                   (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
-                 WHERE name = 'dev-db'",
-                [],
-            )
+            .with(|c| {
+                c.exec(
+                    "UPDATE secrets SET (nonce, ciphertext) =
+                       (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
+                     WHERE name = 'dev-db'",
+                    args![],
+                )
+            })
             .unwrap();
         let e = sb.get(&store, "dev-db").unwrap_err().to_string();
         assert!(e.contains("`dev-db` does not decrypt"), "{e}");
@@ -290,21 +290,19 @@ mod tests {
                 .encrypt(aes_gcm::Nonce::from_slice(&nonce), value.as_bytes())
                 .unwrap();
             store
-                .conn()
-                .execute(
-                    "INSERT INTO secrets (name, nonce, ciphertext, updated_at) VALUES (?1, ?2, ?3, 0)",
-                    params![name, nonce.to_vec(), ct],
-                )
+                .with(|c| {
+                    c.exec(
+                        "INSERT INTO secrets (name, nonce, ciphertext, updated_at) VALUES (?1, ?2, ?3, 0)",
+                        args![name, nonce.to_vec(), ct],
+                    )
+                })
                 .unwrap();
         }
         let sb = SecretBox::open(&source, &store).unwrap();
         assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
         assert_eq!(sb.get(&store, "b").unwrap(), "beta");
         let legacy: i64 = store
-            .conn()
-            .query_row("SELECT count(*) FROM secrets WHERE format = 0", [], |r| {
-                r.get(0)
-            })
+            .with(|c| c.value("SELECT count(*) FROM secrets WHERE format = 0", args![]))
             .unwrap();
         assert_eq!(legacy, 0);
     }
@@ -315,8 +313,7 @@ mod tests {
         let sb = SecretBox::open(&source, &store).unwrap();
         sb.put(&store, "a", "alpha").unwrap();
         store
-            .conn()
-            .execute("DELETE FROM secrets_key_check", [])
+            .with(|c| c.exec("DELETE FROM secrets_key_check", args![]))
             .unwrap();
         let other = KeySource::Inline(base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::args;
+use crate::store::sql::DbError;
 
 use super::{Audit, now_ms};
 use crate::store::Store;
@@ -61,39 +62,36 @@ impl Audit {
 
 /// Deletes records past `policy`, oldest first, at most `chunk` rows per
 /// statement so the connection is never held long. Returns rows deleted.
-pub fn prune(store: &Store, policy: &Retention, chunk: usize) -> rusqlite::Result<usize> {
+pub fn prune(store: &Store, policy: &Retention, chunk: usize) -> Result<usize, DbError> {
     let mut deleted = 0;
     if let Some(age) = policy.max_age {
         let cutoff = now_ms().saturating_sub(age.as_millis() as i64);
         // Ids grow with time: everything before the first recent record goes.
-        let first_kept: Option<i64> = store
-            .conn()
-            .query_row(
+        let first_kept: Option<i64> = store.with(|c| {
+            c.row(
                 "SELECT id FROM audit WHERE at_ms >= ?1 ORDER BY id LIMIT 1",
-                params![cutoff],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let bound =
-            match first_kept {
-                Some(id) => id,
-                None => store.conn().query_row(
-                    "SELECT coalesce(max(id), 0) + 1 FROM audit",
-                    [],
-                    |r| r.get(0),
-                )?,
-            };
+                args![cutoff],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
+        })?;
+        let bound = match first_kept {
+            Some(id) => id,
+            None => {
+                store.with(|c| c.value("SELECT coalesce(max(id), 0) + 1 FROM audit", args![]))?
+            }
+        };
         deleted += delete_before(store, bound, chunk)?;
     }
     if let Some(max) = policy.max_rows {
-        let first_kept: Option<i64> = store
-            .conn()
-            .query_row(
+        let first_kept: Option<i64> = store.with(|c| {
+            c.row(
                 "SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1",
-                params![max.saturating_sub(1) as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
+                args![max.saturating_sub(1) as i64],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
+        })?;
         if let Some(id) = first_kept {
             deleted += delete_before(store, id, chunk)?;
         }
@@ -101,13 +99,15 @@ pub fn prune(store: &Store, policy: &Retention, chunk: usize) -> rusqlite::Resul
     Ok(deleted)
 }
 
-fn delete_before(store: &Store, id: i64, chunk: usize) -> rusqlite::Result<usize> {
+fn delete_before(store: &Store, id: i64, chunk: usize) -> Result<usize, DbError> {
     let mut deleted = 0;
     loop {
-        let n = store.conn().execute(
-            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id < ?1 ORDER BY id LIMIT ?2)",
-            params![id, chunk as i64],
-        )?;
+        let n = store.with(|c| {
+            c.exec(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id < ?1 ORDER BY id LIMIT ?2)",
+                args![id, chunk as i64],
+            )
+        })? as usize;
         deleted += n;
         if n < chunk {
             return Ok(deleted);
@@ -127,14 +127,15 @@ mod tests {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let audit = Audit::start(store.clone());
         // 20 records from 200 days ago, then 30 recent ones.
-        {
-            let conn = store.conn();
-            for i in 0..20 {
-                let mut r = rec(&format!("old{i}"));
-                r.at_ms = now_ms() - 200 * 86_400_000;
-                insert(&conn, &r).unwrap();
-            }
-        }
+        store
+            .with(|c| {
+                (0..20).try_for_each(|i| {
+                    let mut r = rec(&format!("old{i}"));
+                    r.at_ms = now_ms() - 200 * 86_400_000;
+                    insert(c, &r)
+                })
+            })
+            .unwrap();
         for i in 0..30 {
             audit.record(rec(&format!("new{i}")));
         }

@@ -103,7 +103,7 @@ pub enum KeyError {
     },
     /// The database failed.
     #[error("secrets database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] crate::store::sql::DbError),
     /// A stored secret does not decrypt (rotation refuses to go on).
     #[error("{0}")]
     Secret(String),

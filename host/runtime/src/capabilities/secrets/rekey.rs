@@ -3,9 +3,10 @@
 //! one before any secret is read, the one-time upgrade of rows written
 //! before names were bound, and the re-encryption a key rotation does.
 
+use crate::store::args;
+use crate::store::sql::{Conn, DbError};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::key::{KeyBytes, KeyError};
 
@@ -51,18 +52,21 @@ struct Row {
     format: i64,
 }
 
-fn rows(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
-    let mut stmt =
-        conn.prepare("SELECT name, nonce, ciphertext, format FROM secrets ORDER BY name")?;
-    let rows = stmt.query_map([], |r| {
+fn rows(conn: &mut Conn) -> Result<Vec<Row>, DbError> {
+    conn.rows(
+        "SELECT name, nonce, ciphertext, format FROM secrets ORDER BY name",
+        args![],
+    )?
+    .iter()
+    .map(|r| {
         Ok(Row {
             name: r.get(0)?,
             nonce: r.get(1)?,
             ct: r.get(2)?,
             format: r.get(3)?,
         })
-    })?;
-    rows.collect()
+    })
+    .collect()
 }
 
 fn decrypt_row(cipher: &Aes256Gcm, row: &Row) -> Option<Vec<u8>> {
@@ -75,29 +79,29 @@ fn decrypt_row(cipher: &Aes256Gcm, row: &Row) -> Option<Vec<u8>> {
 }
 
 /// Whether any secret is stored (and so depends on a key).
-pub fn has_secrets(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT EXISTS (SELECT 1 FROM secrets)", [], |r| r.get(0))
+pub fn has_secrets(conn: &mut Conn) -> Result<bool, DbError> {
+    conn.value("SELECT EXISTS (SELECT 1 FROM secrets)", args![])
 }
 
 /// Whether `key` is the one the database was encrypted with (`None`: the
 /// database has no key check yet).
-pub fn key_matches(conn: &Connection, key: &KeyBytes) -> rusqlite::Result<Option<bool>> {
+pub fn key_matches(conn: &mut Conn, key: &KeyBytes) -> Result<Option<bool>, DbError> {
     let check: Option<(Vec<u8>, Vec<u8>)> = conn
-        .query_row(
+        .row(
             "SELECT nonce, ciphertext FROM secrets_key_check WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+            args![],
+        )?
+        .map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?)))
+        .transpose()?;
     Ok(check.map(|(n, c)| open(&cipher(key), &n, &c, CHECK_AAD).as_deref() == Some(CHECK_PLAIN)))
 }
 
-fn write_check(conn: &Connection, key: &KeyBytes) -> rusqlite::Result<()> {
+fn write_check(conn: &mut Conn, key: &KeyBytes) -> Result<(), DbError> {
     let (nonce, ct) = seal(&cipher(key), CHECK_AAD, CHECK_PLAIN);
-    conn.execute(
+    conn.exec(
         "INSERT INTO secrets_key_check (id, nonce, ciphertext) VALUES (1, ?1, ?2)
          ON CONFLICT(id) DO UPDATE SET nonce = ?1, ciphertext = ?2",
-        params![nonce, ct],
+        args![nonce, ct],
     )?;
     Ok(())
 }
@@ -108,17 +112,23 @@ fn write_check(conn: &Connection, key: &KeyBytes) -> rusqlite::Result<()> {
 /// check, accepts the key if it decrypts a stored secret and records the
 /// check; re-encrypts rows written without associated data,
 /// bound to their name. Returns how many rows were upgraded.
-pub fn prepare(
-    conn: &mut Connection,
-    key: &KeyBytes,
-    source_desc: &str,
-) -> Result<usize, KeyError> {
-    let tx = conn.transaction()?;
+pub fn prepare(conn: &mut Conn, key: &KeyBytes, source_desc: &str) -> Result<usize, KeyError> {
+    let upgraded = conn.tx(|tx| prepare_in(tx, key, source_desc))?;
+    if upgraded > 0 {
+        tracing::info!(
+            secrets = upgraded,
+            "re-encrypted secrets stored before names were bound to ciphertexts"
+        );
+    }
+    Ok(upgraded)
+}
+
+fn prepare_in(tx: &mut Conn, key: &KeyBytes, source_desc: &str) -> Result<usize, KeyError> {
     let cipher = cipher(key);
-    let all = rows(&tx)?;
-    match key_matches(&tx, key)? {
+    let all = rows(tx)?;
+    match key_matches(tx, key)? {
         Some(true) => {}
-        Some(false) if all.is_empty() => write_check(&tx, key)?,
+        Some(false) if all.is_empty() => write_check(tx, key)?,
         Some(false) => {
             return Err(KeyError::WrongKey {
                 source_desc: source_desc.into(),
@@ -130,7 +140,7 @@ pub fn prepare(
                     source_desc: source_desc.into(),
                 });
             }
-            write_check(&tx, key)?;
+            write_check(tx, key)?;
         }
     }
     let mut upgraded = 0;
@@ -140,18 +150,11 @@ pub fn prepare(
             continue;
         };
         let (nonce, ct) = seal(&cipher, &aad(&row.name), &plain);
-        tx.execute(
+        tx.exec(
             "UPDATE secrets SET nonce = ?2, ciphertext = ?3, format = ?4 WHERE name = ?1",
-            params![row.name, nonce, ct, FORMAT_BOUND],
+            args![row.name, nonce, ct, FORMAT_BOUND],
         )?;
         upgraded += 1;
-    }
-    tx.commit()?;
-    if upgraded > 0 {
-        tracing::info!(
-            secrets = upgraded,
-            "re-encrypted secrets stored before names were bound to ciphertexts"
-        );
     }
     Ok(upgraded)
 }
@@ -161,14 +164,22 @@ pub fn prepare(
 /// Any secret that does not decrypt aborts the whole rotation unchanged.
 /// Returns how many secrets were re-encrypted.
 pub fn reencrypt(
-    conn: &mut Connection,
+    conn: &mut Conn,
     old: &KeyBytes,
     new: &KeyBytes,
-    audit: impl FnOnce(&Connection, usize) -> rusqlite::Result<()>,
+    audit: impl FnOnce(&mut Conn, usize) -> Result<(), DbError>,
 ) -> Result<usize, KeyError> {
-    let tx = conn.transaction()?;
+    conn.tx(|tx| reencrypt_in(tx, old, new, audit))
+}
+
+fn reencrypt_in(
+    tx: &mut Conn,
+    old: &KeyBytes,
+    new: &KeyBytes,
+    audit: impl FnOnce(&mut Conn, usize) -> Result<(), DbError>,
+) -> Result<usize, KeyError> {
     let (old_c, new_c) = (cipher(old), cipher(new));
-    let all = rows(&tx)?;
+    let all = rows(tx)?;
     for row in &all {
         let plain = decrypt_row(&old_c, row).ok_or_else(|| {
             KeyError::Secret(format!(
@@ -178,13 +189,12 @@ pub fn reencrypt(
             ))
         })?;
         let (nonce, ct) = seal(&new_c, &aad(&row.name), &plain);
-        tx.execute(
+        tx.exec(
             "UPDATE secrets SET nonce = ?2, ciphertext = ?3, format = ?4 WHERE name = ?1",
-            params![row.name, nonce, ct, FORMAT_BOUND],
+            args![row.name, nonce, ct, FORMAT_BOUND],
         )?;
     }
-    write_check(&tx, new)?;
-    audit(&tx, all.len())?;
-    tx.commit()?;
+    write_check(tx, new)?;
+    audit(tx, all.len())?;
     Ok(all.len())
 }

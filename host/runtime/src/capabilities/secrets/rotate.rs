@@ -36,7 +36,7 @@ pub(super) fn load_key(source: &KeySource, store: &Store) -> Result<KeyBytes, Ke
     if let Some(k) = key::read_file(path)? {
         return Ok(k);
     }
-    if rekey::has_secrets(&store.conn())? {
+    if store.with(rekey::has_secrets)? {
         return Err(KeyError::Missing {
             path: path.display().to_string(),
         });
@@ -68,10 +68,9 @@ fn finish_rotation(path: &Path, store: &Store) -> Result<(), KeyError> {
     let Some(new) = key::read_file(&next)? else {
         return Ok(());
     };
-    let conn = store.conn();
     let current = key::read_file(path)?;
     let current_ok = match current {
-        Some(cur) => rekey::key_matches(&conn, &cur)? != Some(false),
+        Some(cur) => store.with(|c| rekey::key_matches(c, &cur))? != Some(false),
         None => false,
     };
     if current_ok {
@@ -81,7 +80,7 @@ fn finish_rotation(path: &Path, store: &Store) -> Result<(), KeyError> {
             source,
         })?;
         tracing::warn!(path = %next.display(), "removed the new key of a rotation that did not commit; the old key stays in use");
-    } else if rekey::key_matches(&conn, &new)? == Some(true) {
+    } else if store.with(|c| rekey::key_matches(c, &new))? == Some(true) {
         key::swap(&next, path)?;
         tracing::warn!(path = %path.display(), "completed an interrupted key rotation: the new key is now in place");
     }
@@ -95,17 +94,17 @@ fn finish_rotation(path: &Path, store: &Store) -> Result<(), KeyError> {
 pub fn rotate_key(path: &Path, store: &Store, actor: &str) -> Result<usize, KeyError> {
     let source = KeySource::File(path.to_path_buf());
     let old = load_key(&source, store)?;
-    rekey::prepare(&mut store.conn(), &old, &source.describe())?;
+    store.with(|c| rekey::prepare(c, &old, &source.describe()))?;
     let new = key::generate();
     let next = key::next_path(path);
     key::write_file(&next, &new, true)?;
-    let record = |conn: &rusqlite::Connection, n: usize| {
+    let record = |conn: &mut crate::store::sql::Conn, n: usize| {
         let detail = serde_json::json!({ "secrets": n, "key_file": path.display().to_string() });
         let mut r = AuditRecord::change(actor, "secrets.rotate-key", "secrets", detail);
         r.capability = "secrets".into();
         audit::insert_now(conn, r)
     };
-    let n = match rekey::reencrypt(&mut store.conn(), &old, &new, record) {
+    let n = match store.with(|c| rekey::reencrypt(c, &old, &new, record)) {
         Ok(n) => n,
         Err(e) => {
             let _ = std::fs::remove_file(&next);
@@ -150,14 +149,16 @@ mod tests {
         let stale = KeySource::Inline(base64_of(&before));
         let e = SecretBox::open(&stale, &store).err().unwrap();
         assert!(matches!(e, KeyError::WrongKey { .. }), "{e}");
-        let (verb, detail): (String, String) = store
-            .conn()
-            .query_row(
-                "SELECT verb, detail FROM audit WHERE actor = 'cli:test'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let row = store
+            .with(|c| {
+                c.row(
+                    "SELECT verb, detail FROM audit WHERE actor = 'cli:test'",
+                    crate::store::args![],
+                )
+            })
+            .unwrap()
             .unwrap();
+        let (verb, detail): (String, String) = (row.get(0).unwrap(), row.get(1).unwrap());
         assert_eq!(verb, "secrets.rotate-key");
         assert!(detail.contains("\"secrets\":2"), "{detail}");
     }
@@ -189,7 +190,9 @@ mod tests {
         // Steps 1 and 2 done, the swap (3) never happened.
         let new = key::generate();
         key::write_file(&key::next_path(&path), &new, true).unwrap();
-        rekey::reencrypt(&mut store.conn(), &old, &new, |_, _| Ok(())).unwrap();
+        store
+            .with(|c| rekey::reencrypt(c, &old, &new, |_, _| Ok(())))
+            .unwrap();
         let sb = open(&path, &store).unwrap();
         assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
         assert_eq!(key::read_file(&path).unwrap(), Some(new));
