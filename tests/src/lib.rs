@@ -2,6 +2,7 @@
 //! source, an in-process server on a loopback port with a temporary data
 //! directory, and small helpers to upload and invoke plugins over real HTTP.
 
+pub mod haproxy;
 pub mod kube_env;
 pub mod peers;
 

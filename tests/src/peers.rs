@@ -1,11 +1,14 @@
 //! Real Prometheus and Alertmanager (Debian packages `prometheus`,
-//! `prometheus-alertmanager`) started on loopback for a test and killed on drop.
+//! `prometheus-alertmanager`) started on loopback for a test and killed on
+//! drop; HAProxy (`haproxy`) in front of replicas is in [`crate::haproxy`].
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+pub use crate::haproxy::{HaproxyPeer, ServerState, haproxy};
 
 /// A peer process with its own temporary directory.
 pub struct Peer {
