@@ -7,6 +7,7 @@
 //! [`machine::Action`]s and feeds back [`machine::Event`]s with the current
 //! time.
 
+pub mod expr;
 pub mod model;
 
 pub use model::Pipeline;
