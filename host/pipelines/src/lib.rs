@@ -8,6 +8,7 @@
 //! time.
 
 pub mod expr;
+pub mod machine;
 pub mod model;
 pub mod validate;
 

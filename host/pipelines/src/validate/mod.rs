@@ -177,4 +177,4 @@ fn check_header(r: &mut Report<'_>, p: &Pipeline) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
