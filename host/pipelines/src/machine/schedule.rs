@@ -241,8 +241,18 @@ impl Engine<'_> {
                 .unwrap_or_else(|| self.p.project.clone()),
             required: gate.required,
             deadline_ms: self.run.steps[id].deadline_ms?,
-            message: gate.message.clone(),
+            message: gate.message.as_ref().map(|m| self.render_text(m)),
         })
+    }
+
+    /// A template rendered to text; on error, the error (so a gate's message
+    /// never blocks the gate).
+    fn render_text(&self, template: &str) -> String {
+        match self.scope().render_str(template) {
+            Ok(Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(e) => format!("{template} ({e})"),
+        }
     }
 
     /// Starts `attempt` of a plugin step. A `fresh` attempt gets a new

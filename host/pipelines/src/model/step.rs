@@ -296,7 +296,7 @@ pub struct ApprovalSpec {
     /// Whether whoever started the run may approve it.
     #[serde(default)]
     pub allow_self: bool,
-    /// Shown to approvers.
+    /// Shown to approvers; may hold `${{ }}` templates.
     #[serde(default)]
     pub message: Option<String>,
 }

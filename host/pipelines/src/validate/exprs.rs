@@ -33,6 +33,10 @@ pub(super) fn check_expressions(r: &mut Report<'_>, p: &Pipeline) {
         for (name, value) in &step.params {
             check_value(r, &visible, step, &format!("params.{name}"), value);
         }
+        if let Some(message) = step.approval.as_ref().and_then(|a| a.message.as_ref()) {
+            let text = Value::String(message.clone());
+            check_value(r, &visible, step, "approval.message", &text);
+        }
         if let Some(cond) = &step.condition {
             match expr::condition_source(cond) {
                 Ok(src) => check_expr(r, &visible, step, "if", &src),

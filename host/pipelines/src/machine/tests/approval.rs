@@ -9,7 +9,7 @@ steps:
   - {id: build, plugin: render-deployment}
   - id: gate
     needs: [build]
-    approval: {approvers: {role: release}, required: 2, timeout: 1h, message: "ship it?"}
+    approval: {approvers: {role: release}, required: 2, timeout: 1h, message: "ship ${{ run.pipeline }}?"}
   - {id: prod, plugin: wait-rollout, needs: [gate], params: {who: "${{ steps.gate.outputs.approved_by }}"}}
 "#;
 
@@ -39,7 +39,7 @@ fn at_gate() -> Harness {
         project: "shop".into(),
         required: 2,
         deadline_ms: T0 + 3_600_000,
-        message: Some("ship it?".into()),
+        message: Some("ship gated?".into()),
     }));
     assert_eq!(h.status("gate"), "waiting-approval");
     h
