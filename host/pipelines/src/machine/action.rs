@@ -174,6 +174,12 @@ pub enum Action {
         /// How its queue is ordered.
         policy: LockPolicy,
     },
+    /// The run is done with an environment (every step using it is done
+    /// and none can be rolled back any more): hand the lock to the next run.
+    ReleaseLock {
+        /// The environment.
+        environment: String,
+    },
     /// Send [`Event::Timer`] at or after this time (Unix ms).
     ScheduleTimer {
         /// When.
@@ -186,7 +192,8 @@ pub enum Action {
         /// What happened.
         message: String,
     },
-    /// The run is over: record the status and release its locks.
+    /// The run is over: record the status. Its locks were released by the
+    /// [`Action::ReleaseLock`]s before this one.
     FinishRun {
         /// Final status.
         status: RunStatus,

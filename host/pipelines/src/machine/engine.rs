@@ -149,7 +149,8 @@ impl<'a> Engine<'a> {
         let policy = spec.retry_policy();
         let r = &self.run.steps[id];
         let (attempt, used) = (r.attempt, r.retries_used);
-        if policy.allows(used, kind) {
+        // An expression gives the same error every time: never retried.
+        if kind != ErrorKind::Expression && policy.allows(used, kind) {
             let delay = policy.backoff.delay_ms(used + 1, seed(&self.run.id, id));
             let until_ms = self.now.saturating_add(delay);
             if let Some(r) = self.run.steps.get_mut(id) {

@@ -228,6 +228,9 @@ impl Engine<'_> {
                 unrolled.join(", ")
             ));
         }
+        for environment in std::mem::take(&mut self.run.locks) {
+            self.actions.push(Action::ReleaseLock { environment });
+        }
         self.run.status = status;
         self.run.phase = Phase::Done;
         self.run.reason = Some(reason.clone());

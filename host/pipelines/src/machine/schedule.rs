@@ -40,7 +40,36 @@ impl Engine<'_> {
                 Phase::Done => return,
             }
             if before == (self.run.phase, self.run.steps.clone()) {
-                return;
+                return self.release_locks();
+            }
+        }
+    }
+
+    /// Releases the locks of environments the run is done with. A lock is
+    /// kept while a step that could still trigger a rollback is not done,
+    /// since the rollback may undo this environment's steps.
+    fn release_locks(&mut self) {
+        let rollback_ahead = match self.run.phase {
+            Phase::Main => {
+                self.run.stop.as_ref().is_some_and(|s| s.rollback)
+                    || self.p.steps.iter().any(|s| {
+                        s.on_failure == OnFailure::Rollback && !self.state(&s.id).is_terminal()
+                    })
+            }
+            Phase::RollingBack => true,
+            Phase::Finally | Phase::Done => false,
+        };
+        if rollback_ahead {
+            return;
+        }
+        for env in self.run.locks.clone() {
+            let in_use = self.p.all_steps().any(|s| {
+                s.environment.as_deref() == Some(env.as_str()) && !self.state(&s.id).is_terminal()
+            });
+            if !in_use {
+                self.run.locks.remove(&env);
+                self.note(None, format!("released the lock on environment {env:?}"));
+                self.actions.push(Action::ReleaseLock { environment: env });
             }
         }
     }

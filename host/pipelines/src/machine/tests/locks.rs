@@ -52,8 +52,17 @@ fn steps_wait_for_their_environment_lock_which_is_asked_for_once_and_kept() {
         invocation(&actions, "deploy").environment.as_deref(),
         Some("test")
     );
-    h.ok("deploy", json!({}));
+    let actions = h.ok("deploy", json!({}));
+    assert!(
+        releases(&actions).is_empty(),
+        "wait still deploys into test"
+    );
     let actions = h.ok("wait", json!({}));
+    assert_eq!(
+        releases(&actions),
+        ["test"],
+        "done with test: the next run may deploy there"
+    );
     assert_eq!(
         lock_requests(&actions),
         [("prod".to_string(), LockPolicy::Supersede)]
@@ -61,13 +70,50 @@ fn steps_wait_for_their_environment_lock_which_is_asked_for_once_and_kept() {
     h.apply(Event::LockGranted {
         environment: "prod".into(),
     });
-    h.ok("prod", json!({}));
+    let actions = h.ok("prod", json!({}));
+    assert_eq!(releases(&actions), ["prod"]);
     let end = h.ok("notify", json!({}));
     assert_eq!(finished(&end).map(|f| f.0), Some(RunStatus::Succeeded));
+    assert!(h.run.locks.is_empty());
+}
+
+fn releases(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReleaseLock { environment } => Some(environment.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lock_is_kept_while_a_later_failure_could_roll_back_its_steps() {
+    let mut h = harness(&ENVS.replace(
+        "needs: [deploy, wait]}",
+        "needs: [deploy, wait], on_failure: rollback}",
+    ));
+    h.start();
+    h.apply(Event::LockGranted {
+        environment: "test".into(),
+    });
+    h.ok("deploy", json!({}));
+    assert!(
+        releases(&h.ok("wait", json!({}))).is_empty(),
+        "prod may still roll test back"
+    );
+    h.apply(Event::LockGranted {
+        environment: "prod".into(),
+    });
+    let actions = h.fail("prod", ErrorKind::Failed);
+    assert_eq!(rollbacks(&actions), ["wait"]);
     assert_eq!(
-        h.run.locks.iter().collect::<Vec<_>>(),
-        ["prod", "test"],
-        "released by FinishRun"
+        invocation(&actions, "wait").environment.as_deref(),
+        Some("test")
+    );
+    assert!(
+        h.run.locks.contains("test"),
+        "still held while rolling back"
     );
 }
 
