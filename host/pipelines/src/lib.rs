@@ -1,6 +1,7 @@
 //! Deploy pipelines, the pure core: the pipeline document ([`model`]), its
 //! validation ([`validate`]), `${{ }}` templates and CEL conditions
-//! ([`expr`]) and the run state machine ([`machine`]).
+//! ([`expr`]), the run state machine ([`machine`]) and the queue of one
+//! environment's lock ([`locks`]).
 //!
 //! Nothing here touches the database, the clock or plugins: the host journals
 //! the [`machine::Run`] the machine returns, carries out its
@@ -8,6 +9,7 @@
 //! time.
 
 pub mod expr;
+pub mod locks;
 pub mod machine;
 pub mod model;
 pub mod validate;
