@@ -1,5 +1,5 @@
 //! Deploy pipelines, the pure core: the pipeline document ([`model`]), its
-//! validation ([`validate`]), `${{ }}` templates and CEL conditions
+//! validation ([`mod@validate`]), `${{ }}` templates and CEL conditions
 //! ([`expr`]), the run state machine ([`machine`]) and the queue of one
 //! environment's lock ([`locks`]).
 //!

@@ -3,7 +3,7 @@
 //!
 //! Parsing is strict (`deny_unknown_fields`) and only checks shapes; what needs
 //! the whole document (unknown `needs`, cycles, expressions, plugin roles) is
-//! checked by [`crate::validate`], which reports every error at once.
+//! checked by [`mod@crate::validate`], which reports every error at once.
 
 mod params;
 mod step;
