@@ -9,8 +9,9 @@
 # or the next free one; left running for the next run, `bash .ci/postgres.sh
 # stop` stops it) and exports its URL as CAPSTAN_TEST_PG, unless
 # CAPSTAN_TEST_PG is already set (a PostgreSQL of your own: role with
-# CREATEDB). Then runs `cargo test --workspace` and the API contract check
-# (tests/contract.sh) against the built server. Extra arguments go to cargo
+# CREATEDB). Then runs `cargo test --workspace`, the end-to-end tests (the
+# capstan-tests crate) a second time with every server on PostgreSQL, and
+# the API contract check (tests/contract.sh) against the built server. Extra arguments go to cargo
 # test. Some tests mount a small tmpfs (a full disk), so run as root, as CI
 # does.
 set -euo pipefail
@@ -43,9 +44,15 @@ fi
 export CAPSTAN_TEST_PG
 echo "CAPSTAN_TEST_PG=$(sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$CAPSTAN_TEST_PG")"
 
-step "cargo test --workspace --no-fail-fast"
+# With PostgreSQL at hand, a test that would quietly skip it fails instead.
+export CAPSTAN_REQUIRE_PG=1
+
+step "cargo test --workspace --no-fail-fast (store tests on SQLite and PostgreSQL; servers on SQLite)"
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
+
+step "the end-to-end tests again, every server on PostgreSQL (CAPSTAN_TEST_BACKEND=postgres)"
+CAPSTAN_TEST_BACKEND=postgres cargo test -p capstan-tests --no-fail-fast "$@" || status=$?
 
 step "API contract: Schemathesis against the served OpenAPI document"
 cargo build -p capstan --bin capstan --quiet
