@@ -5,6 +5,7 @@
 pub mod haproxy;
 pub mod kube_env;
 pub mod peers;
+pub mod procs;
 
 use std::path::{Path, PathBuf};
 

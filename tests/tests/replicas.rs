@@ -5,113 +5,18 @@
 //!
 //! Needs `CAPSTAN_TEST_PG` (tests/run.sh starts a PostgreSQL) and HAProxy.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan::store::testing::PgDatabase;
+use capstan_tests::procs::{Capstan, TOKEN};
 use capstan_tests::{client, guest, guests, manifest, peers};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "replica-test-admin-token-0123456789";
-
-/// One `capstan serve` process with its own data directory (its artifact
-/// cache), on the shared database.
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Replica {
-    fn start(db: &str) -> Replica {
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join("capstan.log")).unwrap();
-        let child = Command::new(capstan_bin())
-            .args(["serve", "--no-bundled", "--listen", &addr.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("CAPSTAN_DATABASE", db)
-            .env("CAPSTAN_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start capstan");
-        Replica {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client().get(format!("{}/readyz", self.url())).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {} never ready",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill_9(&mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-KILL", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `capstan` binary next to this test's executable (built by `cargo
-/// test --workspace`; built here if this test runs alone).
-fn capstan_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("capstan");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "capstan", "--bin", "capstan"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the capstan binary");
-    }
-    bin
+/// A replica on the shared database.
+fn replica(db: &str) -> Capstan {
+    Capstan::start(None, &[("CAPSTAN_DATABASE", db)])
 }
 
 async fn upload(base: &str, version: &str) -> (u16, Value) {
@@ -238,7 +143,7 @@ fn pg() -> Option<PgDatabase> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_on_one_replica_serves_on_the_other_without_a_failed_call() {
     let Some(db) = pg() else { return };
-    let (a, b) = (Replica::start(&db.url), Replica::start(&db.url));
+    let (a, b) = (replica(&db.url), replica(&db.url));
     a.wait_ready().await;
     b.wait_ready().await;
     let (status, body) = upload(&a.url(), "1.0.0").await;
@@ -318,7 +223,7 @@ async fn a_change_on_one_replica_serves_on_the_other_without_a_failed_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_replica_under_load_fails_over_and_loses_no_acknowledged_change() {
     let Some(db) = pg() else { return };
-    let (mut a, b) = (Replica::start(&db.url), Replica::start(&db.url));
+    let (mut a, b) = (replica(&db.url), replica(&db.url));
     a.wait_ready().await;
     b.wait_ready().await;
     let lb = peers::haproxy(&[a.addr, b.addr], "/readyz").unwrap();
@@ -337,7 +242,7 @@ async fn kill_9_of_a_replica_under_load_fails_over_and_loses_no_acknowledged_cha
     for i in 1..=20 {
         let version = format!("1.{i}.0");
         if i == 8 {
-            a.kill_9();
+            let _ = a.kill_9();
         }
         match upload(&lb.url(), &version).await {
             (201, _) => acknowledged.push(version),

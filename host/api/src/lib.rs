@@ -1,9 +1,10 @@
 //! The HTTP API: routes, JSON shapes, the error type and the OpenAPI document.
 //! This is the only crate that knows HTTP.
 //!
-//! Depends on `capstan-registry`, `capstan-runtime` and `capstan-store`;
+//! Depends on `capstan-pipelines`, `capstan-registry`, `capstan-runtime` and `capstan-store`;
 //! only the `capstan` crate (server assembly) depends on it.
 
+pub(crate) use capstan_pipelines as pipelines;
 pub(crate) use capstan_registry::{registry, trust};
 pub(crate) use capstan_runtime::{capabilities, manifest, runtime};
 pub(crate) use capstan_store as store;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod listen;
 mod openapi;
 mod ops;
+mod pipelines_api;
 mod plugins;
 mod projects;
 mod secrets;
@@ -83,6 +85,8 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// Tokens, rate limits and who may call what.
     pub auth: Arc<auth::Auth>,
+    /// The pipelines engine.
+    pub pipelines: Arc<pipelines::engine::Engine>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -99,13 +103,16 @@ pub struct AppState {
         projects::list_ceilings, projects::put_project_ceiling, projects::put_plugin_ceiling,
         projects::delete_project_ceiling, projects::delete_plugin_ceiling,
         projects::list_approvals, projects::show_approval, projects::approve, projects::reject,
+        pipelines_api::put, pipelines_api::list, pipelines_api::show, pipelines_api::delete, pipelines_api::start,
+        pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
     tags((name = "plugins", description = "Plugin versions and invocation"), (name = "ops", description = "Health and metrics"),
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
         (name = "audit", description = "The audit log (viewer)"),
-        (name = "trust", description = "Projects, grant ceilings and approvals"))
+        (name = "trust", description = "Projects, grant ceilings and approvals"),
+        (name = "pipelines", description = "Deploy pipelines and their runs"))
 )]
 pub struct ApiDoc;
 
@@ -194,7 +201,19 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals", get(projects::list_approvals))
         .route("/approvals/{id}", get(projects::show_approval))
         .route("/approvals/{id}/approve", post(projects::approve))
-        .route("/approvals/{id}/reject", post(projects::reject));
+        .route("/approvals/{id}/reject", post(projects::reject))
+        .route("/pipelines", get(pipelines_api::list))
+        .route(
+            "/pipelines/{name}",
+            get(pipelines_api::show)
+                .put(pipelines_api::put)
+                .delete(pipelines_api::delete),
+        )
+        .route("/pipelines/{name}/runs", post(pipelines_api::start))
+        .route("/runs", get(pipelines_api::runs))
+        .route("/runs/{id}", get(pipelines_api::run))
+        .route("/runs/{id}/log", get(pipelines_api::log))
+        .route("/runs/{id}/cancel", post(pipelines_api::cancel));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

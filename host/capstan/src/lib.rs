@@ -13,6 +13,7 @@
 //! their module names, so `capstan::registry::Registry` and the like work.
 
 pub use capstan_api as api;
+pub use capstan_pipelines as pipelines;
 pub use capstan_registry::{metrics, registry, trust};
 pub use capstan_runtime::{capabilities, manifest, runtime};
 pub use capstan_store as store;

@@ -19,6 +19,8 @@ use crate::store::DataDirLock;
 
 /// A started server.
 pub struct Server {
+    /// The pipelines engine.
+    pub pipelines: Arc<crate::pipelines::engine::Engine>,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its registry.
@@ -83,10 +85,18 @@ impl Server {
         )
         .context("preparing API tokens")?;
         let auth = Arc::new(auth);
+        let pipelines = crate::pipelines::engine::Engine::start(
+            registry.clone(),
+            crate::pipelines::engine::EngineConfig {
+                replica: replica_id(&config.data_dir)?,
+                ..Default::default()
+            },
+        );
         let state = AppState {
             registry: registry.clone(),
             limits,
             auth: auth.clone(),
+            pipelines: pipelines.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
@@ -115,6 +125,7 @@ impl Server {
         }
         registry.mark_ready();
         Ok(Server {
+            pipelines,
             addr,
             registry,
             shutdown,
@@ -242,6 +253,24 @@ pub fn init_tracing(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// This server's name in leases, kept in `<data_dir>/replica-id`: a
+/// restarted server takes its runs back at once instead of waiting for its
+/// old leases to expire. Replicas have data directories of their own, so
+/// their names differ.
+fn replica_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+    let id = format!("replica-{}", crate::ids::new_id());
+    crate::store::write_atomic(&path, id.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// How often a replica on PostgreSQL re-reads everything, in case a notice

@@ -1,17 +1,20 @@
-//! Deploy pipelines, the pure core: the pipeline document ([`model`]), its
+//! Deploy pipelines. The pure core: the pipeline document ([`model`]), its
 //! validation ([`mod@validate`]), `${{ }}` templates and CEL conditions
 //! ([`expr`]), the run state machine ([`machine`]) and the queue of one
-//! environment's lock ([`locks`]).
+//! environment's lock ([`locks`]); none of these touches the database, the
+//! clock or plugins. The host side: the engine's tables ([`store`]) and the
+//! [`engine`], which journals the [`machine::Run`] the machine returns,
+//! carries out its [`machine::Action`]s and feeds back [`machine::Event`]s.
 //!
-//! Nothing here touches the database, the clock or plugins: the host journals
-//! the [`machine::Run`] the machine returns, carries out its
-//! [`machine::Action`]s and feeds back [`machine::Event`]s with the current
-//! time.
+//! Depends on `capstan-registry` (plugins, the approval gate), `capstan-runtime`
+//! (the deploy-step call) and `capstan-store`; nothing here knows HTTP.
 
+pub mod engine;
 pub mod expr;
 pub mod locks;
 pub mod machine;
 pub mod model;
+pub mod store;
 pub mod validate;
 
 pub use model::Pipeline;

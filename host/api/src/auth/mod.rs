@@ -103,8 +103,21 @@ const ROUTES: &[(&str, &str, Rule)] = {
         ("DELETE", "/v1/ceilings/{project}/{plugin}", Global(Admin)),
         ("GET", "/v1/approvals", Min(Viewer)),
         ("GET", "/v1/approvals/{id}", Min(Viewer)),
-        ("POST", "/v1/approvals/{id}/approve", Min(Admin)),
-        ("POST", "/v1/approvals/{id}/reject", Min(Admin)),
+        // The gate checks the approver role each approval asks for
+        // (admin for plugin versions, as the pipeline says for its gates).
+        ("POST", "/v1/approvals/{id}/approve", Min(Operator)),
+        ("POST", "/v1/approvals/{id}/reject", Min(Operator)),
+        // Pipelines and runs: the engine checks the role in the pipeline's
+        // project.
+        ("GET", "/v1/pipelines", Min(Viewer)),
+        ("GET", "/v1/pipelines/{name}", Min(Viewer)),
+        ("PUT", "/v1/pipelines/{name}", Min(Operator)),
+        ("DELETE", "/v1/pipelines/{name}", Min(Admin)),
+        ("POST", "/v1/pipelines/{name}/runs", Min(Operator)),
+        ("GET", "/v1/runs", Min(Viewer)),
+        ("GET", "/v1/runs/{id}", Min(Viewer)),
+        ("GET", "/v1/runs/{id}/log", Min(Viewer)),
+        ("POST", "/v1/runs/{id}/cancel", Min(Operator)),
         // Audit log.
         ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.
@@ -456,10 +469,20 @@ mod tests {
         );
         assert_eq!(access(Method::POST, "/v1/tokens"), Access::Global(Admin));
         assert_eq!(access(Method::GET, "/v1/audit"), Access::Global(Viewer));
+        // The gate checks each approval's own approver role.
         assert_eq!(
             access(Method::POST, "/v1/approvals/x/approve"),
+            Access::Role(Operator)
+        );
+        assert_eq!(
+            access(Method::PUT, "/v1/pipelines/x"),
+            Access::Role(Operator)
+        );
+        assert_eq!(
+            access(Method::DELETE, "/v1/pipelines/x"),
             Access::Role(Admin)
         );
+        assert_eq!(access(Method::GET, "/v1/runs/x/log"), Access::Role(Viewer));
         // Not listed: admin only.
         for (m, p) in [
             (Method::GET, "/v1/unknown"),

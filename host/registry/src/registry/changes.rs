@@ -283,6 +283,14 @@ impl Registry {
             serde_json::json!({ "id": id, "subject": approval.subject, "state": approval.state, "comment": comment }),
         )
         .await;
+        let listeners = self
+            .approval_listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in listeners {
+            l.decided(&approval, who, approve, comment);
+        }
         let wants_activation =
             approval.detail.get("activate") == Some(&serde_json::Value::Bool(true));
         if approval.kind == trust::KIND

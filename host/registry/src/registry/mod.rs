@@ -31,6 +31,8 @@ pub fn trust_kind() -> &'static str {
 
 /// How many recent invocations each plugin keeps for `GET .../invocations`.
 const RECENT_INVOCATIONS: usize = 100;
+/// Non-active versions kept compiled for runs that pinned them.
+const MAX_PINNED: usize = 32;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,20 @@ impl From<StoreError> for RegistryError {
             other => RegistryError::Store(other),
         }
     }
+}
+
+/// Told of every decision on an approval of the shared gate: how an engine
+/// above the registry (pipelines) learns that one of its gates was decided.
+/// Called after the decision is stored; kinds it does not own it ignores.
+pub trait ApprovalListener: Send + Sync {
+    /// `who` decided `approval` (as it is now stored).
+    fn decided(
+        &self,
+        approval: &crate::trust::approvals::Approval,
+        who: &crate::trust::Authority,
+        approve: bool,
+        comment: &str,
+    );
 }
 
 /// Where a version came from.
@@ -201,6 +217,8 @@ pub struct Registry {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    pinned: Mutex<std::collections::HashMap<(String, String), Arc<Prepared>>>,
+    approval_listeners: RwLock<Vec<Arc<dyn ApprovalListener>>>,
     /// Serialises version changes; invocations never take it.
     changes: tokio::sync::Mutex<()>,
     ready: AtomicBool,
@@ -216,6 +234,8 @@ impl Registry {
             runtime,
             metrics,
             slots: RwLock::default(),
+            pinned: Mutex::default(),
+            approval_listeners: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -223,6 +243,14 @@ impl Registry {
             gate: PluginGate::new(store.clone()),
             store,
         }
+    }
+
+    /// Registers an engine's [`ApprovalListener`].
+    pub fn on_approval(&self, listener: Arc<dyn ApprovalListener>) {
+        self.approval_listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
     }
 
     /// Projects, ownership, ceilings and approvals of plugin versions.
@@ -297,6 +325,69 @@ impl Registry {
         let plugin = slot.active().ok_or_else(|| {
             RegistryError::NotFound(format!("plugin {name} has no loaded version"))
         })?;
+        self.invoke_prepared(name, slot, plugin, call).await
+    }
+
+    /// Invokes one stored version of `name`, whichever is active: a pipeline
+    /// run calls the versions it pinned when it started. `digest` guards
+    /// against a version whose content was replaced since (the plugins
+    /// directory's dev loop).
+    pub async fn invoke_version(
+        &self,
+        name: &str,
+        version: &str,
+        digest: &str,
+        call: Call,
+    ) -> Result<(Output, Accounting, Arc<Prepared>), RegistryError> {
+        let slot = self.get_slot(name)?;
+        let plugin = match slot.active() {
+            Some(p) if p.manifest.version == version && &*p.digest == digest => p,
+            _ => self.pinned(name, version, digest).await?,
+        };
+        self.invoke_prepared(name, slot, plugin, call).await
+    }
+
+    /// A stored version that is not the active one, compiled (or loaded from
+    /// the artifact cache) once and kept while it is asked for.
+    async fn pinned(
+        &self,
+        name: &str,
+        version: &str,
+        digest: &str,
+    ) -> Result<Arc<Prepared>, RegistryError> {
+        let key = (name.to_string(), version.to_string());
+        if let Some(p) = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && &*p.digest == digest
+        {
+            return Ok(p.clone());
+        }
+        let p = self.load_version(name, version).await?;
+        if &*p.digest != digest {
+            return Err(RegistryError::Conflict(format!(
+                "{name} {version} was replaced since it was pinned (digest {} now, {} pinned)",
+                &p.digest[..12.min(p.digest.len())],
+                &digest[..12.min(digest.len())]
+            )));
+        }
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if pinned.len() >= MAX_PINNED {
+            pinned.clear();
+        }
+        pinned.insert(key, p.clone());
+        Ok(p)
+    }
+
+    async fn invoke_prepared(
+        &self,
+        name: &str,
+        slot: Arc<Slot>,
+        plugin: Arc<Prepared>,
+        call: Call,
+    ) -> Result<(Output, Accounting, Arc<Prepared>), RegistryError> {
         // UUIDv7: unique across restarts and replicas, ordered by time.
         let id = crate::ids::new_id();
         let (result, account) = self

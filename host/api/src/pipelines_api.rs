@@ -1,0 +1,313 @@
+//! `/v1/pipelines`, `/v1/runs`: deploy pipelines stored as YAML revisions,
+//! runs started by hand, their state, log and cancellation. Approval gates
+//! are decided through `/v1/approvals` (kind `pipeline-step`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody, StorageClass, storage_error};
+use super::json::Body;
+use crate::pipelines::engine::EngineError;
+use crate::pipelines::store::{LogLine, Pin, PipelineRow, RunRow};
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::Invalid(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_pipeline",
+                message,
+            ),
+            EngineError::Forbidden(_) => ApiError::forbidden(message),
+            EngineError::NotFound(_) => ApiError::not_found(message),
+            EngineError::Conflict(_) => ApiError::conflict(message),
+            EngineError::Store(s) => match s {
+                crate::store::StoreError::NotFound(_) => ApiError::not_found(message),
+                crate::store::StoreError::Conflict(_) => ApiError::conflict(message),
+                other => storage_error(message, StorageClass::of_store(&other)),
+            },
+        }
+    }
+}
+
+/// A stored pipeline.
+#[derive(Serialize, ToSchema)]
+pub struct PipelineView {
+    /// Its current revision.
+    #[serde(flatten)]
+    pub pipeline: PipelineRow,
+    /// The YAML of that revision.
+    pub yaml: String,
+    /// Whether this request stored a new revision (on `PUT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+}
+
+/// The pipeline listing.
+#[derive(Serialize, ToSchema)]
+pub struct PipelineList {
+    /// Pipelines of the projects the caller has a role in.
+    pub pipelines: Vec<PipelineRow>,
+}
+
+/// A run: the journaled state and what it pinned.
+#[derive(Serialize, ToSchema)]
+pub struct RunView {
+    /// The run as the engine keeps it: status, phase, every step's state,
+    /// attempts, outputs, approvals, locks.
+    #[schema(value_type = Object)]
+    pub run: serde_json::Value,
+    /// The pipeline revision it runs.
+    pub revision: i64,
+    /// Plugin versions pinned at start, by plugin name.
+    pub pins: BTreeMap<String, Pin>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Unix ms.
+    pub updated_ms: i64,
+}
+
+impl From<RunRow> for RunView {
+    fn from(r: RunRow) -> Self {
+        RunView {
+            run: serde_json::to_value(&r.run).unwrap_or_default(),
+            revision: r.revision,
+            pins: r.pins,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+}
+
+/// The run listing.
+#[derive(Serialize, ToSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunView>,
+}
+
+/// Body of `POST /v1/pipelines/{name}/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// Values of the pipeline's parameters; the others take their defaults.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: BTreeMap<String, serde_json::Value>,
+}
+
+/// Body of `POST /v1/runs/{id}/cancel`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    /// Roll back the completed steps (newest first) before `finally`.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// Filter of `GET /v1/runs`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunQuery {
+    /// Only runs of this pipeline.
+    pub pipeline: Option<String>,
+    /// At most this many (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+/// Where to resume a log.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only lines after this id.
+    #[param(minimum = 0)]
+    pub after: Option<u64>,
+}
+
+/// A run's log lines.
+#[derive(Serialize, ToSchema)]
+pub struct RunLog {
+    /// Oldest first, at most 1000 per call.
+    pub lines: Vec<LogLine>,
+}
+
+/// Stores a pipeline (YAML) as its next revision; the path names it.
+#[utoipa::path(put, path = "/v1/pipelines/{name}", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name, as in the document")),
+    request_body(content = String, content_type = "application/yaml"),
+    responses((status = 200, body = PipelineView), (status = 201, body = PipelineView),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
+    let yaml = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the pipeline must be UTF-8 YAML"))?;
+    let file = format!("pipelines/{name}");
+    let (row, changed) = state
+        .pipelines
+        .put_pipeline(yaml, &file, Some(&name), "api", &caller.authority())
+        .await?;
+    let status = if changed && row.revision == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(PipelineView {
+            pipeline: row,
+            yaml: yaml.to_string(),
+            changed: Some(changed),
+        }),
+    ))
+}
+
+/// Lists the pipelines of the caller's projects.
+#[utoipa::path(get, path = "/v1/pipelines", tag = "pipelines",
+    responses((status = 200, body = PipelineList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<PipelineList>, ApiError> {
+    let who = caller.authority();
+    let mut pipelines = state.pipelines.db().list().map_err(EngineError::from)?;
+    pipelines.retain(|p| who.can_view(&p.project));
+    Ok(Json(PipelineList { pipelines }))
+}
+
+/// One pipeline: its current revision and YAML.
+#[utoipa::path(get, path = "/v1/pipelines/{name}", tag = "pipelines",
+    params(("name" = String, Path)),
+    responses((status = 200, body = PipelineView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<PipelineView>, ApiError> {
+    let (pipeline, yaml) = state.pipelines.pipeline(&name, &caller.authority())?;
+    Ok(Json(PipelineView {
+        pipeline,
+        yaml,
+        changed: None,
+    }))
+}
+
+/// Deletes a pipeline (admin of its project); runs in flight finish.
+#[utoipa::path(delete, path = "/v1/pipelines/{name}", tag = "pipelines",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .pipelines
+        .delete_pipeline(&name, &caller.authority())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a run by hand (operator of the pipeline's project).
+#[utoipa::path(post, path = "/v1/pipelines/{name}/runs", tag = "pipelines", request_body = StartRun,
+    params(("name" = String, Path)),
+    responses((status = 201, body = RunView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Body(body): Body<StartRun>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let run = state
+        .pipelines
+        .start_run_as(&name, body.params, &caller.authority())
+        .await?;
+    let row = state.pipelines.run(&run.id, &caller.authority())?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// Lists runs of the caller's projects, newest first.
+#[utoipa::path(get, path = "/v1/runs", tag = "pipelines", params(RunQuery),
+    responses((status = 200, body = RunList)))]
+pub async fn runs(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<RunQuery>,
+) -> Result<Json<RunList>, ApiError> {
+    let who = caller.authority();
+    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 500));
+    let rows = state
+        .pipelines
+        .db()
+        .runs(q.pipeline.as_deref(), limit)
+        .map_err(EngineError::from)?;
+    let runs = rows
+        .into_iter()
+        .filter(|r| who.can_view(&r.run.project))
+        .map(RunView::from)
+        .collect();
+    Ok(Json(RunList { runs }))
+}
+
+/// One run.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "pipelines", params(("id" = String, Path)),
+    responses((status = 200, body = RunView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    Ok(Json(state.pipelines.run(&id, &caller.authority())?.into()))
+}
+
+/// A run's log: the engine's events and each attempt's result, per step.
+#[utoipa::path(get, path = "/v1/runs/{id}/log", tag = "pipelines", params(("id" = String, Path), LogQuery),
+    responses((status = 200, body = RunLog), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<RunLog>, ApiError> {
+    state.pipelines.run(&id, &caller.authority())?;
+    let after = i64::try_from(q.after.unwrap_or(0)).unwrap_or(i64::MAX);
+    Ok(Json(RunLog {
+        lines: state
+            .pipelines
+            .db()
+            .logs(&id, after, 1000)
+            .map_err(EngineError::from)?,
+    }))
+}
+
+/// Cancels a run (operator of its project); with `rollback`, completed
+/// steps are rolled back first. `finally` steps run either way.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "pipelines", request_body = CancelRun,
+    params(("id" = String, Path)),
+    responses((status = 202), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(body): Body<CancelRun>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .pipelines
+        .cancel(&id, body.rollback, &caller.authority())
+        .await?;
+    Ok(StatusCode::ACCEPTED)
+}

@@ -1,0 +1,336 @@
+//! The driver: finds runs with events waiting or a wake-up due, claims each
+//! through its lease, applies the events to the machine, journals the new
+//! state (one transaction), and only then carries out the actions.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use capstan_registry::trust::Role;
+use capstan_registry::trust::approvals::{ApproverScope, NewApproval};
+use capstan_store::leases::Lease;
+use capstan_store::unix_millis;
+
+use super::{APPROVAL_KIND, Engine, EngineError};
+use crate::machine::{Action, Decision, Event, Machine, RoleGrant, Run, RunStatus};
+use crate::model::Pipeline;
+use crate::store::{LockChange, Pin};
+
+/// The driver loop; ends when the engine is dropped.
+pub(super) async fn run(engine: Weak<Engine>) {
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        if let Err(err) = e.drive_due().await {
+            tracing::error!("pipelines driver: {err}");
+        }
+        let poll = e.config.poll;
+        // Holds the engine while waiting at most `poll`; dropping the server
+        // ends the loop at the next turn.
+        let _ = tokio::time::timeout(poll, e.wake.notified()).await;
+    }
+}
+
+/// Renews the leases of the runs this replica drives, at a third of their
+/// TTL; a lease lost (this replica stalled past its TTL) stops its attempts.
+pub(super) async fn renew(engine: Weak<Engine>) {
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        let ttl = e.config.lease_ttl;
+        let held: Vec<Lease> = e
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for lease in held {
+            let run = lease.name.trim_start_matches("run/").to_string();
+            match e.db.store().renew_lease(&lease, ttl) {
+                Ok(Some(l)) => {
+                    e.held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(run, l);
+                }
+                Ok(None) => {
+                    tracing::warn!(%run, "lost the lease of a run; another replica drives it now");
+                    e.forget(&run);
+                }
+                Err(err) => tracing::warn!(%run, "renewing a run lease: {err}"),
+            }
+        }
+        drop(e);
+        tokio::time::sleep(ttl / 3).await;
+    }
+}
+
+impl Engine {
+    async fn drive_due(self: &Arc<Self>) -> Result<(), EngineError> {
+        let now = unix_millis();
+        for id in self.db.due(now)? {
+            if let Err(err) = self.drive(&id).await {
+                tracing::error!(run = %id, "driving a run: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims run `id`; `Some(fresh)` when this replica holds its lease,
+    /// `fresh` if it did not hold it before (it then resumes the run).
+    fn claim(&self, id: &str) -> Result<Option<(Lease, bool)>, EngineError> {
+        let name = format!("run/{id}");
+        let had = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let Some(lease) =
+            self.db
+                .store()
+                .acquire_lease(&name, &self.config.replica, self.config.lease_ttl)?
+        else {
+            return Ok(None);
+        };
+        let fresh = had.is_none_or(|h| h.token != lease.token);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), lease.clone());
+        Ok(Some((lease, fresh)))
+    }
+
+    /// Stops driving run `id` here: its attempts are aborted.
+    fn forget(&self, id: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(run, _, _), h| {
+                if run == id {
+                    h.abort();
+                }
+                run != id
+            });
+    }
+
+    async fn drive(self: &Arc<Self>, id: &str) -> Result<(), EngineError> {
+        let Some((lease, fresh)) = self.claim(id)? else {
+            return Ok(());
+        };
+        let Some(row) = self.db.run(id)? else {
+            return Ok(());
+        };
+        let pipeline = self.pipeline_at(&row.run.pipeline, row.revision)?;
+        let now = unix_millis() as u64;
+        let mut events: Vec<(Option<i64>, Event)> = Vec::new();
+        if fresh && row.run.status != RunStatus::Queued {
+            events.push((None, Event::Resumed));
+        }
+        events.extend(self.db.inbox(id)?.into_iter().map(|(i, e)| (Some(i), e)));
+        if row.run.next_wakeup().is_some_and(|w| w <= now) {
+            events.push((None, Event::Timer));
+        }
+        let machine = Machine {
+            pipeline: &pipeline,
+            limits: self.limits,
+        };
+        let (mut run, mut actions, mut consumed, mut notes) =
+            (row.run, Vec::new(), Vec::new(), Vec::new());
+        for (inbox_id, event) in events {
+            if event == Event::Start && !self.may_start(&pipeline)? {
+                continue;
+            }
+            match machine.apply(&run, event.clone(), now) {
+                Ok(t) => {
+                    run = t.run;
+                    actions.extend(t.actions);
+                }
+                Err(e) => notes.push((None, format!("ignored {}: {e}", event_name(&event)))),
+            }
+            consumed.extend(inbox_id);
+        }
+        for a in &actions {
+            if let Action::Note { step, message } = a {
+                notes.push((step.clone(), message.clone()));
+            }
+            if let Action::FinishRun { status, reason } = a {
+                notes.push((None, format!("finished: {} ({reason})", status.name())));
+            }
+        }
+        let timer = actions.iter().filter_map(|a| match a {
+            Action::ScheduleTimer { at_ms } => Some(*at_ms),
+            _ => None,
+        });
+        let wakeup = timer.chain(run.next_wakeup()).min();
+        if !self.db.store().lease_is_current(&lease)? {
+            return Ok(());
+        }
+        self.db.commit(&run, wakeup, &consumed, &notes)?;
+        for action in actions {
+            self.carry(&run, &pipeline, &row.pins, action).await;
+        }
+        if run.status.is_terminal() {
+            self.forget(id);
+            let _ = self.db.store().release_lease(&lease);
+        }
+        Ok(())
+    }
+
+    /// Whether one more run may start (the pipeline's and the server's
+    /// concurrency limits); a run that may not waits, queued.
+    fn may_start(&self, p: &Pipeline) -> Result<bool, EngineError> {
+        let of_pipeline = self.db.started_runs(&p.name)?;
+        if p.concurrency.is_some_and(|c| of_pipeline >= i64::from(c)) {
+            return Ok(false);
+        }
+        Ok(self.db.started_runs_all()? < self.config.max_running)
+    }
+
+    async fn carry(
+        self: &Arc<Self>,
+        run: &Run,
+        p: &Pipeline,
+        pins: &BTreeMap<String, Pin>,
+        action: Action,
+    ) {
+        let result = match action {
+            Action::StartStep(inv) => {
+                self.spawn_attempt(run, pins, inv, false);
+                Ok(())
+            }
+            Action::StartRollback(inv) => {
+                self.spawn_attempt(run, pins, inv, true);
+                Ok(())
+            }
+            Action::CancelStep { step, attempt } => {
+                if let Some(h) = self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(run.id.clone(), step, attempt))
+                {
+                    h.abort();
+                }
+                Ok(())
+            }
+            Action::RequestApproval { step, role, project, required, message, .. } => {
+                self.request_approval(run, p, &step, &role, &project, required, message)
+            }
+            Action::AcquireLock { environment, policy } => self
+                .db
+                .request_lock(&lock_key(&run.pipeline, &environment), &run.id, policy)
+                .and_then(|c| {
+                    if !c.granted.contains(&run.id) {
+                        let why = format!("waiting for the lock of environment `{environment}`: another run deploys there");
+                        self.db.log(&run.id, None, "engine", &why)?;
+                    }
+                    self.locks_changed(c);
+                    Ok(())
+                }),
+            Action::ReleaseLock { environment } => self
+                .db
+                .release_lock(&lock_key(&run.pipeline, &environment), &run.id)
+                .map(|c| self.locks_changed(c)),
+            Action::ScheduleTimer { .. } | Action::Note { .. } | Action::FinishRun { .. } => Ok(()),
+        };
+        if let Err(e) = result {
+            // The state is journaled; a resumed run issues the action again.
+            tracing::error!(run = %run.id, "carrying out an action: {e}");
+            let _ = self.db.log(
+                &run.id,
+                None,
+                "engine",
+                &format!("action failed, will retry on resume: {e}"),
+            );
+        }
+    }
+
+    fn locks_changed(&self, change: LockChange) {
+        if !change.granted.is_empty() || !change.superseded.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Files the gate's approval once (a resumed run finds it and replays
+    /// its decisions).
+    #[allow(clippy::too_many_arguments)]
+    fn request_approval(
+        &self,
+        run: &Run,
+        p: &Pipeline,
+        step: &str,
+        role: &str,
+        project: &str,
+        required: u32,
+        message: Option<String>,
+    ) -> Result<(), capstan_store::StoreError> {
+        let gate = self.registry.gate().approvals();
+        let subject = format!("{}/{step}", run.id);
+        let existing = gate.of_subject(APPROVAL_KIND, &subject).map_err(gate_err)?;
+        if let Some(a) = existing.first() {
+            for v in &a.votes {
+                let decision = Decision {
+                    step: step.to_string(),
+                    user: v.voter.clone(),
+                    roles: vec![RoleGrant {
+                        project: project.to_string(),
+                        role: role.to_string(),
+                    }],
+                    approve: v.decision == "approve",
+                    comment: v.comment.clone(),
+                };
+                self.db.push(&run.id, &Event::Approval(decision))?;
+            }
+            self.wake.notify_one();
+            return Ok(());
+        }
+        let allow_self = p
+            .step(step)
+            .and_then(|s| s.approval.as_ref())
+            .is_some_and(|a| a.allow_self);
+        let requested_by = match (&run.started_by, allow_self) {
+            (Some(who), false) => who.clone(),
+            _ => format!("pipeline:{}", run.pipeline),
+        };
+        let new = NewApproval {
+            kind: APPROVAL_KIND.to_string(),
+            subject,
+            project: project.to_string(),
+            requested_by,
+            approver_role: role.parse().unwrap_or(Role::Admin),
+            approver_scope: ApproverScope::Project,
+            required,
+            reasons: vec![message.unwrap_or_else(|| {
+                format!("run {} of `{}` waits at `{step}`", run.id, run.pipeline)
+            })],
+            detail: serde_json::json!({ "run": run.id, "pipeline": run.pipeline, "step": step }),
+        };
+        let a = gate.request(new).map_err(gate_err)?;
+        self.db.log(
+            &run.id,
+            Some(step),
+            "engine",
+            &format!("approval {} requested from `{role}` of `{project}`", a.id),
+        )?;
+        Ok(())
+    }
+}
+
+fn gate_err(e: capstan_registry::trust::approvals::GateError) -> capstan_store::StoreError {
+    capstan_store::StoreError::Conflict(format!("approval gate: {e}"))
+}
+
+/// Environments are locked per pipeline: `<pipeline>/<environment>`.
+fn lock_key(pipeline: &str, environment: &str) -> String {
+    format!("{pipeline}/{environment}")
+}
+
+fn event_name(e: &Event) -> String {
+    serde_json::to_value(e)
+        .ok()
+        .and_then(|v| v.get("event").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "event".into())
+}

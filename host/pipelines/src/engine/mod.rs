@@ -1,0 +1,419 @@
+//! The host side of the pipelines engine: pipelines stored as revisions,
+//! runs started through one entry point ([`Engine::start_run`]), and the
+//! driver that applies each run's events to the pure [`crate::machine`],
+//! journals the result, then carries out its actions: plugin calls through
+//! the registry (the versions the run pinned), approvals through the shared
+//! gate, environment locks and timers in the database. A run is driven by
+//! the replica holding its lease; when that replica dies, another takes the
+//! lease over and resumes the run.
+
+mod catalog;
+mod driver;
+mod steps;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use capstan_registry::registry::{ApprovalListener, Registry, RegistryError};
+use capstan_registry::trust::approvals::Approval;
+use capstan_registry::trust::{Authority, Role};
+use capstan_store::leases::Lease;
+use capstan_store::{StoreError, ids};
+use serde_json::Value;
+
+pub use catalog::RegistryCatalog;
+
+use crate::machine::{Decision, Event, Limits, RoleGrant, Run};
+use crate::model::{Pipeline, resolve_params};
+use crate::store::{Pin, PipelineRow, PipelineStore, RunRow};
+
+/// The approval kind of pipeline gates in the shared gate; the subject is
+/// `<run>/<step>`.
+pub const APPROVAL_KIND: &str = "pipeline-step";
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Runs started (not finished) at once, over every pipeline.
+    pub max_running: i64,
+    /// How long a run's lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// How often the driver looks for due runs when nothing wakes it.
+    pub poll: Duration,
+    /// This replica's name in leases.
+    pub replica: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_running: 64,
+            lease_ttl: Duration::from_secs(15),
+            poll: Duration::from_millis(250),
+            replica: format!("replica-{}", ids::new_id()),
+        }
+    }
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request or the pipeline is invalid; the message lists every problem.
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller lacks the role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such pipeline or run.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change contradicts what is stored.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(m) => EngineError::NotFound(m),
+            RegistryError::Forbidden(m) => EngineError::Forbidden(m),
+            RegistryError::Conflict(m) => EngineError::Conflict(m),
+            RegistryError::Store(s) => EngineError::Store(s),
+            other => EngineError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// The pipelines engine of one replica.
+pub struct Engine {
+    db: PipelineStore,
+    registry: Arc<Registry>,
+    config: EngineConfig,
+    limits: Limits,
+    wake: tokio::sync::Notify,
+    /// Leases of the runs this replica drives.
+    held: Mutex<HashMap<String, Lease>>,
+    /// Attempts in flight: (run, step, attempt).
+    inflight: Mutex<HashMap<(String, String, u32), tokio::task::AbortHandle>>,
+    /// Parsed pipeline revisions.
+    parsed: Mutex<HashMap<(String, i64), Arc<Pipeline>>>,
+}
+
+impl Engine {
+    /// Starts the engine: its driver, lease renewal, and its part in the
+    /// approval gate.
+    pub fn start(registry: Arc<Registry>, config: EngineConfig) -> Arc<Engine> {
+        let engine = Arc::new(Engine {
+            db: PipelineStore::new(registry.store().clone()),
+            registry: registry.clone(),
+            config,
+            limits: Limits::default(),
+            wake: tokio::sync::Notify::new(),
+            held: Mutex::default(),
+            inflight: Mutex::default(),
+            parsed: Mutex::default(),
+        });
+        registry.on_approval(Arc::new(Gatekeeper(Arc::downgrade(&engine))));
+        tokio::spawn(driver::run(Arc::downgrade(&engine)));
+        tokio::spawn(driver::renew(Arc::downgrade(&engine)));
+        engine
+    }
+
+    /// The engine's tables.
+    pub fn db(&self) -> &PipelineStore {
+        &self.db
+    }
+
+    /// Validates and stores `yaml` as the next revision of its pipeline.
+    /// `who` needs the operator role in the pipeline's project.
+    /// `name`, if given, must be the document's name.
+    pub async fn put_pipeline(
+        &self,
+        yaml: &str,
+        file: &str,
+        name: Option<&str>,
+        source: &str,
+        who: &Authority,
+    ) -> Result<(PipelineRow, bool), EngineError> {
+        let catalog = RegistryCatalog::new(self.registry.store().clone());
+        let p =
+            crate::load(file, yaml, &catalog).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if let Some(name) = name.filter(|n| *n != p.name) {
+            return Err(EngineError::Invalid(format!(
+                "{file}: the document is named `{}`, not `{name}`",
+                p.name
+            )));
+        }
+        check_approver_roles(file, &p)?;
+        require(who, &p.project, Role::Operator, "store pipelines")?;
+        if !self
+            .registry
+            .gate()
+            .projects()
+            .exists(&p.project)
+            .map_err(RegistryError::from)?
+        {
+            return Err(EngineError::NotFound(format!(
+                "{file}: project `{}` does not exist; create it first",
+                p.project
+            )));
+        }
+        let (revision, changed) = self.db.put(&p.name, &p.project, yaml, source, &who.actor)?;
+        if changed {
+            let detail = serde_json::json!({ "name": p.name, "project": p.project, "revision": revision, "source": source });
+            self.registry
+                .audit_change(who, "pipeline.put", &p.name, detail)
+                .await;
+        }
+        let (row, _) = self
+            .db
+            .get(&p.name)?
+            .ok_or_else(|| EngineError::NotFound(p.name.clone()))?;
+        Ok((row, changed))
+    }
+
+    /// A stored pipeline and its YAML, for a caller with a role in its project.
+    pub fn pipeline(
+        &self,
+        name: &str,
+        who: &Authority,
+    ) -> Result<(PipelineRow, String), EngineError> {
+        let (row, yaml) = self
+            .db
+            .get(name)?
+            .ok_or_else(|| EngineError::NotFound(format!("no pipeline named `{name}`")))?;
+        require(who, &row.project, Role::Viewer, "read pipelines")?;
+        Ok((row, yaml))
+    }
+
+    /// Deletes a pipeline; runs in flight finish on their revision.
+    pub async fn delete_pipeline(&self, name: &str, who: &Authority) -> Result<(), EngineError> {
+        let (row, _) = self.pipeline(name, who)?;
+        require(who, &row.project, Role::Admin, "delete pipelines")?;
+        self.db.delete(name)?;
+        let detail =
+            serde_json::json!({ "name": name, "project": row.project, "revision": row.revision });
+        self.registry
+            .audit_change(who, "pipeline.delete", name, detail)
+            .await;
+        Ok(())
+    }
+
+    /// The one entry point that starts runs (manual starts, webhooks,
+    /// schedules, alert remediation): resolves the parameters, pins the
+    /// pipeline revision and every plugin version, and queues the run.
+    pub async fn start_run(
+        &self,
+        name: &str,
+        given: BTreeMap<String, Value>,
+        trigger: Value,
+        started_by: &str,
+    ) -> Result<Run, EngineError> {
+        let (row, _) = self
+            .db
+            .get(name)?
+            .ok_or_else(|| EngineError::NotFound(format!("no pipeline named `{name}`")))?;
+        let p = self.pipeline_at(name, row.revision)?;
+        let params = resolve_params(&p.params, &given).map_err(|errors| {
+            let list: Vec<String> = errors
+                .iter()
+                .map(|e| format!("params.{}: {}", e.name, e.message))
+                .collect();
+            EngineError::Invalid(format!("pipeline `{name}`: {}", list.join("; ")))
+        })?;
+        let pins = self.pin(&p)?;
+        let run = Run::new(&p, &ids::new_id(), trigger, params, Some(started_by));
+        self.db.create_run(&run, row.revision, &pins)?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    /// Starts a run for `who` (operator in the pipeline's project).
+    pub async fn start_run_as(
+        &self,
+        name: &str,
+        given: BTreeMap<String, Value>,
+        who: &Authority,
+    ) -> Result<Run, EngineError> {
+        let (row, _) = self.pipeline(name, who)?;
+        require(who, &row.project, Role::Operator, "start runs")?;
+        let trigger = serde_json::json!({ "kind": "manual", "started_by": who.actor });
+        let run = self.start_run(name, given, trigger, &who.actor).await?;
+        let detail = serde_json::json!({ "run": run.id, "pipeline": name, "params": run.params });
+        self.registry
+            .audit_change(who, "run.start", &run.id, detail)
+            .await;
+        Ok(run)
+    }
+
+    /// Cancels a run, rolling back its completed steps if asked.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        rollback: bool,
+        who: &Authority,
+    ) -> Result<(), EngineError> {
+        let row = self.run(id, who)?;
+        require(who, &row.run.project, Role::Operator, "cancel runs")?;
+        if row.run.status.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "run {id} is already {}",
+                row.run.status.name()
+            )));
+        }
+        self.db.push(
+            id,
+            &Event::Cancel {
+                by: who.actor.clone(),
+                rollback,
+            },
+        )?;
+        self.wake.notify_one();
+        let detail = serde_json::json!({ "run": id, "rollback": rollback });
+        self.registry
+            .audit_change(who, "run.cancel", id, detail)
+            .await;
+        Ok(())
+    }
+
+    /// One run, for a caller with a role in its project.
+    pub fn run(&self, id: &str, who: &Authority) -> Result<RunRow, EngineError> {
+        let row = self
+            .db
+            .run(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no run {id}")))?;
+        require(who, &row.run.project, Role::Viewer, "read runs")?;
+        Ok(row)
+    }
+
+    /// The parsed pipeline of one stored revision.
+    fn pipeline_at(&self, name: &str, revision: i64) -> Result<Arc<Pipeline>, EngineError> {
+        let key = (name.to_string(), revision);
+        if let Some(p) = self
+            .parsed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let yaml = self.db.revision(name, revision)?.ok_or_else(|| {
+            EngineError::NotFound(format!("pipeline `{name}` has no revision {revision}"))
+        })?;
+        let p = Arc::new(Pipeline::from_yaml(&yaml).map_err(|e| {
+            EngineError::Invalid(format!("stored pipeline `{name}` r{revision}: {e}"))
+        })?);
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if parsed.len() > 256 {
+            parsed.clear();
+        }
+        parsed.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// The version (and digest) of every plugin the pipeline calls, as of now.
+    fn pin(&self, p: &Pipeline) -> Result<BTreeMap<String, Pin>, EngineError> {
+        let store = self.registry.store();
+        let mut pins = BTreeMap::new();
+        for step in p.all_steps() {
+            let Some(plugin) = &step.plugin else { continue };
+            let version = match &plugin.version {
+                Some(v) => v.clone(),
+                None => store.active_version(&plugin.name)?.ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "step `{}`: plugin `{}` has no active version",
+                        step.id, plugin.name
+                    ))
+                })?,
+            };
+            let record = store.version(&plugin.name, &version)?.ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "step `{}`: plugin `{}` has no version {version}",
+                    step.id, plugin.name
+                ))
+            })?;
+            pins.insert(
+                plugin.name.clone(),
+                Pin {
+                    version,
+                    digest: record.digest,
+                },
+            );
+        }
+        Ok(pins)
+    }
+
+    /// Wakes the driver (an event was queued).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Refuses unless `who` holds `role` in `project`.
+fn require(who: &Authority, project: &str, role: Role, what: &str) -> Result<(), EngineError> {
+    if who.role_in(project).is_some_and(|r| r >= role) {
+        return Ok(());
+    }
+    Err(EngineError::Forbidden(format!(
+        "{}: to {what} of project `{project}` you need the `{role}` role there",
+        who.actor
+    )))
+}
+
+/// Approvers are named by one of the roles of the trust model.
+fn check_approver_roles(file: &str, p: &Pipeline) -> Result<(), EngineError> {
+    let bad: Vec<String> = p
+        .all_steps()
+        .filter_map(|s| s.approval.as_ref().map(|a| (s, a)))
+        .filter(|(_, a)| a.approvers.role.parse::<Role>().is_err())
+        .map(|(s, a)| {
+            format!(
+                "{file}: step \"{}\": approval.approvers.role: `{}` is not a role (viewer, operator or admin)",
+                s.id, a.approvers.role
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(bad.join("\n")))
+    }
+}
+
+/// The engine's part in the shared approval gate: each decision on a
+/// pipeline gate becomes the run's `Approval` event.
+struct Gatekeeper(Weak<Engine>);
+
+impl ApprovalListener for Gatekeeper {
+    fn decided(&self, approval: &Approval, who: &Authority, approve: bool, comment: &str) {
+        if approval.kind != APPROVAL_KIND {
+            return;
+        }
+        let Some(engine) = self.0.upgrade() else {
+            return;
+        };
+        let Some((run, step)) = approval.subject.split_once('/') else {
+            return;
+        };
+        let event = Event::Approval(Decision {
+            step: step.to_string(),
+            user: who.actor.clone(),
+            // The gate checked the role before storing the decision.
+            roles: vec![RoleGrant {
+                project: approval.project.clone(),
+                role: approval.approver_role.as_str().to_string(),
+            }],
+            approve,
+            comment: comment.to_string(),
+        });
+        if let Err(e) = engine.db.push(run, &event) {
+            // The decision is stored in the gate; a resumed run reads it back.
+            tracing::error!(%run, "queueing an approval decision: {e}");
+        }
+        engine.wake();
+    }
+}

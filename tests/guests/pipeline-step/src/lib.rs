@@ -1,0 +1,113 @@
+//! Test guest: a deploy step whose behaviour the pipeline decides, per
+//! step, through its params:
+//! - `fail_until_attempt: n`: a retryable error on attempts below `n`;
+//! - `fail: "kind"`: always fail (`failed` outcome, or the typed error
+//!   `invalid-input` / `retryable`);
+//! - `wait_polls: n` with `poll_ms`: answer `retry-after(poll_ms)` until it
+//!   has been called `n` times for this run and step (counted in kv);
+//! - `outputs: {..}`: outputs to return (strings);
+//! - `spin_ms: n`: stay busy that long first.
+//!
+//! Every `run` and `rollback` stores `<what> <run-id>/<step>#<attempt>`
+//! (the idempotency key and the attempt) under the next free kv key
+//! `call/NNNNN` (claimed with set-if-absent, so parallel steps never lose a
+//! line): a test sees exactly what ran, in which order.
+
+use capstan_sdk::Error;
+use capstan_sdk::deploy_step::{Context, DeployStep, Outcome, StepResult};
+use capstan_sdk::kv;
+
+struct Step;
+
+fn record(ctx: &Context, what: &str) -> Result<u32, Error> {
+    let line = format!("{what} {}/{}#{}", ctx.run_id, ctx.step, ctx.attempt);
+    let mut n = 0;
+    while !kv::set_if_absent(&format!("call/{n:05}"), line.as_bytes())? {
+        n += 1;
+    }
+    let key = format!("polls/{}/{}", ctx.run_id, ctx.step);
+    let n = kv::get(&key)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    kv::set(&key, n.to_string().as_bytes())?;
+    Ok(n)
+}
+
+fn result(
+    outcome: Outcome,
+    message: String,
+    outputs: Vec<(String, String)>,
+) -> Result<StepResult, Error> {
+    Ok(StepResult {
+        outcome,
+        message,
+        outputs,
+    })
+}
+
+impl DeployStep for Step {
+    fn run(ctx: Context, params: String) -> Result<StepResult, Error> {
+        let p: serde_json::Value = capstan_sdk::parse_json(&params)?;
+        let calls = record(&ctx, "run")?;
+        if let Some(ms) = p["spin_ms"].as_u64() {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < until {
+                std::hint::black_box(0);
+            }
+        }
+        if p["fail_until_attempt"]
+            .as_u64()
+            .is_some_and(|n| u64::from(ctx.attempt) < n)
+        {
+            return Err(Error::Retryable(format!(
+                "attempt {} fails on purpose",
+                ctx.attempt
+            )));
+        }
+        match p["fail"].as_str() {
+            Some("invalid-input") => return Err(Error::InvalidInput("asked to fail".into())),
+            Some("retryable") => return Err(Error::Retryable("asked to fail".into())),
+            Some(_) => return result(Outcome::Failed, "asked to fail".into(), vec![]),
+            None => {}
+        }
+        if p["wait_polls"]
+            .as_u64()
+            .is_some_and(|n| u64::from(calls) < n)
+        {
+            let ms = p["poll_ms"].as_u64().unwrap_or(50);
+            return result(
+                Outcome::RetryAfter(ms),
+                format!("not ready (call {calls})"),
+                vec![],
+            );
+        }
+        let outputs = p["outputs"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let inputs: Vec<String> = ctx.inputs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        result(
+            Outcome::Succeeded,
+            format!("done; inputs [{}]", inputs.join(", ")),
+            outputs,
+        )
+    }
+
+    fn rollback(ctx: Context, _params: String) -> Result<StepResult, Error> {
+        record(&ctx, "rollback")?;
+        result(Outcome::Succeeded, "rolled back".into(), vec![])
+    }
+}
+
+capstan_sdk::export_deploy_step!(Step);

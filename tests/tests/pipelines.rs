@@ -1,0 +1,569 @@
+//! Deploy pipelines end to end over the HTTP API: a pipeline stored as
+//! YAML, runs started by hand, steps run by a real deploy-step plugin
+//! (tests/guests/pipeline-step) that records every call, approvals through
+//! the shared gate, environment locks, cancellation, and a run that
+//! survives `kill -9` of the server.
+
+use std::time::{Duration, Instant};
+
+use capstan_tests::procs::{Capstan, TOKEN};
+use capstan_tests::{TestServer, client, guest, guests, manifest, status_json};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const KV: &str = "[grants.kv]\nmax_bytes = 65536\nmax_value_bytes = 1024\n";
+
+async fn server() -> TestServer {
+    let server = TestServer::start().await;
+    server
+        .install(
+            &manifest("step", "1.0.0", "deploy-step", KV),
+            &guest(guests::PIPELINE_STEP),
+        )
+        .await;
+    server
+}
+
+async fn put(server: &TestServer, name: &str, yaml: &str) -> (u16, Value) {
+    let r = server
+        .request(Method::PUT, &format!("/v1/pipelines/{name}"))
+        .header("content-type", "application/yaml")
+        .body(yaml.to_string())
+        .send()
+        .await
+        .unwrap();
+    status_json(r).await
+}
+
+async fn start(server: &TestServer, name: &str, params: Value) -> String {
+    let (status, body) = server
+        .send(
+            Method::POST,
+            &format!("/v1/pipelines/{name}/runs"),
+            Some(json!({ "params": params })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["run"]["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until the run's status is one of `statuses`; returns the run.
+async fn wait_status(server: &TestServer, id: &str, statuses: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = server.get(&format!("/v1/runs/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        if statuses.contains(&body["run"]["status"].as_str().unwrap_or_default()) {
+            return body["run"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run never reached {statuses:?}: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until step `step` of the run is in `state`.
+async fn wait_step(server: &TestServer, id: &str, step: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = server.get(&format!("/v1/runs/{id}")).await;
+        let s = &body["run"]["steps"][step];
+        if s["state"]["state"] == state || s["state"] == state {
+            return body["run"].clone();
+        }
+        assert!(Instant::now() < deadline, "{step} never {state}: {body:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the plugin recorded, in order: `run <run>/<step>#<attempt>`.
+fn calls(server: &TestServer) -> Vec<String> {
+    let rows = server
+        .env()
+        .store
+        .with(|c| {
+            c.rows(
+                "SELECT value FROM kv WHERE plugin = 'step' AND key LIKE 'call/%' ORDER BY key",
+                &[],
+            )
+        })
+        .unwrap();
+    rows.iter()
+        .map(|r| String::from_utf8(r.get::<Vec<u8>>(0).unwrap()).unwrap())
+        .collect()
+}
+
+fn state_of(run: &Value, step: &str) -> String {
+    let s = &run["steps"][step]["state"];
+    s["state"]
+        .as_str()
+        .or(s.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn log_text(server: &TestServer, id: &str) -> String {
+    let (status, body) = server.get(&format!("/v1/runs/{id}/log")).await;
+    assert_eq!(status, 200, "{body}");
+    body["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["step"].as_str().unwrap_or("-"),
+                l["message"].as_str().unwrap()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_dag_runs_in_order_passes_outputs_and_skips_on_a_false_condition() {
+    let server = server().await;
+    let yaml = r#"
+name: dag
+params:
+  image: {type: string, default: "shop:1"}
+steps:
+  - id: build
+    plugin: step
+    params: {outputs: {image: "${{ params.image }}"}}
+    outputs: [image]
+  - id: test_a
+    plugin: step
+    needs: [build]
+    params: {}
+  - id: test_b
+    plugin: step
+    needs: [build]
+    params: {}
+  - id: skipped
+    plugin: step
+    needs: [build]
+    if: 'params.image == "never"'
+    params: {}
+  - id: deploy
+    plugin: step
+    needs: [test_a, test_b]
+    params: {image: "${{ steps.build.outputs.image }}"}
+"#;
+    let (status, body) = put(&server, "dag", yaml).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["revision"], 1);
+    // Storing the same YAML again is no new revision.
+    let (status, body) = put(&server, "dag", yaml).await;
+    assert_eq!(
+        (status, body["changed"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
+
+    let id = start(&server, "dag", json!({ "image": "shop:2" })).await;
+    let run = wait_status(&server, &id, &["succeeded", "failed"]).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(state_of(&run, "skipped"), "skipped");
+    assert_eq!(run["steps"]["build"]["outputs"]["image"], "shop:2");
+    let calls = calls(&server);
+    let pos = |step: &str| {
+        calls
+            .iter()
+            .position(|c| c == &format!("run {id}/{step}#1"))
+            .unwrap_or_else(|| panic!("{step} never ran: {calls:?}"))
+    };
+    assert!(pos("build") < pos("test_a") && pos("build") < pos("test_b"));
+    assert!(pos("test_a") < pos("deploy") && pos("test_b") < pos("deploy"));
+    assert_eq!(
+        calls.len(),
+        4,
+        "each step once, the skipped one never: {calls:?}"
+    );
+    let log = log_text(&server, &id).await;
+    assert!(
+        log.contains("deploy succeeded: done; inputs [build.image=shop:2"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_pipelines_are_refused_with_every_error_named() {
+    let server = server().await;
+    server
+        .install(
+            &manifest("collector", "1.0.0", "metrics-source", ""),
+            &capstan_tests::bundled("http-probe").1,
+        )
+        .await;
+    let yaml = r#"
+name: broken
+steps:
+  - id: a
+    plugin: step
+    needs: [c]
+  - id: b
+    plugin: nosuch
+  - id: c
+    plugin: step
+    needs: [a]
+  - id: d
+    plugin: collector
+    params: {x: "${{ steps.zz.outputs.y }}"}
+"#;
+    let (status, body) = put(&server, "broken", yaml).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    for needle in ["cycle", "nosuch", "metrics-source", "zz", "step \"d\""] {
+        assert!(message.contains(needle), "`{needle}` not in: {message}");
+    }
+    let (status, _) = server.get("/v1/pipelines/broken").await;
+    assert_eq!(status, 404, "nothing was stored");
+    // The path names the pipeline the document must have.
+    let (status, body) = put(
+        &server,
+        "other",
+        "name: dag\nsteps: [{id: a, plugin: step}]\n",
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_the_same_idempotency_key_and_retry_after_waits() {
+    let server = server().await;
+    let yaml = r#"
+name: retry
+steps:
+  - id: flaky
+    plugin: step
+    params: {fail_until_attempt: 3}
+    retries: {count: 3, backoff: {initial: 10ms, max: 50ms}, on: [transient]}
+  - id: rollout
+    plugin: step
+    needs: [flaky]
+    params: {wait_polls: 3, poll_ms: 20}
+    timeout: 20s
+"#;
+    assert_eq!(put(&server, "retry", yaml).await.0, 201);
+    let id = start(&server, "retry", json!({})).await;
+    let run = wait_status(&server, &id, &["succeeded", "failed"]).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let calls = calls(&server);
+    let flaky: Vec<&String> = calls.iter().filter(|c| c.contains("/flaky#")).collect();
+    assert_eq!(
+        flaky,
+        [
+            &format!("run {id}/flaky#1"),
+            &format!("run {id}/flaky#2"),
+            &format!("run {id}/flaky#3")
+        ],
+        "three attempts under one key"
+    );
+    // retry-after calls the same attempt again; it is not a retry.
+    let rollout: Vec<&String> = calls.iter().filter(|c| c.contains("/rollout#")).collect();
+    assert_eq!(rollout.len(), 3, "{calls:?}");
+    assert!(rollout.iter().all(|c| c.ends_with("#1")), "{rollout:?}");
+}
+
+#[tokio::test]
+async fn a_failure_rolls_back_completed_steps_newest_first_and_finally_runs() {
+    let server = server().await;
+    let yaml = r#"
+name: rollback
+steps:
+  - id: one
+    plugin: step
+    params: {}
+  - id: two
+    plugin: step
+    needs: [one]
+    params: {}
+  - id: three
+    plugin: step
+    needs: [two]
+    on_failure: rollback
+    params: {fail: "invalid-input"}
+finally:
+  - id: notify
+    plugin: step
+    params: {}
+"#;
+    assert_eq!(put(&server, "rollback", yaml).await.0, 201);
+    let id = start(&server, "rollback", json!({})).await;
+    let run = wait_status(&server, &id, &["rolled-back", "failed", "succeeded"]).await;
+    assert_eq!(run["status"], "rolled-back", "{run:#}");
+    let calls = calls(&server);
+    let rb: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.starts_with("rollback"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        rb,
+        [
+            format!("rollback {id}/two#1"),
+            format!("rollback {id}/one#1")
+        ],
+        "{calls:?}"
+    );
+    let notify = calls
+        .iter()
+        .position(|c| c.contains("/notify#"))
+        .expect("finally ran");
+    assert!(notify > calls.iter().position(|c| c.contains("rollback")).unwrap());
+}
+
+#[tokio::test]
+async fn an_approval_gate_waits_and_the_starter_cannot_approve() {
+    let server = server().await;
+    let yaml = r#"
+name: gated
+project: default
+steps:
+  - id: test
+    plugin: step
+    params: {}
+  - id: approve
+    needs: [test]
+    approval: {approvers: {role: admin}, required: 1, message: "ship it?"}
+  - id: prod
+    plugin: step
+    needs: [approve]
+    params: {}
+"#;
+    assert_eq!(put(&server, "gated", yaml).await.0, 201);
+    let id = start(&server, "gated", json!({})).await;
+    wait_step(&server, &id, "approve", "waiting-approval").await;
+    let approval = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, list) = server.get("/v1/approvals").await;
+            let found = list["approvals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["subject"] == format!("{id}/approve"))
+                .cloned();
+            if let Some(a) = found {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "no approval filed: {list:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(approval["kind"], "pipeline-step");
+    // The admin who started the run may not approve it.
+    let path = format!("/v1/approvals/{}/approve", approval["id"].as_str().unwrap());
+    let (status, body) = server
+        .send(Method::POST, &path, Some(json!({ "comment": "mine" })))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // A second admin may.
+    let (_, t) = server
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({ "name": "releaser", "role": "admin" })),
+        )
+        .await;
+    let r = client()
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .json(&json!({ "comment": "looks good" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let run = wait_status(&server, &id, &["succeeded", "failed"]).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert!(calls(&server).contains(&format!("run {id}/prod#1")));
+}
+
+#[tokio::test]
+async fn one_run_at_a_time_deploys_into_an_environment_oldest_first() {
+    let server = server().await;
+    let yaml = r#"
+name: locked
+environments: {prod: {lock: queue}}
+steps:
+  - id: deploy
+    plugin: step
+    environment: prod
+    params: {spin_ms: 300}
+"#;
+    assert_eq!(put(&server, "locked", yaml).await.0, 201);
+    let first = start(&server, "locked", json!({})).await;
+    let second = start(&server, "locked", json!({})).await;
+    for id in [&first, &second] {
+        let run = wait_status(&server, id, &["succeeded", "failed"]).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    let calls = calls(&server);
+    assert_eq!(
+        calls,
+        [
+            format!("run {first}/deploy#1"),
+            format!("run {second}/deploy#1")
+        ]
+    );
+    let log = log_text(&server, &second).await;
+    assert!(
+        log.to_lowercase().contains("lock"),
+        "the second run says it waited: {log}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_with_rollback_undoes_what_was_done() {
+    let server = server().await;
+    let yaml = r#"
+name: cancel
+steps:
+  - id: one
+    plugin: step
+    params: {}
+  - id: slow
+    plugin: step
+    needs: [one]
+    params: {wait_polls: 1000, poll_ms: 50}
+    timeout: 60s
+"#;
+    assert_eq!(put(&server, "cancel", yaml).await.0, 201);
+    let id = start(&server, "cancel", json!({})).await;
+    wait_step(&server, &id, "slow", "waiting-retry").await;
+    let (status, body) = server
+        .send(
+            Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(json!({ "rollback": true })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run = wait_status(&server, &id, &["cancelled", "rolled-back", "failed"]).await;
+    assert!(
+        run["status"] == "cancelled" || run["status"] == "rolled-back",
+        "{run:#}"
+    );
+    assert!(calls(&server).contains(&format!("rollback {id}/one#1")));
+    let (status, _) = server
+        .send(
+            Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 409, "a finished run cannot be cancelled again");
+}
+
+/// kill -9 while a step is in flight: after the restart the run resumes; the
+/// step runs again as attempt 2 under the same key; the step that had
+/// completed does not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
+    let mut proc = Capstan::start(None, &[]);
+    proc.wait_ready().await;
+    let c = client();
+    let base = proc.url();
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(guest(guests::PIPELINE_STEP)),
+        );
+    let r = c
+        .post(format!("{base}/v1/plugins"))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let yaml = "name: crash\nsteps:\n  - {id: quick, plugin: step, params: {}}\n  - {id: long, plugin: step, needs: [quick], params: {spin_ms: 1500}, timeout: 60s}\n";
+    let r = c
+        .put(format!("{base}/v1/pipelines/crash"))
+        .bearer_auth(TOKEN)
+        .body(yaml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = c
+        .post(format!("{base}/v1/pipelines/crash/runs"))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Kill it while `long` runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run: Value = c
+            .get(format!("{base}/v1/runs/{id}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state_of(&run["run"], "long") == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "long never ran: {run:#}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dir = proc.kill_9();
+    let proc = Capstan::start(Some(dir), &[]);
+    proc.wait_ready().await;
+    let base = proc.url();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let body: Value = c
+            .get(format!("{base}/v1/runs/{id}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["run"]["status"] != "running" && body["run"]["status"] != "queued" {
+            break body["run"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished after the restart: {body:#}\n{}",
+            proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let r = c
+        .get(format!("{base}/v1/runs/{id}/log"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let log = r.text().await.unwrap();
+    assert!(
+        log.contains("attempt 2 started"),
+        "long ran again as attempt 2: {log}"
+    );
+    assert_eq!(
+        log.matches("quick\",\"source\":\"engine\",\"message\":\"attempt 1 started")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("quick\",\"source\":\"engine\",\"message\":\"attempt 2"),
+        "quick ran once: {log}"
+    );
+}
