@@ -356,25 +356,37 @@ mod tests {
 
     #[test]
     fn tokens_are_hashed_revocable_and_an_admin_always_remains() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for t in crate::store::testing::backends() {
+            hashed_revocable_admin_remains(t.store.clone());
+        }
+    }
+
+    fn hashed_revocable_admin_remains(store: Arc<Store>) {
+        let b = store.backend();
         let tokens = Tokens::load(store.clone()).unwrap();
         let first = tokens.bootstrap(None).unwrap().expect("generated");
-        assert!(first.starts_with("cap_") && first.len() == 47, "{first}");
-        assert_eq!(tokens.bootstrap(None).unwrap(), None, "only once");
+        assert!(
+            first.starts_with("cap_") && first.len() == 47,
+            "{b:?}: {first}"
+        );
+        assert_eq!(tokens.bootstrap(None).unwrap(), None, "{b:?}: only once");
         assert_eq!(
             tokens.authenticate(&first).unwrap().role,
-            Some(ApiRole::Admin)
+            Some(ApiRole::Admin),
+            "{b:?}"
         );
 
         let t = tokens
             .create("ci", Some(ApiRole::Operator), BTreeMap::new(), "token:x")
             .unwrap();
-        assert_eq!(tokens.authenticate(&t.token).unwrap().name, "ci");
-        assert!(matches!(
-            tokens.create("ci", Some(ApiRole::Viewer), BTreeMap::new(), ""),
-            Err(AuthError::Conflict(_))
-        ));
+        assert_eq!(tokens.authenticate(&t.token).unwrap().name, "ci", "{b:?}");
+        assert!(
+            matches!(
+                tokens.create("ci", Some(ApiRole::Viewer), BTreeMap::new(), ""),
+                Err(AuthError::Conflict(_))
+            ),
+            "{b:?}"
+        );
         let stored: Vec<String> = store
             .with(|c| c.rows("SELECT hash FROM api_tokens", args![]))
             .unwrap()
@@ -382,35 +394,44 @@ mod tests {
             .map(|r| r.get(0).unwrap())
             .collect();
         let stored = stored.join(",");
-        assert!(!stored.contains(&t.token[4..]) && !stored.contains(&first[4..]));
+        assert!(
+            !stored.contains(&t.token[4..]) && !stored.contains(&first[4..]),
+            "{b:?}"
+        );
         tokens.revoke("ci").unwrap();
-        assert_eq!(tokens.authenticate(&t.token), None);
+        assert_eq!(tokens.authenticate(&t.token), None, "{b:?}");
         // The name can be reused after revocation.
         tokens
             .create("ci", Some(ApiRole::Viewer), BTreeMap::new(), "")
             .unwrap();
-        assert!(matches!(
-            tokens.revoke(BOOTSTRAP_TOKEN),
-            Err(AuthError::Conflict(_))
-        ));
+        assert!(
+            matches!(tokens.revoke(BOOTSTRAP_TOKEN), Err(AuthError::Conflict(_))),
+            "{b:?}"
+        );
 
         // A configured token replaces the generated one; reloading keeps state.
         let configured = "configured-admin-token-of-some-length";
-        assert_eq!(tokens.bootstrap(Some(configured)).unwrap(), None);
-        assert_eq!(tokens.authenticate(&first), None);
+        assert_eq!(tokens.bootstrap(Some(configured)).unwrap(), None, "{b:?}");
+        assert_eq!(tokens.authenticate(&first), None, "{b:?}");
         let again = Tokens::load(store).unwrap();
         assert_eq!(
             again.authenticate(configured).unwrap().name,
-            BOOTSTRAP_TOKEN
+            BOOTSTRAP_TOKEN,
+            "{b:?}"
         );
         let list = again.list().unwrap();
-        assert_eq!(list.iter().filter(|t| !t.revoked).count(), 2);
+        assert_eq!(list.iter().filter(|t| !t.revoked).count(), 2, "{b:?}");
     }
 
     #[test]
     fn a_revoked_configured_token_stays_revoked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for t in crate::store::testing::backends() {
+            revoked_configured_stays_revoked(t.store.clone());
+        }
+    }
+
+    fn revoked_configured_stays_revoked(store: Arc<Store>) {
+        let b = store.backend();
         let tokens = Tokens::load(store).unwrap();
         tokens
             .bootstrap(Some("first-configured-admin-token"))
@@ -423,16 +444,22 @@ mod tests {
             tokens
                 .bootstrap(Some("first-configured-admin-token"))
                 .unwrap(),
-            None
+            None,
+            "{b:?}"
         );
-        assert_eq!(tokens.authenticate("first-configured-admin-token"), None);
+        assert_eq!(
+            tokens.authenticate("first-configured-admin-token"),
+            None,
+            "{b:?}"
+        );
         tokens
             .bootstrap(Some("second-configured-admin-token"))
             .unwrap();
         assert!(
             tokens
                 .authenticate("second-configured-admin-token")
-                .is_some()
+                .is_some(),
+            "{b:?}"
         );
     }
 }

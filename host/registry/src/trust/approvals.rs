@@ -376,8 +376,14 @@ mod tests {
 
     #[test]
     fn no_self_approval_roles_and_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Approvals::new(Arc::new(Store::open(dir.path()).unwrap()));
+        for t in crate::store::testing::backends() {
+            no_self_approval(t.store.clone());
+        }
+    }
+
+    fn no_self_approval(store: Arc<Store>) {
+        let b = store.backend();
+        let gate = Approvals::new(store);
         let a = gate
             .request(NewApproval {
                 kind: "test".into(),
@@ -391,32 +397,47 @@ mod tests {
                 detail: serde_json::json!({"k": 1}),
             })
             .unwrap();
-        assert_eq!(a.state, ApprovalState::Pending);
+        assert_eq!(a.state, ApprovalState::Pending, "{b:?}");
         let own = who("token:op", Some(Role::Admin), None);
-        assert!(matches!(
-            gate.decide(&a.id, &own, true, ""),
-            Err(GateError::Forbidden(_))
-        ));
+        assert!(
+            matches!(
+                gate.decide(&a.id, &own, true, ""),
+                Err(GateError::Forbidden(_))
+            ),
+            "{b:?}"
+        );
         let operator = who("token:o2", None, Some(Role::Operator));
-        assert!(matches!(
-            gate.decide(&a.id, &operator, true, ""),
-            Err(GateError::Forbidden(_))
-        ));
+        assert!(
+            matches!(
+                gate.decide(&a.id, &operator, true, ""),
+                Err(GateError::Forbidden(_))
+            ),
+            "{b:?}"
+        );
         let pa = who("token:pa", None, Some(Role::Admin));
         let a1 = gate.decide(&a.id, &pa, true, "ok").unwrap();
-        assert_eq!(a1.state, ApprovalState::Pending, "needs two");
-        assert!(matches!(
-            gate.decide(&a.id, &pa, true, "again"),
-            Err(GateError::Conflict(_))
-        ));
+        assert_eq!(a1.state, ApprovalState::Pending, "{b:?}: needs two");
+        assert!(
+            matches!(
+                gate.decide(&a.id, &pa, true, "again"),
+                Err(GateError::Conflict(_))
+            ),
+            "{b:?}"
+        );
         let ga = who("token:ga", Some(Role::Admin), None);
         let a2 = gate.decide(&a.id, &ga, true, "ok too").unwrap();
-        assert_eq!(a2.state, ApprovalState::Approved);
-        assert_eq!(a2.votes.len(), 2);
-        assert!(gate.has("test", "x", ApprovalState::Approved).unwrap());
-        assert!(matches!(
-            gate.decide(&a.id, &who("token:z", Some(Role::Admin), None), false, ""),
-            Err(GateError::Conflict(_))
-        ));
+        assert_eq!(a2.state, ApprovalState::Approved, "{b:?}");
+        assert_eq!(a2.votes.len(), 2, "{b:?}");
+        assert!(
+            gate.has("test", "x", ApprovalState::Approved).unwrap(),
+            "{b:?}"
+        );
+        assert!(
+            matches!(
+                gate.decide(&a.id, &who("token:z", Some(Role::Admin), None), false, ""),
+                Err(GateError::Conflict(_))
+            ),
+            "{b:?}"
+        );
     }
 }

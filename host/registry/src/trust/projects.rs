@@ -283,3 +283,90 @@ impl Projects {
         Ok(seeded)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(project: &str, names: &[&str]) -> ScopedCeiling {
+        ScopedCeiling {
+            project: project.into(),
+            plugin: None,
+            ceiling: Ceiling {
+                secrets: names.iter().map(|s| s.to_string()).collect(),
+                ..Ceiling::default()
+            },
+        }
+    }
+
+    #[test]
+    fn projects_own_plugins_and_keep_ceilings_until_deleted() {
+        for t in crate::store::testing::backends() {
+            projects_owners_ceilings(Projects::new(t.store.clone()), t.backend());
+        }
+    }
+
+    fn projects_owners_ceilings(p: Projects, b: crate::store::sql::Backend) {
+        for name in ["web", "a-team", "db"] {
+            p.create(name, "", "token:admin").unwrap();
+        }
+        assert!(
+            matches!(p.create("web", "", "x"), Err(TrustError::Conflict(_))),
+            "{b:?}"
+        );
+        let names: Vec<String> = p.list().unwrap().into_iter().map(|p| p.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "{b:?}: listed by name");
+        assert!(
+            ["web", "a-team", "db", DEFAULT_PROJECT]
+                .iter()
+                .all(|n| names.iter().any(|m| m == n)),
+            "{b:?}: {names:?}"
+        );
+
+        // The first claim fixes the owner.
+        p.claim("hello", "web").unwrap();
+        p.claim("hello", "db").unwrap();
+        assert_eq!(p.owner("hello").unwrap().as_deref(), Some("web"), "{b:?}");
+        assert!(
+            matches!(p.delete("web"), Err(TrustError::Conflict(_))),
+            "{b:?}: web still owns hello"
+        );
+
+        // A second put replaces the ceiling and returns the first.
+        assert_eq!(
+            p.put_ceiling(&secrets("web", &["web-*"]), "api", "t")
+                .unwrap(),
+            None,
+            "{b:?}"
+        );
+        let old = p
+            .put_ceiling(&secrets("web", &["web-db"]), "api", "t")
+            .unwrap();
+        assert_eq!(old, Some(secrets("web", &["web-*"]).ceiling), "{b:?}");
+        assert_eq!(
+            p.ceilings().unwrap(),
+            [secrets("web", &["web-db"])],
+            "{b:?}"
+        );
+        assert!(
+            matches!(
+                p.put_ceiling(&secrets("nope", &["x"]), "api", "t"),
+                Err(TrustError::NotFound(_))
+            ),
+            "{b:?}"
+        );
+
+        // Once its plugin is gone the project goes, and its ceiling with it.
+        p.release("hello").unwrap();
+        assert_eq!(p.owner("hello").unwrap(), None, "{b:?}");
+        p.delete("web").unwrap();
+        assert!(!p.exists("web").unwrap(), "{b:?}");
+        assert!(p.ceilings().unwrap().is_empty(), "{b:?}");
+        assert!(
+            matches!(p.delete("web"), Err(TrustError::NotFound(_))),
+            "{b:?}"
+        );
+    }
+}

@@ -1,12 +1,12 @@
 //! The audit log: every capability use (allowed or denied) and every mutating
-//! API call, in SQLite. Capability uses go through a background writer that
-//! batches them, so a capability call never waits on a disk flush; readers
-//! call [`Audit::flush`] first and so always see everything recorded before.
-//! The writer's queue is bounded ([`QUEUE_CAPACITY`]): when it is full a
-//! record is counted as dropped (`capstan_audit_records_dropped_total`)
-//! instead of growing memory. A batch the database refuses is retried with
-//! backoff until it is stored, never dropped. Retention ([`Retention`])
-//! deletes old records in bounded chunks.
+//! API call, in the database (SQLite or PostgreSQL). Capability uses go
+//! through a background writer that batches them, so a capability call never
+//! waits on a disk flush; readers call [`Audit::flush`] first and so always
+//! see everything recorded before. The writer's queue is bounded
+//! ([`QUEUE_CAPACITY`]): when it is full a record is counted as dropped
+//! (`capstan_audit_records_dropped_total`) instead of growing memory. A batch
+//! the database refuses is retried with backoff until it is stored, never
+//! dropped. Retention ([`Retention`]) deletes old records in bounded chunks.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel};
@@ -311,6 +311,7 @@ use crate::store::unix_millis as now_ms;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sql::Backend;
 
     pub(super) fn rec(target: &str) -> AuditRecord {
         AuditRecord::change("test", "thing.do", target, serde_json::Value::Null)
@@ -324,8 +325,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_the_database_refuses_is_retried_not_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for t in crate::store::testing::backends() {
+            refused_batch_is_retried(t.store.clone()).await;
+        }
+    }
+
+    async fn refused_batch_is_retried(store: Arc<Store>) {
+        let b = store.backend();
         let audit = Audit::start(store.clone());
         // The table disappears: every write fails until it is back.
         store
@@ -336,7 +342,10 @@ mod tests {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while audit.stats().write_failures.get() < 2 {
-            assert!(std::time::Instant::now() < deadline, "no failed write seen");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{b:?}: no failed write seen"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         store
@@ -345,32 +354,50 @@ mod tests {
         audit.flush().await;
         let got = audit.query(&AuditQuery::default()).await.unwrap();
         let targets: Vec<_> = got.iter().map(|r| r.target.as_str()).collect();
-        assert_eq!(targets, ["r2", "r1", "r0"]);
-        assert_eq!(audit.stats().dropped.get(), 0);
+        assert_eq!(targets, ["r2", "r1", "r0"], "{b:?}");
+        assert_eq!(audit.stats().dropped.get(), 0, "{b:?}");
     }
 
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_instead_of_growing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for t in crate::store::testing::backends() {
+            full_queue_drops(t.store.clone()).await;
+        }
+    }
+
+    async fn full_queue_drops(store: Arc<Store>) {
+        let b = store.backend();
         let audit = Audit::start(store.clone());
         let extra = 1000;
-        {
-            // The writer is stuck on the database's write lock, held by
-            // another connection, while records pour in.
-            let busy = rusqlite::Connection::open(dir.path().join("capstan.db")).unwrap();
-            busy.execute_batch("BEGIN IMMEDIATE").unwrap();
-            for i in 0..QUEUE_CAPACITY + extra {
-                audit.record(rec(&format!("r{i}")));
-            }
-        }
+        // The writer is stuck on a lock held by another connection while
+        // records pour in: SQLite's write lock (`BEGIN IMMEDIATE`, taken by
+        // `tx`), or on PostgreSQL an exclusive lock on the audit table.
+        store
+            .with(|c| {
+                c.tx(|c| {
+                    if c.backend() == Backend::Postgres {
+                        c.batch("LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")?;
+                    }
+                    for i in 0..QUEUE_CAPACITY + extra {
+                        audit.record(rec(&format!("r{i}")));
+                    }
+                    let stored: i64 = c.value("SELECT count(*) FROM audit", args![])?;
+                    assert_eq!(stored, 0, "{b:?}: the writer stored while blocked");
+                    Ok::<_, DbError>(())
+                })
+            })
+            .unwrap();
         let dropped = audit.stats().dropped.get() as usize;
         // The writer may have taken one batch before it blocked.
         assert!(
             (extra - BATCH..=extra).contains(&dropped),
-            "dropped {dropped}"
+            "{b:?}: dropped {dropped}"
         );
         audit.flush().await;
-        assert_eq!(count(&store) as usize, QUEUE_CAPACITY + extra - dropped);
+        assert_eq!(
+            count(&store) as usize,
+            QUEUE_CAPACITY + extra - dropped,
+            "{b:?}"
+        );
     }
 }

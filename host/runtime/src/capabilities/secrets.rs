@@ -216,119 +216,140 @@ impl Host for HostState {
 mod tests {
     use super::*;
     use aes_gcm::aead::{Aead, KeyInit};
+    use std::path::Path;
 
-    fn setup() -> (tempfile::TempDir, Store, KeySource) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let source = KeySource::File(dir.path().join("secrets.key"));
-        (dir, store, source)
+    /// Runs `test` on a fresh store of every backend, with its data
+    /// directory and a key file there.
+    fn each(test: impl Fn(&Path, &Store, &KeySource)) {
+        for t in crate::store::testing::backends() {
+            let source = KeySource::File(t.dir.path().join("secrets.key"));
+            test(t.dir.path(), &t.store, &source);
+        }
+    }
+
+    fn other_key() -> KeySource {
+        KeySource::Inline(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [7u8; 32],
+        ))
     }
 
     #[test]
     fn values_are_encrypted_at_rest_and_round_trip() {
-        let (dir, store, source) = setup();
-        let sb = SecretBox::open(&source, &store).unwrap();
-        sb.put(&store, "slack-webhook", "https://hooks.example/very-secret")
-            .unwrap();
-        assert_eq!(
-            sb.get(&store, "slack-webhook").unwrap(),
-            "https://hooks.example/very-secret"
-        );
-        let raw: Vec<u8> = store
-            .with(|c| c.value("SELECT ciphertext FROM secrets", args![]))
-            .unwrap();
-        assert!(!String::from_utf8_lossy(&raw).contains("very-secret"));
-        // The same key file decrypts after a restart; another key is refused.
-        let again = SecretBox::open(&source, &store).unwrap();
-        assert_eq!(
-            again.get(&store, "slack-webhook").unwrap(),
-            "https://hooks.example/very-secret"
-        );
-        let other = KeySource::Inline(base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            [7u8; 32],
-        ));
-        let e = SecretBox::open(&other, &store).err().unwrap().to_string();
-        assert!(e.contains("not the key the stored secrets"), "{e}");
-        assert!(sb.put(&store, "bad name", "x").is_err());
-        drop(dir);
+        each(|_dir, store, source| {
+            let b = store.backend();
+            let sb = SecretBox::open(source, store).unwrap();
+            sb.put(store, "slack-webhook", "https://hooks.example/very-secret")
+                .unwrap();
+            assert_eq!(
+                sb.get(store, "slack-webhook").unwrap(),
+                "https://hooks.example/very-secret",
+                "{b:?}"
+            );
+            let raw: Vec<u8> = store
+                .with(|c| c.value("SELECT ciphertext FROM secrets", args![]))
+                .unwrap();
+            assert!(
+                !String::from_utf8_lossy(&raw).contains("very-secret"),
+                "{b:?}"
+            );
+            // The same key file decrypts after a restart; another key is refused.
+            let again = SecretBox::open(source, store).unwrap();
+            assert_eq!(
+                again.get(store, "slack-webhook").unwrap(),
+                "https://hooks.example/very-secret",
+                "{b:?}"
+            );
+            let e = SecretBox::open(&other_key(), store)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("not the key the stored secrets"), "{b:?}: {e}");
+            assert!(sb.put(store, "bad name", "x").is_err(), "{b:?}");
+        });
     }
 
     #[test]
     fn a_ciphertext_copied_to_another_secret_does_not_decrypt() {
-        let (_dir, store, source) = setup();
-        let sb = SecretBox::open(&source, &store).unwrap();
-        sb.put(&store, "prod-db", "prod-password").unwrap();
-        sb.put(&store, "dev-db", "dev-password").unwrap();
-        store
-            .with(|c| {
-                c.exec(
-                    "UPDATE secrets SET (nonce, ciphertext) =
-                       (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
-                     WHERE name = 'dev-db'",
-                    args![],
-                )
-            })
-            .unwrap();
-        let e = sb.get(&store, "dev-db").unwrap_err().to_string();
-        assert!(e.contains("`dev-db` does not decrypt"), "{e}");
-        assert!(!e.contains("prod-password"), "{e}");
-        assert_eq!(sb.get(&store, "prod-db").unwrap(), "prod-password");
+        each(|_dir, store, source| {
+            let b = store.backend();
+            let sb = SecretBox::open(source, store).unwrap();
+            sb.put(store, "prod-db", "prod-password").unwrap();
+            sb.put(store, "dev-db", "dev-password").unwrap();
+            store
+                .with(|c| {
+                    c.exec(
+                        "UPDATE secrets SET (nonce, ciphertext) =
+                           (SELECT nonce, ciphertext FROM secrets WHERE name = 'prod-db')
+                         WHERE name = 'dev-db'",
+                        args![],
+                    )
+                })
+                .unwrap();
+            let e = sb.get(store, "dev-db").unwrap_err().to_string();
+            assert!(e.contains("`dev-db` does not decrypt"), "{b:?}: {e}");
+            assert!(!e.contains("prod-password"), "{b:?}: {e}");
+            assert_eq!(sb.get(store, "prod-db").unwrap(), "prod-password", "{b:?}");
+        });
     }
 
     #[test]
     fn rows_stored_before_names_were_bound_are_upgraded_at_start() {
-        let (dir, store, source) = setup();
-        // As the previous version stored them: no associated data, format 0,
-        // and no key check yet.
-        let key = [9u8; 32];
-        key::write_file(&dir.path().join("secrets.key"), &key, false).unwrap();
-        let cipher = Aes256Gcm::new_from_slice(&key).unwrap();
-        for (name, value) in [("a", "alpha"), ("b", "beta")] {
-            let nonce: [u8; 12] = rand::random();
-            let ct = cipher
-                .encrypt(aes_gcm::Nonce::from_slice(&nonce), value.as_bytes())
+        each(|dir, store, source| {
+            let b = store.backend();
+            // As the previous version stored them: no associated data,
+            // format 0, and no key check yet.
+            let key = [9u8; 32];
+            key::write_file(&dir.join("secrets.key"), &key, false).unwrap();
+            let cipher = Aes256Gcm::new_from_slice(&key).unwrap();
+            for (name, value) in [("a", "alpha"), ("b", "beta")] {
+                let nonce: [u8; 12] = rand::random();
+                let ct = cipher
+                    .encrypt(aes_gcm::Nonce::from_slice(&nonce), value.as_bytes())
+                    .unwrap();
+                store
+                    .with(|c| {
+                        c.exec(
+                            "INSERT INTO secrets (name, nonce, ciphertext, updated_at) VALUES (?1, ?2, ?3, 0)",
+                            args![name, nonce.to_vec(), ct],
+                        )
+                    })
+                    .unwrap();
+            }
+            let sb = SecretBox::open(source, store).unwrap();
+            assert_eq!(sb.get(store, "a").unwrap(), "alpha", "{b:?}");
+            assert_eq!(sb.get(store, "b").unwrap(), "beta", "{b:?}");
+            let legacy: i64 = store
+                .with(|c| c.value("SELECT count(*) FROM secrets WHERE format = 0", args![]))
                 .unwrap();
-            store
-                .with(|c| {
-                    c.exec(
-                        "INSERT INTO secrets (name, nonce, ciphertext, updated_at) VALUES (?1, ?2, ?3, 0)",
-                        args![name, nonce.to_vec(), ct],
-                    )
-                })
-                .unwrap();
-        }
-        let sb = SecretBox::open(&source, &store).unwrap();
-        assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
-        assert_eq!(sb.get(&store, "b").unwrap(), "beta");
-        let legacy: i64 = store
-            .with(|c| c.value("SELECT count(*) FROM secrets WHERE format = 0", args![]))
-            .unwrap();
-        assert_eq!(legacy, 0);
+            assert_eq!(legacy, 0, "{b:?}");
+        });
     }
 
     #[test]
     fn a_wrong_key_is_refused_on_a_database_from_before_the_key_check() {
-        let (_dir, store, source) = setup();
-        let sb = SecretBox::open(&source, &store).unwrap();
-        sb.put(&store, "a", "alpha").unwrap();
-        store
-            .with(|c| c.exec("DELETE FROM secrets_key_check", args![]))
-            .unwrap();
-        let other = KeySource::Inline(base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            [7u8; 32],
-        ));
-        assert!(matches!(
-            SecretBox::open(&other, &store),
-            Err(KeyError::WrongKey { .. })
-        ));
-        assert_eq!(
-            SecretBox::open(&source, &store)
-                .unwrap()
-                .get(&store, "a")
-                .unwrap(),
-            "alpha"
-        );
+        each(|_dir, store, source| {
+            let b = store.backend();
+            let sb = SecretBox::open(source, store).unwrap();
+            sb.put(store, "a", "alpha").unwrap();
+            store
+                .with(|c| c.exec("DELETE FROM secrets_key_check", args![]))
+                .unwrap();
+            assert!(
+                matches!(
+                    SecretBox::open(&other_key(), store),
+                    Err(KeyError::WrongKey { .. })
+                ),
+                "{b:?}"
+            );
+            assert_eq!(
+                SecretBox::open(source, store)
+                    .unwrap()
+                    .get(store, "a")
+                    .unwrap(),
+                "alpha",
+                "{b:?}"
+            );
+        });
     }
 }

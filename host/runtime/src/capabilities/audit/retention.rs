@@ -123,8 +123,13 @@ mod tests {
 
     #[tokio::test]
     async fn retention_keeps_the_newest_rows_and_drops_old_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for t in crate::store::testing::backends() {
+            keeps_newest(t.store.clone()).await;
+        }
+    }
+
+    async fn keeps_newest(store: Arc<Store>) {
+        let b = store.backend();
         let audit = Audit::start(store.clone());
         // 20 records from 200 days ago, then 30 recent ones.
         store
@@ -140,20 +145,20 @@ mod tests {
             audit.record(rec(&format!("new{i}")));
         }
         audit.flush().await;
-        assert_eq!(count(&store), 50);
+        assert_eq!(count(&store), 50, "{b:?}");
         let by_age = Retention {
             max_rows: None,
             ..Retention::default()
         };
         // Chunks of 7: several statements per pass.
-        assert_eq!(prune(&store, &by_age, 7).unwrap(), 20);
-        assert_eq!(count(&store), 30);
+        assert_eq!(prune(&store, &by_age, 7).unwrap(), 20, "{b:?}");
+        assert_eq!(count(&store), 30, "{b:?}");
         let by_rows = Retention {
             max_age: None,
             max_rows: Some(10),
             ..Retention::default()
         };
-        assert_eq!(prune(&store, &by_rows, 7).unwrap(), 20);
+        assert_eq!(prune(&store, &by_rows, 7).unwrap(), 20, "{b:?}");
         let q = AuditQuery {
             limit: Some(1000),
             ..Default::default()
@@ -166,7 +171,7 @@ mod tests {
             .map(|r| r.target)
             .collect();
         let newest: Vec<String> = (20..30).rev().map(|i| format!("new{i}")).collect();
-        assert_eq!(kept, newest);
-        assert_eq!(prune(&store, &by_rows, 7).unwrap(), 0);
+        assert_eq!(kept, newest, "{b:?}");
+        assert_eq!(prune(&store, &by_rows, 7).unwrap(), 0, "{b:?}");
     }
 }

@@ -120,11 +120,12 @@ mod tests {
     use super::*;
     use crate::capabilities::secrets::SecretBox;
 
-    fn setup() -> (tempfile::TempDir, Store, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let path = dir.path().join("secrets.key");
-        (dir, store, path)
+    /// Runs `test` on a fresh store of every backend, with the key file's
+    /// path in its data directory.
+    fn each(test: impl Fn(&Store, &Path)) {
+        for t in crate::store::testing::backends() {
+            test(&t.store, &t.dir.path().join("secrets.key"));
+        }
     }
 
     fn open(path: &Path, store: &Store) -> Result<SecretBox, KeyError> {
@@ -133,83 +134,88 @@ mod tests {
 
     #[test]
     fn rotation_reencrypts_everything_and_is_audited() {
-        let (_dir, store, path) = setup();
-        let sb = open(&path, &store).unwrap();
-        sb.put(&store, "a", "alpha").unwrap();
-        sb.put(&store, "b", "beta").unwrap();
-        let before = key::read_file(&path).unwrap().unwrap();
-        assert_eq!(rotate_key(&path, &store, "cli:test").unwrap(), 2);
-        let after = key::read_file(&path).unwrap().unwrap();
-        assert_ne!(before, after);
-        assert!(!key::next_path(&path).exists());
-        let sb = open(&path, &store).unwrap();
-        assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
-        assert_eq!(sb.get(&store, "b").unwrap(), "beta");
-        // The old key is refused from now on.
-        let stale = KeySource::Inline(base64_of(&before));
-        let e = SecretBox::open(&stale, &store).err().unwrap();
-        assert!(matches!(e, KeyError::WrongKey { .. }), "{e}");
-        let row = store
-            .with(|c| {
-                c.row(
-                    "SELECT verb, detail FROM audit WHERE actor = 'cli:test'",
-                    crate::store::args![],
-                )
-            })
-            .unwrap()
-            .unwrap();
-        let (verb, detail): (String, String) = (row.get(0).unwrap(), row.get(1).unwrap());
-        assert_eq!(verb, "secrets.rotate-key");
-        assert!(detail.contains("\"secrets\":2"), "{detail}");
+        each(|store, path| {
+            let b = store.backend();
+            let sb = open(path, store).unwrap();
+            sb.put(store, "a", "alpha").unwrap();
+            sb.put(store, "b", "beta").unwrap();
+            let before = key::read_file(path).unwrap().unwrap();
+            assert_eq!(rotate_key(path, store, "cli:test").unwrap(), 2, "{b:?}");
+            let after = key::read_file(path).unwrap().unwrap();
+            assert_ne!(before, after, "{b:?}");
+            assert!(!key::next_path(path).exists(), "{b:?}");
+            let sb = open(path, store).unwrap();
+            assert_eq!(sb.get(store, "a").unwrap(), "alpha", "{b:?}");
+            assert_eq!(sb.get(store, "b").unwrap(), "beta", "{b:?}");
+            // The old key is refused from now on.
+            let stale = KeySource::Inline(base64_of(&before));
+            let e = SecretBox::open(&stale, store).err().unwrap();
+            assert!(matches!(e, KeyError::WrongKey { .. }), "{b:?}: {e}");
+            let row = store
+                .with(|c| {
+                    c.row(
+                        "SELECT verb, detail FROM audit WHERE actor = 'cli:test'",
+                        crate::store::args![],
+                    )
+                })
+                .unwrap()
+                .unwrap();
+            let (verb, detail): (String, String) = (row.get(0).unwrap(), row.get(1).unwrap());
+            assert_eq!(verb, "secrets.rotate-key", "{b:?}");
+            assert!(detail.contains("\"secrets\":2"), "{b:?}: {detail}");
+        });
     }
 
     #[test]
     fn a_crash_before_the_commit_keeps_the_old_key() {
-        let (_dir, store, path) = setup();
-        open(&path, &store)
-            .unwrap()
-            .put(&store, "a", "alpha")
-            .unwrap();
-        let old = key::read_file(&path).unwrap().unwrap();
-        // Step 1 done, step 2 never committed.
-        key::write_file(&key::next_path(&path), &key::generate(), true).unwrap();
-        let sb = open(&path, &store).unwrap();
-        assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
-        assert_eq!(key::read_file(&path).unwrap(), Some(old));
-        assert!(!key::next_path(&path).exists());
+        each(|store, path| {
+            let b = store.backend();
+            open(path, store).unwrap().put(store, "a", "alpha").unwrap();
+            let old = key::read_file(path).unwrap().unwrap();
+            // Step 1 done, step 2 never committed.
+            key::write_file(&key::next_path(path), &key::generate(), true).unwrap();
+            let sb = open(path, store).unwrap();
+            assert_eq!(sb.get(store, "a").unwrap(), "alpha", "{b:?}");
+            assert_eq!(key::read_file(path).unwrap(), Some(old), "{b:?}");
+            assert!(!key::next_path(path).exists(), "{b:?}");
+        });
     }
 
     #[test]
     fn a_crash_after_the_commit_is_completed_at_start() {
-        let (_dir, store, path) = setup();
-        open(&path, &store)
-            .unwrap()
-            .put(&store, "a", "alpha")
-            .unwrap();
-        let old = key::read_file(&path).unwrap().unwrap();
-        // Steps 1 and 2 done, the swap (3) never happened.
-        let new = key::generate();
-        key::write_file(&key::next_path(&path), &new, true).unwrap();
-        store
-            .with(|c| rekey::reencrypt(c, &old, &new, |_, _| Ok(())))
-            .unwrap();
-        let sb = open(&path, &store).unwrap();
-        assert_eq!(sb.get(&store, "a").unwrap(), "alpha");
-        assert_eq!(key::read_file(&path).unwrap(), Some(new));
-        assert!(!key::next_path(&path).exists());
+        each(|store, path| {
+            let b = store.backend();
+            open(path, store).unwrap().put(store, "a", "alpha").unwrap();
+            let old = key::read_file(path).unwrap().unwrap();
+            // Steps 1 and 2 done, the swap (3) never happened.
+            let new = key::generate();
+            key::write_file(&key::next_path(path), &new, true).unwrap();
+            store
+                .with(|c| rekey::reencrypt(c, &old, &new, |_, _| Ok(())))
+                .unwrap();
+            let sb = open(path, store).unwrap();
+            assert_eq!(sb.get(store, "a").unwrap(), "alpha", "{b:?}");
+            assert_eq!(key::read_file(path).unwrap(), Some(new), "{b:?}");
+            assert!(!key::next_path(path).exists(), "{b:?}");
+        });
     }
 
     #[test]
     fn a_missing_key_with_secrets_stored_is_refused() {
-        let (_dir, store, path) = setup();
-        open(&path, &store).unwrap().put(&store, "a", "x").unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let e = open(&path, &store).err().unwrap().to_string();
-        assert!(
-            e.contains("is missing") && e.contains(&path.display().to_string()),
-            "{e}"
-        );
-        assert!(!path.exists(), "no key was generated over the lost one");
+        each(|store, path| {
+            let b = store.backend();
+            open(path, store).unwrap().put(store, "a", "x").unwrap();
+            std::fs::remove_file(path).unwrap();
+            let e = open(path, store).err().unwrap().to_string();
+            assert!(
+                e.contains("is missing") && e.contains(&path.display().to_string()),
+                "{b:?}: {e}"
+            );
+            assert!(
+                !path.exists(),
+                "{b:?}: no key was generated over the lost one"
+            );
+        });
     }
 
     fn base64_of(k: &KeyBytes) -> String {
