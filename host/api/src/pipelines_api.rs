@@ -241,14 +241,18 @@ pub async fn start(
 
 /// Lists runs of the caller's projects, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "pipelines", params(RunQuery),
-    responses((status = 200, body = RunList)))]
+    responses((status = 200, body = RunList), (status = 400, body = ErrorBody)))]
 pub async fn runs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<RunQuery>,
+    q: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RunList>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be 1 to 500"));
+    }
     let who = caller.authority();
-    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 500));
+    let limit = i64::from(q.limit.unwrap_or(50));
     let rows = state
         .pipelines
         .db()
@@ -275,13 +279,15 @@ pub async fn run(
 
 /// A run's log: the engine's events and each attempt's result, per step.
 #[utoipa::path(get, path = "/v1/runs/{id}/log", tag = "pipelines", params(("id" = String, Path), LogQuery),
-    responses((status = 200, body = RunLog), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = RunLog), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RunLog>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state.pipelines.run(&id, &caller.authority())?;
     let after = i64::try_from(q.after.unwrap_or(0)).unwrap_or(i64::MAX);
     Ok(Json(RunLog {
