@@ -567,3 +567,66 @@ async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
         "quick ran once: {log}"
     );
 }
+
+#[tokio::test]
+async fn pipelines_in_the_watched_directory_load_reload_and_report_errors() {
+    let server = server().await;
+    let dir = server.dir.path().join("pipelines");
+    let write = |file: &str, text: &str| std::fs::write(dir.join(file), text).unwrap();
+    let wait_for = |want: &'static str| {
+        let server = &server;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (_, list) = server.get("/v1/pipelines").await;
+                if list.to_string().contains(want) {
+                    return list;
+                }
+                assert!(Instant::now() < deadline, "never saw {want}: {list:#}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    write(
+        "watched.yaml",
+        "name: watched\nsteps: [{id: a, plugin: step, params: {}}]\n",
+    );
+    let list = wait_for("\"watched\"").await;
+    let p = list["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "watched")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (p["revision"].clone(), p["source"].clone()),
+        (json!(1), json!("directory"))
+    );
+    // An edit is the next revision; a broken file keeps its error and the
+    // last good revision keeps serving.
+    write(
+        "watched.yaml",
+        "name: watched\nsteps: [{id: a, plugin: step, params: {x: 1}}]\n",
+    );
+    wait_for("\"revision\":2").await;
+    write(
+        "watched.yaml",
+        "name: watched\nsteps: [{id: a, plugin: nosuch}]\n",
+    );
+    let list = wait_for("nosuch").await;
+    assert!(
+        list["errors"]["watched.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("pipelines/watched.yaml"),
+        "{list:#}"
+    );
+    let (_, detail) = server.get("/v1/pipelines/watched").await;
+    assert_eq!(detail["revision"], 2);
+    let id = start(&server, "watched", json!({})).await;
+    assert_eq!(
+        wait_status(&server, &id, &["succeeded", "failed"]).await["status"],
+        "succeeded"
+    );
+}

@@ -56,6 +56,9 @@ pub struct PipelineView {
 pub struct PipelineList {
     /// Pipelines of the projects the caller has a role in.
     pub pipelines: Vec<PipelineRow>,
+    /// Files of the watched pipelines directory that did not load, with
+    /// why (shown to global roles only).
+    pub errors: BTreeMap<String, String>,
 }
 
 /// A run: the journaled state and what it pinned.
@@ -184,7 +187,12 @@ pub async fn list(
     let who = caller.authority();
     let mut pipelines = state.pipelines.db().list().map_err(EngineError::from)?;
     pipelines.retain(|p| who.can_view(&p.project));
-    Ok(Json(PipelineList { pipelines }))
+    let errors = if who.global.is_some() {
+        state.pipelines.directory_errors()
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Json(PipelineList { pipelines, errors }))
 }
 
 /// One pipeline: its current revision and YAML.

@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Watched plugins directory (default: <data-dir>/plugins).
     #[arg(long, env = "CAPSTAN_PLUGINS_DIR")]
     plugins_dir: Option<PathBuf>,
+    /// Watched pipelines directory (default: <data-dir>/pipelines).
+    #[arg(long, env = "CAPSTAN_PIPELINES_DIR")]
+    pipelines_dir: Option<PathBuf>,
     /// Do not install the bundled example plugins on first start.
     #[arg(long)]
     no_bundled: bool,
@@ -310,6 +313,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = args.plugins_dir {
         config.plugins_dir = Some(d);
+    }
+    if let Some(d) = args.pipelines_dir {
+        config.pipelines_dir = Some(d);
     }
     config.bundled_plugins &= !args.no_bundled;
     config.log_json |= args.log_json;

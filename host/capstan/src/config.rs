@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub database: Option<String>,
     /// The watched plugins directory; `<data_dir>/plugins` if unset.
     pub plugins_dir: Option<PathBuf>,
+    /// The watched pipelines directory (`*.yaml`); `<data_dir>/pipelines` if unset.
+    pub pipelines_dir: Option<PathBuf>,
     /// Install the bundled example plugins into a fresh data directory.
     pub bundled_plugins: bool,
     /// Log as JSON lines instead of human-readable text.
@@ -159,6 +161,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("capstan-data"),
             database: None,
             plugins_dir: None,
+            pipelines_dir: None,
             bundled_plugins: true,
             log_json: false,
             secrets_key: None,
@@ -243,6 +246,13 @@ impl ServerConfig {
     }
 
     /// The plugins directory in effect.
+    pub fn pipelines_dir(&self) -> PathBuf {
+        self.pipelines_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pipelines"))
+    }
+
+    /// The watched plugins directory.
     pub fn plugins_dir(&self) -> PathBuf {
         self.plugins_dir
             .clone()

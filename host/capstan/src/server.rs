@@ -29,6 +29,7 @@ pub struct Server {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     drain_delay: std::time::Duration,
     _watcher: Option<notify::RecommendedWatcher>,
+    _pipelines_watcher: Option<notify::RecommendedWatcher>,
     _lock: DataDirLock,
 }
 
@@ -120,6 +121,12 @@ impl Server {
             .await
             .with_context(|| format!("watching {}", plugins_dir.display()))?;
         tracing::info!(dir = %plugins_dir.display(), "watching plugins directory");
+        let pipelines_dir = config.pipelines_dir();
+        let pipelines_watcher = pipelines
+            .watch_directory(pipelines_dir.clone())
+            .await
+            .with_context(|| format!("watching {}", pipelines_dir.display()))?;
+        tracing::info!(dir = %pipelines_dir.display(), "watching pipelines directory");
         if let Some(changes) = changes {
             tokio::spawn(follow_replicas(registry.clone(), auth, changes));
         }
@@ -132,6 +139,7 @@ impl Server {
             task,
             drain_delay: std::time::Duration::from_millis(config.api.drain_delay_ms),
             _watcher: Some(watcher),
+            _pipelines_watcher: Some(pipelines_watcher),
             _lock: lock,
         })
     }

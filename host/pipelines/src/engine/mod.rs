@@ -10,6 +10,7 @@
 mod catalog;
 mod driver;
 mod steps;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -101,6 +102,8 @@ pub struct Engine {
     inflight: Mutex<HashMap<(String, String, u32), tokio::task::AbortHandle>>,
     /// Parsed pipeline revisions.
     parsed: Mutex<HashMap<(String, i64), Arc<Pipeline>>>,
+    /// Files of the pipelines directory that did not load.
+    dir_errors: watch::DirectoryErrors,
 }
 
 impl Engine {
@@ -116,6 +119,7 @@ impl Engine {
             held: Mutex::default(),
             inflight: Mutex::default(),
             parsed: Mutex::default(),
+            dir_errors: Default::default(),
         });
         registry.on_approval(Arc::new(Gatekeeper(Arc::downgrade(&engine))));
         tokio::spawn(driver::run(Arc::downgrade(&engine)));
