@@ -630,3 +630,73 @@ async fn pipelines_in_the_watched_directory_load_reload_and_report_errors() {
         "succeeded"
     );
 }
+
+#[tokio::test]
+async fn a_failed_run_reruns_from_its_failed_step_reusing_earlier_outputs() {
+    let server = server().await;
+    let yaml = r#"
+name: rerun
+params:
+  broken: {type: bool, default: true}
+steps:
+  - id: build
+    plugin: step
+    params: {outputs: {image: "shop:7"}}
+    outputs: [image]
+  - id: deploy
+    plugin: step
+    needs: [build]
+    params: {fail: "${{ params.broken ? 'failed' : 'no' }}", image: "${{ steps.build.outputs.image }}"}
+"#;
+    assert_eq!(put(&server, "rerun", yaml).await.0, 201);
+    let first = start(&server, "rerun", json!({})).await;
+    assert_eq!(
+        wait_status(&server, &first, &["succeeded", "failed"]).await["status"],
+        "failed"
+    );
+    // Follow the log as server-sent events: the lines, then `end`.
+    let r = server
+        .request(Method::GET, &format!("/v1/runs/{first}/log?follow=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("event: line") && text.contains("event: end\ndata: failed"),
+        "{text}"
+    );
+    // A finished run reruns from a step it has, here `deploy`.
+    let (status, body) = server
+        .send(
+            Method::POST,
+            &format!("/v1/runs/{first}/rerun"),
+            Some(json!({ "from": "nosuch" })),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server
+        .send(
+            Method::POST,
+            &format!("/v1/runs/{first}/rerun"),
+            Some(json!({ "from": "deploy" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let second = body["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(body["run"]["lineage"]["parent"], first.as_str(), "{body:#}");
+    let run = wait_status(&server, &second, &["succeeded", "failed"]).await;
+    // Params are the first run's: deploy fails the same way, but build was
+    // not run again and its output was reused.
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let calls = calls(&server);
+    assert!(
+        !calls.contains(&format!("run {second}/build#1")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&format!("run {second}/deploy#1")),
+        "{calls:?}"
+    );
+    assert_eq!(run["steps"]["build"]["outputs"]["image"], "shop:7");
+}

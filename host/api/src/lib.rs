@@ -105,6 +105,7 @@ pub struct AppState {
         projects::list_approvals, projects::show_approval, projects::approve, projects::reject,
         pipelines_api::put, pipelines_api::list, pipelines_api::show, pipelines_api::delete, pipelines_api::start,
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
+        pipelines_api::rerun,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -213,7 +214,8 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(pipelines_api::runs))
         .route("/runs/{id}", get(pipelines_api::run))
         .route("/runs/{id}/log", get(pipelines_api::log))
-        .route("/runs/{id}/cancel", post(pipelines_api::cancel));
+        .route("/runs/{id}/cancel", post(pipelines_api::cancel))
+        .route("/runs/{id}/rerun", post(pipelines_api::rerun));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -116,6 +117,15 @@ pub struct CancelRun {
     pub rollback: bool,
 }
 
+/// Body of `POST /v1/runs/{id}/rerun`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRun {
+    /// The step to run again from; the steps it does not depend on keep
+    /// their outputs.
+    pub from: String,
+}
+
 /// Filter of `GET /v1/runs`.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -134,6 +144,8 @@ pub struct LogQuery {
     /// Only lines after this id.
     #[param(minimum = 0)]
     pub after: Option<u64>,
+    /// Stream new lines as server-sent events until the run finishes.
+    pub follow: Option<bool>,
 }
 
 /// A run's log lines.
@@ -287,24 +299,97 @@ pub async fn run(
 
 /// A run's log: the engine's events and each attempt's result, per step.
 #[utoipa::path(get, path = "/v1/runs/{id}/log", tag = "pipelines", params(("id" = String, Path), LogQuery),
-    responses((status = 200, body = RunLog), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The lines (JSON), or with `follow=true` a stream of server-sent events: `line` (a log line as JSON) and a final `end` (the run's status)",
+            content((RunLog = "application/json"), (String = "text/event-stream"))),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<RunLog>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state.pipelines.run(&id, &caller.authority())?;
     let after = i64::try_from(q.after.unwrap_or(0)).unwrap_or(i64::MAX);
-    Ok(Json(RunLog {
-        lines: state
-            .pipelines
-            .db()
-            .logs(&id, after, 1000)
-            .map_err(EngineError::from)?,
-    }))
+    if q.follow == Some(true) {
+        return Ok(follow(state, id, after).into_response());
+    }
+    let lines = state
+        .pipelines
+        .db()
+        .logs(&id, after, 1000)
+        .map_err(EngineError::from)?;
+    Ok(Json(RunLog { lines }).into_response())
+}
+
+/// Server-sent events: one `line` event per log line (its id as the event
+/// id, so a client reconnects with `after`), then one `end` event with the
+/// run's status once it is finished.
+fn follow(state: AppState, id: String, after: i64) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    type Item = Result<Event, std::convert::Infallible>;
+    let stream = futures::stream::unfold(Some(after), move |cursor| {
+        let (state, id) = (state.clone(), id.clone());
+        async move {
+            let mut after = cursor?;
+            loop {
+                let db = state.pipelines.db().clone();
+                let rid = id.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    Ok::<_, crate::store::StoreError>((db.logs(&rid, after, 200)?, db.run(&rid)?))
+                })
+                .await;
+                let Ok(Ok((lines, row))) = read else {
+                    let e: Vec<Item> = vec![Ok(Event::default()
+                        .event("error")
+                        .data("the log could not be read"))];
+                    return Some((e, None));
+                };
+                if let Some(last) = lines.last() {
+                    after = last.id;
+                    let events: Vec<Item> = lines
+                        .iter()
+                        .map(|l| {
+                            Ok(Event::default()
+                                .event("line")
+                                .id(l.id.to_string())
+                                .json_data(l)
+                                .unwrap_or_default())
+                        })
+                        .collect();
+                    return Some((events, Some(after)));
+                }
+                if let Some(row) = row.filter(|r| r.run.status.is_terminal()) {
+                    let end: Vec<Item> = vec![Ok(Event::default()
+                        .event("end")
+                        .data(row.run.status.name()))];
+                    return Some((end, None));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let flat = futures::StreamExt::flat_map(stream, futures::stream::iter);
+    Sse::new(flat).keep_alive(KeepAlive::default())
+}
+
+/// Runs a finished run again from one step (operator of its project).
+#[utoipa::path(post, path = "/v1/runs/{id}/rerun", tag = "pipelines", request_body = RerunRun,
+    params(("id" = String, Path)),
+    responses((status = 201, body = RunView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn rerun(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(body): Body<RerunRun>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let run = state
+        .pipelines
+        .rerun(&id, &body.from, &caller.authority())
+        .await?;
+    let row = state.pipelines.run(&run.id, &caller.authority())?;
+    Ok((StatusCode::CREATED, Json(row.into())))
 }
 
 /// Cancels a run (operator of its project); with `rollback`, completed

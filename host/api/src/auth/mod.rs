@@ -118,6 +118,7 @@ const ROUTES: &[(&str, &str, Rule)] = {
         ("GET", "/v1/runs/{id}", Min(Viewer)),
         ("GET", "/v1/runs/{id}/log", Min(Viewer)),
         ("POST", "/v1/runs/{id}/cancel", Min(Operator)),
+        ("POST", "/v1/runs/{id}/rerun", Min(Operator)),
         // Audit log.
         ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.

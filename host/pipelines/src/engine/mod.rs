@@ -284,6 +284,39 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs a finished run again from `from_step` (operator of its
+    /// project): steps that succeeded and do not depend on it keep their
+    /// outputs; the new run records where it came from. It runs the same
+    /// pipeline revision, with the plugin versions active now (a rerun
+    /// usually follows a fix).
+    pub async fn rerun(
+        &self,
+        id: &str,
+        from_step: &str,
+        who: &Authority,
+    ) -> Result<Run, EngineError> {
+        let prev = self.run(id, who)?;
+        require(who, &prev.run.project, Role::Operator, "rerun runs")?;
+        if !prev.run.status.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "run {id} is still {}; cancel it or wait for it to finish",
+                prev.run.status.name()
+            )));
+        }
+        let p = self.pipeline_at(&prev.run.pipeline, prev.revision)?;
+        let run = crate::machine::Machine::new(&p)
+            .rerun_from(&prev.run, from_step, &ids::new_id(), Some(&who.actor))
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let pins = self.pin(&p)?;
+        self.db.create_run(&run, prev.revision, &pins)?;
+        self.wake.notify_one();
+        let detail = serde_json::json!({ "run": run.id, "rerun_of": id, "from": from_step });
+        self.registry
+            .audit_change(who, "run.rerun", &run.id, detail)
+            .await;
+        Ok(run)
+    }
+
     /// One run, for a caller with a role in its project.
     pub fn run(&self, id: &str, who: &Authority) -> Result<RunRow, EngineError> {
         let row = self

@@ -1,8 +1,8 @@
 //! Test guest: a deploy step whose behaviour the pipeline decides, per
 //! step, through its params:
 //! - `fail_until_attempt: n`: a retryable error on attempts below `n`;
-//! - `fail: "kind"`: always fail (`failed` outcome, or the typed error
-//!   `invalid-input` / `retryable`);
+//! - `fail: "failed" | "invalid-input" | "retryable"`: always fail (the
+//!   `failed` outcome, or that typed error); other values do nothing;
 //! - `wait_polls: n` with `poll_ms`: answer `retry-after(poll_ms)` until it
 //!   has been called `n` times for this run and step (counted in kv);
 //! - `outputs: {..}`: outputs to return (strings);
@@ -69,8 +69,8 @@ impl DeployStep for Step {
         match p["fail"].as_str() {
             Some("invalid-input") => return Err(Error::InvalidInput("asked to fail".into())),
             Some("retryable") => return Err(Error::Retryable("asked to fail".into())),
-            Some(_) => return result(Outcome::Failed, "asked to fail".into(), vec![]),
-            None => {}
+            Some("failed") => return result(Outcome::Failed, "asked to fail".into(), vec![]),
+            _ => {}
         }
         if p["wait_polls"]
             .as_u64()
