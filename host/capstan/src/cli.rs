@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::config::ServerConfig;
 use crate::manifest::Role;
 
+#[path = "cli_pipelines.rs"]
+mod pipelines;
 #[path = "cli_trust.rs"]
 mod trust;
 
@@ -39,6 +41,12 @@ enum Command {
     /// Review versions held for approval.
     #[command(subcommand)]
     Approval(trust::ApprovalCommand),
+    /// Deploy pipelines: store, list, start runs.
+    #[command(subcommand)]
+    Pipeline(pipelines::PipelineCommand),
+    /// Pipeline runs: show, follow the log, cancel, rerun.
+    #[command(subcommand)]
+    Run(pipelines::RunCommand),
     /// Maintain the secrets store (offline, on the data directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -247,6 +255,10 @@ pub fn main() -> anyhow::Result<()> {
         Command::Project(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::project(cmd)),
         Command::Ceiling(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::ceiling(cmd)),
         Command::Approval(cmd) => tokio::runtime::Runtime::new()?.block_on(trust::approval(cmd)),
+        Command::Pipeline(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(pipelines::pipeline(cmd))
+        }
+        Command::Run(cmd) => tokio::runtime::Runtime::new()?.block_on(pipelines::run(cmd)),
         Command::Secrets(SecretsCommand::RotateKey {
             config,
             data_dir,

@@ -213,3 +213,64 @@ async fn serve_flag_makes_metrics_need_a_viewer_token() {
         assert!(r.text().await.unwrap().contains("capstan_plugins_loaded"));
     }
 }
+
+#[tokio::test]
+async fn a_pipeline_is_stored_run_and_its_log_followed_from_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("CAPSTAN_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start capstan");
+    let proc = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let client = common::client();
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{}/readyz", proc.url)).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file = data.path().join("render.yaml");
+    std::fs::write(
+        &file,
+        "name: render\nparams:\n  image: {type: string, default: \"nginx:1.27\"}\nsteps:\n  - id: render\n    plugin: render-deployment\n    params: {name: web, image: \"${{ params.image }}\", replicas: 1, port: 80}\n",
+    )
+    .unwrap();
+    let env = [("CAPSTAN_URL", proc.url.as_str()), ("CAPSTAN_TOKEN", TOKEN)];
+    let out = cli(&["pipeline", "put", file.to_str().unwrap()], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"revision\": 1"), "{}", text(&out));
+    let out = cli(
+        &["pipeline", "run", "render", "--param", "image=nginx:1.28"],
+        &env,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(run["run"]["params"]["image"], "nginx:1.28");
+    let out = cli(&["run", "log", &id, "--follow"], &env).await;
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("[render] attempt 1 started"), "{log}");
+    assert!(
+        log.contains(&format!("run {id} finished: succeeded")),
+        "{log}"
+    );
+    // A bad file is refused with the reason.
+    std::fs::write(&file, "name: render\nsteps: [{id: a, plugin: nosuch}]\n").unwrap();
+    let out = cli(&["pipeline", "put", file.to_str().unwrap()], &env).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nosuch"), "{}", text(&out));
+}
