@@ -700,3 +700,26 @@ steps:
     );
     assert_eq!(run["steps"]["build"]["outputs"]["image"], "shop:7");
 }
+
+#[tokio::test]
+async fn the_bundled_example_release_pipeline_is_accepted() {
+    let server = TestServer::start_with(|c| c.bundled_plugins = true).await;
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/pipelines/release.yaml"
+    ))
+    .unwrap();
+    let (status, body) = put(&server, "release", &yaml).await;
+    assert_eq!(status, 404, "project `shop` must exist first: {body}");
+    let (status, _) = server
+        .send(
+            Method::POST,
+            "/v1/projects",
+            Some(json!({ "name": "shop" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = put(&server, "release", &yaml).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["project"], "shop");
+}
