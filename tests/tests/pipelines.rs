@@ -723,3 +723,33 @@ async fn the_bundled_example_release_pipeline_is_accepted() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["project"], "shop");
 }
+
+#[tokio::test]
+async fn a_step_that_never_ends_hits_its_timeout_and_the_failure_policy_acts() {
+    let server = server().await;
+    let yaml = r#"
+name: forever
+steps:
+  - id: first
+    plugin: step
+    params: {}
+  - id: spin
+    plugin: step
+    needs: [first]
+    params: {spin_ms: 600000}
+    timeout: 700ms
+    on_failure: rollback
+"#;
+    assert_eq!(put(&server, "forever", yaml).await.0, 201);
+    let id = start(&server, "forever", json!({})).await;
+    let started = Instant::now();
+    let run = wait_status(&server, &id, &["rolled-back", "failed", "succeeded"]).await;
+    assert_eq!(run["status"], "rolled-back", "{run:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the timeout stopped it, not the plugin"
+    );
+    let spin = &run["steps"]["spin"]["state"];
+    assert_eq!(spin["kind"], "timeout", "{run:#}");
+    assert!(calls(&server).contains(&format!("rollback {id}/first#1")));
+}
