@@ -54,6 +54,39 @@ pub(super) enum PipelineCommand {
 /// `capstan run ...`
 #[derive(Subcommand)]
 pub(super) enum RunCommand {
+    /// Start a run of PIPELINE, with parameters as NAME=VALUE.
+    Start {
+        /// Pipeline name.
+        pipeline: String,
+        /// A parameter (repeatable), e.g. tag=v1.2.3.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Watch a run's steps change state until it finishes.
+    Watch {
+        /// Run id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve the run's pending approval gate (or --step's).
+    Approve {
+        /// Run id.
+        id: String,
+        /// The gate, if several wait.
+        #[arg(long)]
+        step: Option<String>,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Reject instead.
+        #[arg(long)]
+        reject: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List runs, newest first.
     List {
         /// Only this pipeline's.
@@ -69,12 +102,13 @@ pub(super) enum RunCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Print a run's log; with --follow, until the run finishes.
-    Log {
+    /// Print a run's log; with -f, until the run finishes.
+    #[command(alias = "log")]
+    Logs {
         /// Run id.
         id: String,
         /// Keep printing new lines until the run finishes.
-        #[arg(long)]
+        #[arg(short, long)]
         follow: bool,
         #[command(flatten)]
         remote: Remote,
@@ -183,7 +217,36 @@ pub(super) async fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 .send()
                 .await
         }
-        RunCommand::Log { id, follow, remote } => return log(&id, follow, &remote).await,
+        RunCommand::Logs { id, follow, remote } => return log(&id, follow, &remote).await,
+        RunCommand::Start {
+            pipeline: name,
+            params,
+            remote,
+        } => {
+            return pipeline(PipelineCommand::Run {
+                name,
+                params,
+                remote,
+            })
+            .await;
+        }
+        RunCommand::Watch { id, remote } => return watch(&id, &remote).await,
+        RunCommand::Approve {
+            id,
+            step,
+            comment,
+            reject,
+            remote,
+        } => {
+            let approval = pending_gate(&id, step.as_deref(), &remote).await?;
+            let verb = if reject { "reject" } else { "approve" };
+            let path = format!("/v1/approvals/{approval}/{verb}");
+            remote
+                .request(&remote.client()?, Method::POST, &path)
+                .json(&serde_json::json!({ "comment": comment }))
+                .send()
+                .await
+        }
         RunCommand::Cancel {
             id,
             rollback,
@@ -271,4 +334,96 @@ fn name_in(yaml: &str) -> Option<String> {
         let v = v.trim_matches(|c| c == '"' || c == '\'');
         (!v.is_empty()).then(|| v.to_string())
     })
+}
+
+/// The id of the pending pipeline-gate approval of run `id` (at `step`).
+async fn pending_gate(id: &str, step: Option<&str>, remote: &Remote) -> anyhow::Result<String> {
+    let list: serde_json::Value = remote
+        .request(
+            &remote.client()?,
+            Method::GET,
+            "/v1/approvals?state=pending",
+        )
+        .send()
+        .await
+        .context("request failed; is the server running? (see --server)")?
+        .json()
+        .await?;
+    let prefix = format!("{id}/");
+    let gates: Vec<&serde_json::Value> = list["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["kind"] == "pipeline-step")
+        .filter(|a| {
+            let subject = a["subject"].as_str().unwrap_or_default();
+            subject.starts_with(&prefix) && step.is_none_or(|s| subject == format!("{prefix}{s}"))
+        })
+        .collect();
+    match gates.as_slice() {
+        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
+        [] => anyhow::bail!(
+            "run {id} has no pending approval gate{}",
+            step.map(|s| format!(" at `{s}`")).unwrap_or_default()
+        ),
+        many => anyhow::bail!(
+            "run {id} has {} gates waiting; name one with --step ({})",
+            many.len(),
+            many.iter()
+                .filter_map(|a| a["subject"].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Prints each step's state as it changes, like `gh run watch`, until the
+/// run finishes; fails if the run did not succeed.
+async fn watch(id: &str, remote: &Remote) -> anyhow::Result<()> {
+    let client = remote.client()?;
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    loop {
+        let response = remote
+            .request(&client, Method::GET, &format!("/v1/runs/{id}"))
+            .send()
+            .await
+            .context("request failed; is the server running? (see --server)")?;
+        if !response.status().is_success() {
+            return print_response(Ok(response)).await;
+        }
+        let body: serde_json::Value = response.json().await?;
+        let run = &body["run"];
+        for (step, record) in run["steps"].as_object().into_iter().flatten() {
+            let state = &record["state"];
+            let name = state["state"].as_str().unwrap_or_default();
+            let detail = match name {
+                "running" | "waiting-retry" => format!("{name} (attempt {})", record["attempt"]),
+                "failed" => format!(
+                    "failed ({}): {}",
+                    state["kind"].as_str().unwrap_or("?"),
+                    state["message"].as_str().unwrap_or_default()
+                ),
+                _ => name.to_string(),
+            };
+            if last.get(step) != Some(&detail) {
+                println!("{step:<20} {detail}");
+                last.insert(step.clone(), detail);
+            }
+        }
+        let status = run["status"].as_str().unwrap_or_default();
+        if status != "queued" && status != "running" {
+            println!(
+                "run {id}: {status}{}",
+                run["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+            if status != "succeeded" {
+                anyhow::bail!("run {id} ended {status}");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

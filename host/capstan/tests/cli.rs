@@ -268,6 +268,61 @@ async fn a_pipeline_is_stored_run_and_its_log_followed_from_the_cli() {
         log.contains(&format!("run {id} finished: succeeded")),
         "{log}"
     );
+    // A gated pipeline: `run start`, `run approve` (not by its starter),
+    // `run watch` until it succeeds.
+    std::fs::write(
+        &file,
+        "name: gated\nsteps:\n  - {id: gate, approval: {approvers: {role: admin}}}\n  - {id: render, plugin: render-deployment, needs: [gate], params: {name: web, image: \"nginx:1\", replicas: 1, port: 80}}\n",
+    )
+    .unwrap();
+    assert!(
+        cli(&["pipeline", "put", file.to_str().unwrap()], &env)
+            .await
+            .status
+            .success()
+    );
+    let out = cli(&["run", "start", "gated"], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gated = run["run"]["id"].as_str().unwrap().to_string();
+    let approve = loop {
+        let out = cli(&["run", "approve", &gated, "--comment", "mine"], &env).await;
+        if !text(&out).contains("no pending approval gate") {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !approve.status.success(),
+        "the starter may not approve: {}",
+        text(&approve)
+    );
+    assert!(text(&approve).contains("403"), "{}", text(&approve));
+    let out = cli(
+        &["token", "create", "second-admin", "--role", "admin"],
+        &env,
+    )
+    .await;
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env2 = [
+        ("CAPSTAN_URL", proc.url.as_str()),
+        ("CAPSTAN_TOKEN", second["token"].as_str().unwrap()),
+    ];
+    let out = cli(&["run", "approve", &gated, "--comment", "ship it"], &env2).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["run", "watch", &gated], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let watched = text(&out);
+    assert!(
+        watched.contains("render") && watched.contains(&format!("run {gated}: succeeded")),
+        "{watched}"
+    );
+    let out = cli(&["run", "logs", "-f", &gated], &env).await;
+    assert!(
+        text(&out).contains("approved by token:second-admin"),
+        "{}",
+        text(&out)
+    );
     // A bad file is refused with the reason.
     std::fs::write(&file, "name: render\nsteps: [{id: a, plugin: nosuch}]\n").unwrap();
     let out = cli(&["pipeline", "put", file.to_str().unwrap()], &env).await;
