@@ -753,3 +753,37 @@ steps:
     assert_eq!(spin["kind"], "timeout", "{run:#}");
     assert!(calls(&server).contains(&format!("rollback {id}/first#1")));
 }
+
+#[tokio::test]
+async fn runs_steps_and_lock_waits_are_in_the_metrics() {
+    let server = server().await;
+    let yaml = "name: measured\nenvironments: {prod: {}}\nsteps:\n  - {id: deploy, plugin: step, environment: prod, params: {}}\n";
+    assert_eq!(put(&server, "measured", yaml).await.0, 201);
+    let id = start(&server, "measured", json!({})).await;
+    assert_eq!(
+        wait_status(&server, &id, &["succeeded", "failed"]).await["status"],
+        "succeeded"
+    );
+    let r = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    for needle in [
+        "capstan_pipeline_runs_total{pipeline=\"measured\",status=\"succeeded\"} 1",
+        "capstan_pipeline_step_duration_seconds_count{pipeline=\"measured\",step=\"deploy\",outcome=\"succeeded\"} 1",
+        "capstan_pipeline_lock_wait_seconds_count{pipeline=\"measured\"} 1",
+        "capstan_pipeline_runs_queued ",
+        "capstan_pipeline_runs_waiting_lock ",
+    ] {
+        assert!(
+            text.contains(needle),
+            "`{needle}` missing from:\n{}",
+            text.lines()
+                .filter(|l| l.contains("pipeline"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

@@ -63,6 +63,8 @@ impl Server {
         );
         let mut metrics = Metrics::new();
         metrics.register_audit(audit.stats());
+        let pipeline_metrics = crate::pipelines::engine::PipelineMetrics::default();
+        pipeline_metrics.register(&mut metrics);
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
@@ -92,6 +94,7 @@ impl Server {
                 replica: replica_id(&config.data_dir)?,
                 ..Default::default()
             },
+            pipeline_metrics,
         );
         let state = AppState {
             registry: registry.clone(),

@@ -75,6 +75,8 @@ pub struct LogLine {
 pub struct LockChange {
     /// Runs that now hold the lock.
     pub granted: Vec<String>,
+    /// How long each of them waited, ms (same order).
+    pub waited_ms: Vec<i64>,
     /// Runs a newer one superseded.
     pub superseded: Vec<String>,
 }
@@ -255,6 +257,17 @@ impl PipelineStore {
         })?)
     }
 
+    /// Runs waiting to start, and runs waiting for an environment lock.
+    pub fn depths(&self) -> Result<(i64, i64), StoreError> {
+        Ok(self.store.with(|c| {
+            let queued =
+                c.value::<i64>("SELECT COUNT(*) FROM runs WHERE status = 'queued'", args![])?;
+            let waiting =
+                c.value::<i64>("SELECT COUNT(*) FROM env_locks WHERE holder = 0", args![])?;
+            Ok::<_, DbError>((queued, waiting))
+        })?)
+    }
+
     /// Queues `event` for run `id`.
     pub fn push(&self, id: &str, event: &Event) -> Result<(), StoreError> {
         Ok(self.store.with(|c| push(c, id, event))?)
@@ -409,6 +422,7 @@ impl PipelineStore {
                     let env = key.rsplit('/').next().unwrap_or(key).to_string();
                     push(c, id, &Event::LockGranted { environment: env })?;
                     change.granted.push(id.to_string());
+                    change.waited_ms.push(0);
                     return Ok(change);
                 }
                 if policy == LockPolicy::Supersede {
@@ -428,7 +442,7 @@ impl PipelineStore {
                         change.superseded.push(run);
                     }
                 }
-                change.granted = grant_next(c, key)?;
+                (change.granted, change.waited_ms) = grant_next(c, key)?;
                 Ok(change)
             })
         })
@@ -443,8 +457,10 @@ impl PipelineStore {
                     "DELETE FROM env_locks WHERE environment = ?1 AND run_id = ?2",
                     args![key, id],
                 )?;
+                let (granted, waited_ms) = grant_next(c, key)?;
                 Ok(LockChange {
-                    granted: grant_next(c, key)?,
+                    granted,
+                    waited_ms,
                     superseded: Vec::new(),
                 })
             })
@@ -463,30 +479,32 @@ impl PipelineStore {
     }
 }
 
-/// Makes the oldest waiter the holder if nobody holds `key`.
-fn grant_next(c: &mut Conn, key: &str) -> Result<Vec<String>, DbError> {
+/// Makes the oldest waiter the holder if nobody holds `key`; returns it
+/// with how long it waited.
+fn grant_next(c: &mut Conn, key: &str) -> Result<(Vec<String>, Vec<i64>), DbError> {
     let held: i64 = c.value(
         "SELECT COUNT(*) FROM env_locks WHERE environment = ?1 AND holder = 1",
         args![key],
     )?;
     if held > 0 {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     let Some(next) = c.row(
-        "SELECT run_id FROM env_locks WHERE environment = ?1 ORDER BY queued_ms, run_id LIMIT 1",
+        "SELECT run_id, queued_ms FROM env_locks WHERE environment = ?1 ORDER BY queued_ms, run_id LIMIT 1",
         args![key],
     )?
     else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let run: String = next.get(0)?;
+    let waited = unix_millis() - next.get::<i64>(1)?;
     c.exec(
         "UPDATE env_locks SET holder = 1 WHERE environment = ?1 AND run_id = ?2",
         args![key, &run],
     )?;
     let env = key.rsplit('/').next().unwrap_or(key).to_string();
     push(c, &run, &Event::LockGranted { environment: env })?;
-    Ok(vec![run])
+    Ok((vec![run], vec![waited]))
 }
 
 fn push(c: &mut Conn, id: &str, event: &Event) -> Result<(), DbError> {

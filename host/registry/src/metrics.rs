@@ -159,6 +159,16 @@ impl Metrics {
         }
     }
 
+    /// Adds an engine's metric (its name gets the `capstan_` prefix).
+    pub fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.register(name, help, metric);
+    }
+
     /// Adds the audit log's counters (records dropped on a full queue,
     /// database writes retried).
     pub fn register_audit(&mut self, stats: crate::capabilities::audit::AuditStats) {

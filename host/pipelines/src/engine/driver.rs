@@ -66,6 +66,12 @@ pub(super) async fn renew(engine: Weak<Engine>) {
 impl Engine {
     async fn drive_due(self: &Arc<Self>) -> Result<(), EngineError> {
         let now = unix_millis();
+        if now - self.depths_at.load(std::sync::atomic::Ordering::Relaxed) >= 2000 {
+            self.depths_at
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            let (queued, waiting) = self.db.depths()?;
+            self.metrics.set_depths(queued, waiting);
+        }
         for id in self.db.due(now)? {
             if let Err(err) = self.drive(&id).await {
                 tracing::error!(run = %id, "driving a run: {err}");
@@ -158,6 +164,7 @@ impl Engine {
             }
             if let Action::FinishRun { status, reason } = a {
                 notes.push((None, format!("finished: {} ({reason})", status.name())));
+                self.metrics.run_finished(&run.pipeline, status.name());
             }
         }
         let timer = actions.iter().filter_map(|a| match a {
@@ -223,6 +230,7 @@ impl Engine {
                 .db
                 .request_lock(&lock_key(&run.pipeline, &environment), &run.id, policy)
                 .and_then(|c| {
+                    self.observe_waits(&run.pipeline, &c);
                     if !c.granted.contains(&run.id) {
                         let why = format!("waiting for the lock of environment `{environment}`: another run deploys there");
                         self.db.log(&run.id, None, "engine", &why)?;
@@ -233,7 +241,10 @@ impl Engine {
             Action::ReleaseLock { environment } => self
                 .db
                 .release_lock(&lock_key(&run.pipeline, &environment), &run.id)
-                .map(|c| self.locks_changed(c)),
+                .map(|c| {
+                    self.observe_waits(&run.pipeline, &c);
+                    self.locks_changed(c)
+                }),
             Action::ScheduleTimer { .. } | Action::Note { .. } | Action::FinishRun { .. } => Ok(()),
         };
         if let Err(e) = result {
@@ -245,6 +256,12 @@ impl Engine {
                 "engine",
                 &format!("action failed, will retry on resume: {e}"),
             );
+        }
+    }
+
+    fn observe_waits(&self, pipeline: &str, change: &LockChange) {
+        for ms in &change.waited_ms {
+            self.metrics.lock_waited(pipeline, *ms as f64 / 1000.0);
         }
     }
 

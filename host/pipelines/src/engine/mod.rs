@@ -9,6 +9,7 @@
 
 mod catalog;
 mod driver;
+mod metrics;
 mod steps;
 mod watch;
 
@@ -24,6 +25,7 @@ use capstan_store::{StoreError, ids};
 use serde_json::Value;
 
 pub use catalog::RegistryCatalog;
+pub use metrics::PipelineMetrics;
 
 use crate::machine::{Decision, Event, Limits, RoleGrant, Run};
 use crate::model::{Pipeline, resolve_params};
@@ -104,12 +106,19 @@ pub struct Engine {
     parsed: Mutex<HashMap<(String, i64), Arc<Pipeline>>>,
     /// Files of the pipelines directory that did not load.
     dir_errors: watch::DirectoryErrors,
+    metrics: PipelineMetrics,
+    /// When the queue depths were last measured, Unix ms.
+    depths_at: std::sync::atomic::AtomicI64,
 }
 
 impl Engine {
     /// Starts the engine: its driver, lease renewal, and its part in the
     /// approval gate.
-    pub fn start(registry: Arc<Registry>, config: EngineConfig) -> Arc<Engine> {
+    pub fn start(
+        registry: Arc<Registry>,
+        config: EngineConfig,
+        metrics: PipelineMetrics,
+    ) -> Arc<Engine> {
         let engine = Arc::new(Engine {
             db: PipelineStore::new(registry.store().clone()),
             registry: registry.clone(),
@@ -120,6 +129,8 @@ impl Engine {
             inflight: Mutex::default(),
             parsed: Mutex::default(),
             dir_errors: Default::default(),
+            metrics,
+            depths_at: Default::default(),
         });
         registry.on_approval(Arc::new(Gatekeeper(Arc::downgrade(&engine))));
         tokio::spawn(driver::run(Arc::downgrade(&engine)));

@@ -42,9 +42,19 @@ impl Engine {
                 "engine",
                 &format!("{verb} {attempt} started"),
             );
+            let started = std::time::Instant::now();
             let outcome = engine
                 .attempt(&pipeline, &run_id, pin, &inv, rollback)
                 .await;
+            let label = match (&outcome, rollback) {
+                (_, true) => "rollback".to_string(),
+                (Outcome::Succeeded { .. }, _) => "succeeded".into(),
+                (Outcome::RetryAfter { .. }, _) => "retry-after".into(),
+                (Outcome::Failed { kind, .. }, _) => format!("failed-{kind}"),
+            };
+            engine
+                .metrics
+                .step(&pipeline, &step, &label, started.elapsed().as_secs_f64());
             let _ = engine
                 .db
                 .log(&run_id, Some(&step), "plugin", &summary(&outcome));
