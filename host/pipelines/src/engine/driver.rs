@@ -19,7 +19,11 @@ use crate::store::{LockChange, Pin};
 pub(super) async fn run(engine: Weak<Engine>) {
     loop {
         let Some(e) = engine.upgrade() else { return };
-        if let Err(err) = e.drive_due().await {
+        // Not before every stored plugin is loaded: a resumed run would find
+        // its plugins missing.
+        if e.registry.is_ready()
+            && let Err(err) = e.drive_due().await
+        {
             tracing::error!("pipelines driver: {err}");
         }
         let poll = e.config.poll;

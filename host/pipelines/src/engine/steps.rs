@@ -19,6 +19,9 @@ use crate::machine::{Event, Invocation, Outcome, Run};
 use crate::model::ErrorKind;
 use crate::store::Pin;
 
+/// How soon an attempt the server had no room for is tried again.
+const OVERLOADED_RETRY_MS: u64 = 200;
+
 impl Engine {
     /// Starts one attempt in the background; its result becomes the run's
     /// `StepFinished` (or `RollbackFinished`) event.
@@ -135,6 +138,14 @@ impl Engine {
                 ErrorKind::Failed,
                 format!("plugin answered {other:?}, not a step result"),
             ),
+            // The host's own backpressure, not the step's failure: the same
+            // attempt goes again shortly, within its timeout.
+            Ok(Err(RegistryError::Invoke(e @ InvokeError::Overloaded { .. }))) => {
+                Outcome::RetryAfter {
+                    ms: OVERLOADED_RETRY_MS,
+                    message: format!("not started: {e}"),
+                }
+            }
             Ok(Err(e)) => failed(kind_of(&e), e.to_string()),
         }
     }
