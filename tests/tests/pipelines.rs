@@ -458,15 +458,11 @@ steps:
     assert_eq!(status, 409, "a finished run cannot be cancelled again");
 }
 
-/// kill -9 while a step is in flight: after the restart the run resumes; the
-/// step runs again as attempt 2 under the same key; the step that had
-/// completed does not run again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
-    let mut proc = Capstan::start(None, &[]);
+/// A `capstan` process with the `step` plugin and pipeline `yaml` stored.
+async fn process_with(name: &str, yaml: &str) -> Capstan {
+    let proc = Capstan::start(None, &[]);
     proc.wait_ready().await;
-    let c = client();
-    let base = proc.url();
+    let (c, base) = (client(), proc.url());
     let form = reqwest::multipart::Form::new()
         .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
         .part(
@@ -481,15 +477,25 @@ async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let yaml = "name: crash\nsteps:\n  - {id: quick, plugin: step, params: {}}\n  - {id: long, plugin: step, needs: [quick], params: {spin_ms: 1500}, timeout: 60s}\n";
     let r = c
-        .put(format!("{base}/v1/pipelines/crash"))
+        .put(format!("{base}/v1/pipelines/{name}"))
         .bearer_auth(TOKEN)
-        .body(yaml)
+        .body(yaml.to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    proc
+}
+
+/// kill -9 while a step is in flight: after the restart the run resumes; the
+/// step runs again as attempt 2 under the same key; the step that had
+/// completed does not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
+    let yaml = "name: crash\nsteps:\n  - {id: quick, plugin: step, params: {}}\n  - {id: long, plugin: step, needs: [quick], params: {spin_ms: 1500}, timeout: 60s}\n";
+    let mut proc = process_with("crash", yaml).await;
+    let (c, base) = (client(), proc.url());
     let r = c
         .post(format!("{base}/v1/pipelines/crash/runs"))
         .bearer_auth(TOKEN)
@@ -793,33 +799,9 @@ async fn runs_steps_and_lock_waits_are_in_the_metrics() {
 /// twice (a step runs again only as a new, higher attempt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_runs_survive_repeated_kill_9_without_a_step_running_twice() {
-    let c = client();
-    let mut proc = Capstan::start(None, &[]);
-    proc.wait_ready().await;
-    let base = proc.url();
-    let form = reqwest::multipart::Form::new()
-        .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
-        .part(
-            "component",
-            reqwest::multipart::Part::bytes(guest(guests::PIPELINE_STEP)),
-        );
-    let r = c
-        .post(format!("{base}/v1/plugins"))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
     let yaml = "name: chain\nsteps:\n  - {id: a, plugin: step, params: {}}\n  - {id: b, plugin: step, needs: [a], params: {spin_ms: 30}, timeout: 60s}\n  - {id: c, plugin: step, needs: [b], params: {}}\n";
-    let r = c
-        .put(format!("{base}/v1/pipelines/chain"))
-        .bearer_auth(TOKEN)
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let mut proc = process_with("chain", yaml).await;
+    let (c, base) = (client(), proc.url());
     let mut ids = Vec::new();
     for _ in 0..50 {
         let r = c

@@ -58,9 +58,27 @@ async fn serve(
     env: &[(&str, &str)],
     client: &reqwest::Client,
 ) -> Proc {
+    serve_with(
+        data,
+        scheme,
+        &[&["--no-bundled"], extra].concat(),
+        env,
+        client,
+    )
+    .await
+}
+
+/// [`serve`] with the bundled plugins unless `extra` says `--no-bundled`.
+async fn serve_with(
+    data: &Path,
+    scheme: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    client: &reqwest::Client,
+) -> Proc {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["serve", "--no-bundled", "--listen"])
+        .args(["serve", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data)
@@ -217,22 +235,8 @@ async fn serve_flag_makes_metrics_need_a_viewer_token() {
 #[tokio::test]
 async fn a_pipeline_is_stored_run_and_its_log_followed_from_the_cli() {
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("CAPSTAN_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start capstan");
-    let proc = Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
     let client = common::client();
+    let proc = serve_with(data.path(), "http", &[], &[], &client).await;
     for _ in 0..600 {
         if let Ok(r) = client.get(format!("{}/readyz", proc.url)).send().await
             && r.status() == 200
