@@ -15,6 +15,7 @@ triggers:
       repo: Acme/Shop
       branches: [main, "release/*"]
       tags: ["v*"]
+      secret: shop-webhook
   - cron:
       schedule: "0 3 * * 1-5"
       timezone: Europe/Berlin
@@ -61,7 +62,7 @@ fn parses_every_field_of_a_full_pipeline() {
     assert_eq!(p.project, "shop");
     assert_eq!(p.triggers.len(), 3);
     assert!(
-        matches!(&p.triggers[0], Trigger::Push(t) if t.provider == Provider::Github && t.tags == ["v*"])
+        matches!(&p.triggers[0], Trigger::Push(t) if t.provider == Provider::Github && t.tags == ["v*"] && t.secret.as_deref() == Some("shop-webhook"))
     );
     assert!(matches!(&p.triggers[1], Trigger::Cron(c) if c.timezone == "Europe/Berlin"));
     assert_eq!(p.triggers[2], Trigger::Manual);
