@@ -13,6 +13,7 @@ mod audit;
 pub mod auth;
 mod dto;
 pub mod error;
+mod hooks;
 mod json;
 pub mod limits;
 pub mod listen;
@@ -105,6 +106,7 @@ pub struct AppState {
         projects::list_approvals, projects::show_approval, projects::approve, projects::reject,
         pipelines_api::put, pipelines_api::list, pipelines_api::show, pipelines_api::delete, pipelines_api::start,
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
+        hooks::receive,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -117,7 +119,8 @@ pub struct AppState {
 pub struct ApiDoc;
 
 /// Documents bearer authentication: every operation needs a token except
-/// the probes (and `/metrics` when `metrics_public` is set, the default).
+/// the probes (and `/metrics` when `metrics_public` is set, the default) and
+/// the webhooks, which carry the provider's signature instead.
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -213,7 +216,11 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(pipelines_api::runs))
         .route("/runs/{id}", get(pipelines_api::run))
         .route("/runs/{id}/log", get(pipelines_api::log))
-        .route("/runs/{id}/cancel", post(pipelines_api::cancel));
+        .route("/runs/{id}/cancel", post(pipelines_api::cancel))
+        .route(
+            "/hooks/{provider}/{pipeline}",
+            post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),
+        );
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

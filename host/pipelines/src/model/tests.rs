@@ -190,6 +190,20 @@ fn cron_triggers_fire_in_their_time_zone() {
     // 2026-01-15 00:00:00 UTC; 03:00 in Berlin (UTC+1 in winter) is 02:00 UTC.
     let midnight = 1_768_435_200_000;
     assert_eq!(berlin.next_after(midnight), Ok(midnight + 2 * 3_600_000));
+    assert_eq!(
+        berlin.next_after(midnight + 789),
+        Ok(midnight + 2 * 3_600_000),
+        "due times are whole seconds"
+    );
+    let every_second = CronTrigger {
+        schedule: "* * * * * *".into(),
+        timezone: "UTC".into(),
+    };
+    assert_eq!(every_second.next_after(midnight), Ok(midnight + 1_000));
+    assert_eq!(
+        every_second.next_after(midnight + 999),
+        Ok(midnight + 1_000)
+    );
 
     let bad = CronTrigger {
         schedule: "61 * * * *".into(),

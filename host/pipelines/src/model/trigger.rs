@@ -192,7 +192,9 @@ impl CronTrigger {
     pub fn next_after(&self, after_ms: u64) -> Result<u64, String> {
         let cron = Cron::from_str(&self.schedule).map_err(|e| e.to_string())?;
         let zone = self.zone()?;
-        let ms = i64::try_from(after_ms).map_err(|e| e.to_string())?;
+        // From the whole second: croner keeps the start's fraction of a
+        // second in what it returns.
+        let ms = i64::try_from(after_ms - after_ms % 1000).map_err(|e| e.to_string())?;
         let start: DateTime<Utc> = Utc
             .timestamp_millis_opt(ms)
             .single()
