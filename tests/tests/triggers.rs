@@ -448,7 +448,8 @@ async fn cron_runs(base: &str, pipeline: &str) -> Vec<(i64, i64)> {
 }
 
 async fn wait_runs(proc: &Capstan, pipeline: &str, at_least: usize) -> Vec<(i64, i64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Long enough for a replica to take over an expired scheduler lease.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let dues = cron_runs(&proc.url(), pipeline).await;
         if dues.len() >= at_least {
@@ -471,14 +472,10 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// An every-second schedule starts a run per second; after `kill -9` and a
-/// restart no due time runs twice, and the seconds missed while the server
-/// was down start one run, not one each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cron_fires_each_due_time_once_across_a_kill_9_and_catches_up_once() {
-    let proc = Capstan::start(None, &[]);
-    proc.wait_ready().await;
-    let (c, base) = (client(), proc.url());
+/// Uploads the `step` plugin to `base` and stores `tick`, a pipeline that
+/// runs every second.
+async fn every_second(base: &str) {
+    let c = client();
     let form = reqwest::multipart::Form::new()
         .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
         .part(
@@ -502,7 +499,16 @@ async fn cron_fires_each_due_time_once_across_a_kill_9_and_catches_up_once() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
 
+/// An every-second schedule starts a run per second; after `kill -9` and a
+/// restart no due time runs twice, and the seconds missed while the server
+/// was down start one run, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fires_each_due_time_once_across_a_kill_9_and_catches_up_once() {
+    let proc = Capstan::start(None, &[]);
+    proc.wait_ready().await;
+    every_second(&proc.url()).await;
     let mut proc = proc;
     let before = wait_runs(&proc, "tick", 3).await;
     let dir = proc.kill_9();
@@ -574,4 +580,32 @@ async fn the_webhook_route_is_documented_as_public_with_every_answer() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// Two replicas on one PostgreSQL: each due time starts one run, and when
+/// one replica is killed the other carries on (after the scheduler lease
+/// expires) without running a due time twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fire_each_due_time_once_and_one_takes_over_from_the_other() {
+    let Some(db) = capstan::store::testing::PgDatabase::create() else {
+        assert!(
+            std::env::var("CAPSTAN_REQUIRE_PG").as_deref() != Ok("1"),
+            "CAPSTAN_REQUIRE_PG=1 but CAPSTAN_TEST_PG is not set"
+        );
+        eprintln!("note: CAPSTAN_TEST_PG is not set; the replica test needs PostgreSQL");
+        return;
+    };
+    let env = [("CAPSTAN_DATABASE", db.url.as_str())];
+    let (mut a, b) = (Capstan::start(None, &env), Capstan::start(None, &env));
+    a.wait_ready().await;
+    b.wait_ready().await;
+    every_second(&a.url()).await;
+    let before = wait_runs(&b, "tick", 4).await;
+    a.kill_9();
+    let runs = wait_runs(&b, "tick", before.len() + 3).await;
+    let dues: Vec<i64> = runs.iter().map(|(_, due)| *due).collect();
+    let mut sorted = dues.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, dues, "a due time ran twice, or out of order");
 }
