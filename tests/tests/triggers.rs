@@ -297,7 +297,13 @@ async fn branch_filters_deletions_and_unknown_targets() {
         let (status, answer) = deliver(&server, provider, name, &headers, body).await;
         assert_eq!(status, 404, "{provider}/{name}: {answer}");
     }
-    // Over the 5 MiB cap.
+    // A push of 3 MiB (over the 2 MiB of other routes) is read; 5 MiB is the cap.
+    let mut padded: Value = serde_json::from_str(GITHUB).unwrap();
+    padded["ref"] = json!("refs/heads/feature/big");
+    padded["head_commit"]["message"] = json!("x".repeat(3 << 20));
+    let (status, answer) = send("push", "d-big", padded.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["ignored"].as_str().unwrap().contains("feature/big"));
     let big = vec![b' '; (5 << 20) + 1];
     let (status, answer) = deliver(&server, "github", "hello", &headers, &big).await;
     assert_eq!(status, 413, "{answer}");

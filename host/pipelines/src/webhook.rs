@@ -141,8 +141,9 @@ fn is_zero(sha: &str) -> bool {
 /// `checkout_sha` (GitLab), the commit a tag points to even when `after` is
 /// an annotated tag object; `after` otherwise.
 pub fn parse_push(provider: Provider, body: &[u8]) -> Result<Push, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        format!("the payload is not JSON (set the webhook's content type to application/json): {e}")
+    })?;
     let need = |path: &[&str]| {
         text(&v, path)
             .map(str::to_string)
