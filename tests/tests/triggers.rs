@@ -1,12 +1,10 @@
-//! Pipeline triggers end to end: push webhooks of GitHub, GitLab and Gitea
-//! over real HTTP, with the payloads each provider documents
-//! (`tests/fixtures/webhooks`) signed by `openssl` as the provider would
-//! sign them; and cron schedules, which fire once per due time, also across
-//! a `kill -9` and restart, and do not fire a storm for the time missed.
+//! Push triggers end to end: webhooks of GitHub, GitLab and Gitea over real
+//! HTTP, with the payloads each provider documents (`tests/fixtures/webhooks`)
+//! signed by `openssl` as the provider would sign them. Cron triggers are in
+//! `cron.rs`.
 
 use std::time::{Duration, Instant};
 
-use capstan_tests::procs::{Capstan, TOKEN};
 use capstan_tests::{TestServer, client, guest, guests, manifest, status_json};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -426,142 +424,6 @@ async fn gitea_deliveries_are_verified_and_a_delivery_sent_twice_at_once_starts_
     assert_eq!(runs(&server, "gitea").await.len(), 1);
 }
 
-/// The cron runs of `pipeline` on the process at `base`: when each was
-/// created and its due time, oldest run first.
-async fn cron_runs(base: &str, pipeline: &str) -> Vec<(i64, i64)> {
-    let body: Value = client()
-        .get(format!("{base}/v1/runs?pipeline={pipeline}&limit=500"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut runs: Vec<(i64, i64)> = body["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["run"]["trigger"]["kind"] == "cron")
-        .map(|r| {
-            assert_eq!(r["run"]["started_by"], "cron");
-            let due = r["run"]["trigger"]["due_ms"].as_i64().unwrap();
-            (r["created_ms"].as_i64().unwrap(), due)
-        })
-        .collect();
-    runs.sort();
-    runs
-}
-
-async fn wait_runs(proc: &Capstan, pipeline: &str, at_least: usize) -> Vec<(i64, i64)> {
-    // Long enough for a replica to take over an expired scheduler lease.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let dues = cron_runs(&proc.url(), pipeline).await;
-        if dues.len() >= at_least {
-            return dues;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} cron runs: {dues:?}\n{}",
-            dues.len(),
-            proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Uploads the `step` plugin to `base` and stores `tick`, a pipeline that
-/// runs every second.
-async fn every_second(base: &str) {
-    let c = client();
-    let form = reqwest::multipart::Form::new()
-        .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
-        .part(
-            "component",
-            reqwest::multipart::Part::bytes(guest(guests::PIPELINE_STEP)),
-        );
-    let r = c
-        .post(format!("{base}/v1/plugins"))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let yaml = "name: tick\ntriggers:\n  - cron: {schedule: \"* * * * * *\", timezone: Europe/Berlin}\nsteps:\n  - {id: a, plugin: step, params: {}}\n";
-    let r = c
-        .put(format!("{base}/v1/pipelines/tick"))
-        .bearer_auth(TOKEN)
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-}
-
-/// An every-second schedule starts a run per second; after `kill -9` and a
-/// restart no due time runs twice, and the seconds missed while the server
-/// was down start one run, not one each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cron_fires_each_due_time_once_across_a_kill_9_and_catches_up_once() {
-    let proc = Capstan::start(None, &[]);
-    proc.wait_ready().await;
-    every_second(&proc.url()).await;
-    let mut proc = proc;
-    let before = wait_runs(&proc, "tick", 3).await;
-    let dir = proc.kill_9();
-    let killed_ms = now_ms();
-    // Let at least three due times pass while nothing runs.
-    while now_ms() < killed_ms + 3_500 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let restarted_ms = now_ms();
-    let proc = Capstan::start(Some(dir), &[]);
-    proc.wait_ready().await;
-    let runs = wait_runs(&proc, "tick", before.len() + 3).await;
-    let dues: Vec<i64> = runs.iter().map(|(_, due)| *due).collect();
-
-    // Each due time ran once, and in order.
-    let mut sorted = dues.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted, dues, "a due time ran twice, or out of order");
-    assert!(
-        dues.iter().all(|d| d % 1000 == 0),
-        "{dues:?}\n{}",
-        proc.log()
-    );
-    // The downtime (at least three due times) started one run.
-    let last = runs
-        .iter()
-        .filter(|(created, _)| *created < killed_ms)
-        .map(|(_, due)| *due)
-        .max()
-        .unwrap();
-    let missed: Vec<&i64> = dues
-        .iter()
-        .filter(|d| **d > last && **d < restarted_ms)
-        .collect();
-    assert_eq!(
-        missed.len(),
-        1,
-        "one catch-up run: {dues:?}, last before the kill {last}, restarted at {restarted_ms}\n{}",
-        proc.log()
-    );
-    assert!(
-        dues.iter().filter(|d| **d >= restarted_ms).count() >= 2,
-        "and on schedule again: {dues:?}"
-    );
-}
-
 #[tokio::test]
 async fn the_webhook_route_is_documented_as_public_with_every_answer() {
     let server = TestServer::start().await;
@@ -586,32 +448,4 @@ async fn the_webhook_route_is_documented_as_public_with_every_answer() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-}
-
-/// Two replicas on one PostgreSQL: each due time starts one run, and when
-/// one replica is killed the other carries on (after the scheduler lease
-/// expires) without running a due time twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_fire_each_due_time_once_and_one_takes_over_from_the_other() {
-    let Some(db) = capstan::store::testing::PgDatabase::create() else {
-        assert!(
-            std::env::var("CAPSTAN_REQUIRE_PG").as_deref() != Ok("1"),
-            "CAPSTAN_REQUIRE_PG=1 but CAPSTAN_TEST_PG is not set"
-        );
-        eprintln!("note: CAPSTAN_TEST_PG is not set; the replica test needs PostgreSQL");
-        return;
-    };
-    let env = [("CAPSTAN_DATABASE", db.url.as_str())];
-    let (mut a, b) = (Capstan::start(None, &env), Capstan::start(None, &env));
-    a.wait_ready().await;
-    b.wait_ready().await;
-    every_second(&a.url()).await;
-    let before = wait_runs(&b, "tick", 4).await;
-    a.kill_9();
-    let runs = wait_runs(&b, "tick", before.len() + 3).await;
-    let dues: Vec<i64> = runs.iter().map(|(_, due)| *due).collect();
-    let mut sorted = dues.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted, dues, "a due time ran twice, or out of order");
 }
