@@ -13,6 +13,7 @@ mod audit;
 pub mod auth;
 mod dto;
 pub mod error;
+mod hooks;
 mod json;
 pub mod limits;
 pub mod listen;
@@ -106,6 +107,7 @@ pub struct AppState {
         pipelines_api::put, pipelines_api::list, pipelines_api::show, pipelines_api::delete, pipelines_api::start,
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
         pipelines_api::rerun,
+        hooks::receive,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -118,7 +120,8 @@ pub struct AppState {
 pub struct ApiDoc;
 
 /// Documents bearer authentication: every operation needs a token except
-/// the probes (and `/metrics` when `metrics_public` is set, the default).
+/// the probes (and `/metrics` when `metrics_public` is set, the default) and
+/// the webhooks, which carry the provider's signature instead.
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -215,7 +218,11 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}", get(pipelines_api::run))
         .route("/runs/{id}/log", get(pipelines_api::log))
         .route("/runs/{id}/cancel", post(pipelines_api::cancel))
-        .route("/runs/{id}/rerun", post(pipelines_api::rerun));
+        .route("/runs/{id}/rerun", post(pipelines_api::rerun))
+        .route(
+            "/hooks/{provider}/{pipeline}",
+            post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),
+        );
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

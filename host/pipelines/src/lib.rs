@@ -16,6 +16,7 @@ pub mod machine;
 pub mod model;
 pub mod store;
 pub mod validate;
+pub mod webhook;
 
 pub use model::Pipeline;
 pub use validate::{PluginCatalog, ValidationError, ValidationErrors, validate};

@@ -2,7 +2,10 @@
 //! revisions, runs with their journaled [`Run`], each run's inbox of events
 //! not yet applied, its log, and the queues of environment locks. Every
 //! change a run goes through is one transaction here before anything acts
-//! on it.
+//! on it. What triggers claim with a run (a delivery id, a cron due time)
+//! is in [`claims`].
+
+mod claims;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::machine::{Event, Run, RunStatus};
 use crate::model::LockPolicy;
+
+pub use claims::{Claim, CronMark};
 
 /// A plugin version a run pinned when it started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -191,18 +196,38 @@ impl PipelineStore {
         revision: i64,
         pins: &BTreeMap<String, Pin>,
     ) -> Result<(), StoreError> {
+        self.create_run_claimed(run, revision, pins, None)
+            .map(|_| ())
+    }
+
+    /// Stores a new run with its `Start` event and takes `claim`, in one
+    /// transaction; `false` (and nothing stored) if the claim was taken
+    /// already.
+    pub fn create_run_claimed(
+        &self,
+        run: &Run,
+        revision: i64,
+        pins: &BTreeMap<String, Pin>,
+        claim: Option<&Claim>,
+    ) -> Result<bool, StoreError> {
         let record = to_json(run)?;
         let pins = to_json(pins)?;
         let now = unix_millis();
         self.store.with(|c| {
             c.tx(|c| {
+                if let Some(claim) = claim
+                    && !claims::take(c, claim)?
+                {
+                    return Ok(false);
+                }
                 c.exec(
                     "INSERT INTO runs (id, pipeline, revision, project, status, record, pins, created_ms, updated_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
                     args![&run.id, &run.pipeline, revision, &run.project, run.status.name(), record, pins, now],
                 )?;
                 push(c, &run.id, &Event::Start)?;
-                log(c, &run.id, None, "engine", "queued")
+                log(c, &run.id, None, "engine", "queued")?;
+                Ok::<bool, DbError>(true)
             })
         })
         .map_err(StoreError::from)
@@ -469,13 +494,9 @@ impl PipelineStore {
 
     /// Records a webhook delivery id; `false` if it was seen before.
     pub fn first_delivery(&self, provider: &str, delivery: &str) -> Result<bool, StoreError> {
-        Ok(self.store.with(|c| {
-            c.exec(
-                "INSERT INTO webhook_deliveries (provider, delivery, received_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-                args![provider, delivery, unix_millis()],
-            )
-        })? == 1)
+        Ok(self
+            .store
+            .with(|c| claims::insert_delivery(c, provider, delivery))?)
     }
 }
 

@@ -119,6 +119,9 @@ const ROUTES: &[(&str, &str, Rule)] = {
         ("GET", "/v1/runs/{id}/log", Min(Viewer)),
         ("POST", "/v1/runs/{id}/cancel", Min(Operator)),
         ("POST", "/v1/runs/{id}/rerun", Min(Operator)),
+        // Git push webhooks: providers cannot send a bearer token; each
+        // delivery is verified with the pipeline's own secret (hooks.rs).
+        ("POST", "/v1/hooks/{provider}/{pipeline}", Public),
         // Audit log.
         ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.
@@ -484,6 +487,15 @@ mod tests {
             Access::Role(Admin)
         );
         assert_eq!(access(Method::GET, "/v1/runs/x/log"), Access::Role(Viewer));
+        assert_eq!(
+            access(Method::POST, "/v1/hooks/github/release"),
+            Access::Public
+        );
+        assert_eq!(
+            access(Method::GET, "/v1/hooks/github/release"),
+            Access::Global(Admin),
+            "only the POST is public"
+        );
         // Not listed: admin only.
         for (m, p) in [
             (Method::GET, "/v1/unknown"),

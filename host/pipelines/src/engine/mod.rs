@@ -5,11 +5,14 @@
 //! the registry (the versions the run pinned), approvals through the shared
 //! gate, environment locks and timers in the database. A run is driven by
 //! the replica holding its lease; when that replica dies, another takes the
-//! lease over and resumes the run.
+//! lease over and resumes the run. Runs are also started by triggers: push
+//! webhooks ([`Engine::receive_push`]) and cron schedules (`cron`).
 
 mod catalog;
+mod cron;
 mod driver;
 mod metrics;
+mod push;
 mod steps;
 mod watch;
 
@@ -26,10 +29,11 @@ use serde_json::Value;
 
 pub use catalog::RegistryCatalog;
 pub use metrics::PipelineMetrics;
+pub use push::{HookError, HookOutcome};
 
 use crate::machine::{Decision, Event, Limits, RoleGrant, Run};
 use crate::model::{Pipeline, resolve_params};
-use crate::store::{Pin, PipelineRow, PipelineStore, RunRow};
+use crate::store::{Claim, Pin, PipelineRow, PipelineStore, RunRow};
 
 /// The approval kind of pipeline gates in the shared gate; the subject is
 /// `<run>/<step>`.
@@ -135,6 +139,7 @@ impl Engine {
         registry.on_approval(Arc::new(Gatekeeper(Arc::downgrade(&engine))));
         tokio::spawn(driver::run(Arc::downgrade(&engine)));
         tokio::spawn(driver::renew(Arc::downgrade(&engine)));
+        tokio::spawn(cron::run(Arc::downgrade(&engine)));
         engine
     }
 
@@ -228,6 +233,22 @@ impl Engine {
         trigger: Value,
         started_by: &str,
     ) -> Result<Run, EngineError> {
+        self.start_claimed(name, given, trigger, started_by, None)
+            .await?
+            .ok_or_else(|| EngineError::Conflict(format!("pipeline `{name}`: already started")))
+    }
+
+    /// [`Engine::start_run`], taking `claim` (a webhook delivery, a cron
+    /// due time) in the transaction that stores the run: `None` when it
+    /// was taken before, and then no run is started.
+    pub(crate) async fn start_claimed(
+        &self,
+        name: &str,
+        given: BTreeMap<String, Value>,
+        mut trigger: Value,
+        started_by: &str,
+        claim: Option<&Claim>,
+    ) -> Result<Option<Run>, EngineError> {
         let (row, _) = self
             .db
             .get(name)?
@@ -241,10 +262,23 @@ impl Engine {
             EngineError::Invalid(format!("pipeline `{name}`: {}", list.join("; ")))
         })?;
         let pins = self.pin(&p)?;
+        // Every field expressions may read is there, empty if it does not
+        // apply to this kind of trigger.
+        if let Some(fields) = trigger.as_object_mut() {
+            for f in crate::expr::TRIGGER_FIELDS {
+                fields.entry(*f).or_insert_with(|| Value::from(""));
+            }
+            fields.insert("started_by".into(), Value::from(started_by));
+        }
         let run = Run::new(&p, &ids::new_id(), trigger, params, Some(started_by));
-        self.db.create_run(&run, row.revision, &pins)?;
+        if !self
+            .db
+            .create_run_claimed(&run, row.revision, &pins, claim)?
+        {
+            return Ok(None);
+        }
         self.wake.notify_one();
-        Ok(run)
+        Ok(Some(run))
     }
 
     /// Starts a run for `who` (operator in the pipeline's project).

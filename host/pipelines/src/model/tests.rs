@@ -15,6 +15,7 @@ triggers:
       repo: Acme/Shop
       branches: [main, "release/*"]
       tags: ["v*"]
+      secret: shop-webhook
   - cron:
       schedule: "0 3 * * 1-5"
       timezone: Europe/Berlin
@@ -61,7 +62,7 @@ fn parses_every_field_of_a_full_pipeline() {
     assert_eq!(p.project, "shop");
     assert_eq!(p.triggers.len(), 3);
     assert!(
-        matches!(&p.triggers[0], Trigger::Push(t) if t.provider == Provider::Github && t.tags == ["v*"])
+        matches!(&p.triggers[0], Trigger::Push(t) if t.provider == Provider::Github && t.tags == ["v*"] && t.secret.as_deref() == Some("shop-webhook"))
     );
     assert!(matches!(&p.triggers[1], Trigger::Cron(c) if c.timezone == "Europe/Berlin"));
     assert_eq!(p.triggers[2], Trigger::Manual);
@@ -189,6 +190,20 @@ fn cron_triggers_fire_in_their_time_zone() {
     // 2026-01-15 00:00:00 UTC; 03:00 in Berlin (UTC+1 in winter) is 02:00 UTC.
     let midnight = 1_768_435_200_000;
     assert_eq!(berlin.next_after(midnight), Ok(midnight + 2 * 3_600_000));
+    assert_eq!(
+        berlin.next_after(midnight + 789),
+        Ok(midnight + 2 * 3_600_000),
+        "due times are whole seconds"
+    );
+    let every_second = CronTrigger {
+        schedule: "* * * * * *".into(),
+        timezone: "UTC".into(),
+    };
+    assert_eq!(every_second.next_after(midnight), Ok(midnight + 1_000));
+    assert_eq!(
+        every_second.next_after(midnight + 999),
+        Ok(midnight + 1_000)
+    );
 
     let bad = CronTrigger {
         schedule: "61 * * * *".into(),

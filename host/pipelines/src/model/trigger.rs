@@ -34,6 +34,25 @@ pub enum Provider {
     Gitea,
 }
 
+impl Provider {
+    /// Every provider.
+    pub const ALL: [Provider; 3] = [Provider::Github, Provider::Gitlab, Provider::Gitea];
+
+    /// The name used in pipelines and webhook URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Github => "github",
+            Provider::Gitlab => "gitlab",
+            Provider::Gitea => "gitea",
+        }
+    }
+
+    /// The provider named `name` (`github`, `gitlab`, `gitea`).
+    pub fn parse(name: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
 /// Push trigger. With neither `branches` nor `tags`, every push matches;
 /// with only one of them, only that kind of ref matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +68,12 @@ pub struct PushTrigger {
     /// Tag globs, e.g. `v*`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Name of the secret (in the secrets store) that authenticates the
+    /// provider's webhook: the HMAC key of GitHub and Gitea, the token of
+    /// GitLab. Required; optional here only so that its absence is reported
+    /// by validation with the other problems.
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 /// A push as received from a webhook, reduced to what matching needs.
@@ -60,6 +85,14 @@ pub struct PushEvent {
     pub repo: String,
     /// The full ref, `refs/heads/main` or `refs/tags/v1.2.0`.
     pub git_ref: String,
+}
+
+/// Whether `s` can name a stored secret.
+fn is_secret_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn glob(pattern: &str) -> Result<GlobMatcher, String> {
@@ -76,6 +109,18 @@ impl PushTrigger {
         let mut errors = Vec::new();
         if self.repo.trim().is_empty() {
             errors.push(("repo", "must not be empty".to_string()));
+        }
+        match self.secret.as_deref() {
+            None => errors.push((
+                "secret",
+                "required: the name of the stored secret that signs this provider's webhooks"
+                    .to_string(),
+            )),
+            Some(s) if !is_secret_name(s) => errors.push((
+                "secret",
+                format!("{s:?} is not a secret name (1-128 of [A-Za-z0-9._-])"),
+            )),
+            Some(_) => {}
         }
         for (field, list) in [("branches", &self.branches), ("tags", &self.tags)] {
             errors.extend(
@@ -147,7 +192,9 @@ impl CronTrigger {
     pub fn next_after(&self, after_ms: u64) -> Result<u64, String> {
         let cron = Cron::from_str(&self.schedule).map_err(|e| e.to_string())?;
         let zone = self.zone()?;
-        let ms = i64::try_from(after_ms).map_err(|e| e.to_string())?;
+        // From the whole second: croner keeps the start's fraction of a
+        // second in what it returns.
+        let ms = i64::try_from(after_ms - after_ms % 1000).map_err(|e| e.to_string())?;
         let start: DateTime<Utc> = Utc
             .timestamp_millis_opt(ms)
             .single()

@@ -175,6 +175,8 @@ name: bad name
 concurrency: 0
 triggers:
   - cron: {schedule: "every day", timezone: Mars/Base}
+  - push: {provider: gitea, repo: acme/shop}
+  - push: {provider: gitlab, repo: acme/shop, secret: "no spaces"}
 params:
   replicas: {type: number, default: two}
   tier: {type: enum, values: [a], default: b}
@@ -199,6 +201,8 @@ finally:
         r#"pipelines/deploy.yaml: concurrency: must be at least 1 (omit it for no limit)"#,
         r#"pipelines/deploy.yaml: triggers[0].cron.schedule: bad cron "every day""#,
         r#"pipelines/deploy.yaml: triggers[0].cron.timezone: unknown time zone "Mars/Base""#,
+        r#"pipelines/deploy.yaml: triggers[1].push.secret: required: the name of the stored secret that signs this provider's webhooks"#,
+        r#"pipelines/deploy.yaml: triggers[2].push.secret: "no spaces" is not a secret name (1-128 of [A-Za-z0-9._-])"#,
         r#"pipelines/deploy.yaml: params.replicas.default: "two" is not a number"#,
         r#"pipelines/deploy.yaml: params.tier.default: "b" is not one of ["a"]"#,
         r#"pipelines/deploy.yaml: step "deploy": timeout: "10 minutes-ish" is not a duration"#,
