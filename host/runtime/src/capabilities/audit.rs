@@ -372,6 +372,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_is_stored_without_anyone_flushing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Audit::start(store.clone());
+        audit.record(rec("r0"));
+        // The writer lingers over a batch, then stores it by itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count(&store) < 1 {
+            assert!(std::time::Instant::now() < deadline, "never stored");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(audit.stats().dropped.get(), 0);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_drops_and_counts_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
