@@ -1600,7 +1600,8 @@ async fn scenario_http(sizes: Sizes, perf: Option<PathBuf>) -> anyhow::Result<Ve
 /// `--perf-report DATA...`: the buckets and top self time of recordings
 /// made with `--perf` (shares of the server threads' samples).
 fn perf_report(files: &[String]) -> anyhow::Result<()> {
-    for f in files {
+    // `cargo bench` appends `--bench`.
+    for f in files.iter().filter(|f| !f.starts_with("--")) {
         let s = profile::summarise(Path::new(f), 30)?;
         let mut t = Table::new(
             &format!("{f}: {} server samples", s.samples),

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use anyhow::Context as _;
+
 /// Samples per second and thread (`perf record -F`).
 const FREQ: u32 = 999;
 
@@ -31,7 +33,8 @@ pub fn record(dir: &Path, name: &str, secs: f64) -> anyhow::Result<Recording> {
         .args(["--", "sleep", &format!("{secs:.3}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()?;
+        .spawn()
+        .context("running `perf record` (Debian: apt-get install linux-perf)")?;
     Ok(Recording { child, data })
 }
 
