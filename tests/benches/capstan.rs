@@ -4,6 +4,7 @@
 //! cargo bench -p capstan-tests --bench capstan                     # every scenario
 //! cargo bench -p capstan-tests --bench capstan -- http --markdown  # one scenario, plus Markdown tables
 //! cargo bench -p capstan-tests --bench capstan -- --quick          # small sizes, a smoke run
+//! cargo bench -p capstan-tests --bench capstan -- http --perf DIR  # also profile each HTTP target (perf)
 //! ```
 //!
 //! Scenarios (each measured in the same run as its comparison):
@@ -49,6 +50,9 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+#[path = "capstan/profile.rs"]
+mod profile;
+
 const PLUGIN: &str = "render-deployment";
 const PARAMS: &str =
     r#"{"name":"web","image":"registry.local/web:1.4.2","replicas":3,"port":8080}"#;
@@ -64,6 +68,8 @@ struct Opts {
     bench: bool,
     /// `--secs N`: seconds per HTTP round instead of the default.
     secs: Option<f64>,
+    /// `--perf DIR`: profile each `http` target's first round (see [`profile`]).
+    perf: Option<PathBuf>,
 }
 
 /// Sizes of every scenario; `--quick` shrinks them for a smoke run.
@@ -132,11 +138,13 @@ fn parse_args(args: &[String]) -> Opts {
         quick: false,
         bench: false,
         secs: None,
+        perf: None,
     };
     let mut args = args.iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => o.secs = args.next().and_then(|s| s.parse().ok()),
+            "--perf" => o.perf = args.next().map(PathBuf::from),
             "--bench" => o.bench = true,
             "--markdown" => o.markdown = true,
             "--quick" => o.quick = true,
@@ -1357,10 +1365,15 @@ enum Target {
     Http(LoadSpec),
     /// The load generator in a separate process.
     HttpChild(LoadSpec),
-    InProcess(Callee),
+    /// In-process calls by this many tasks.
+    InProcess(Callee, usize),
 }
 
-async fn scenario_http(sizes: Sizes) -> anyhow::Result<Table> {
+/// Indices in `scenario_http`'s target list of the HTTP invokes and the
+/// in-process `Registry::invoke` each is compared with (same concurrency).
+const RATIO_PAIRS: [(usize, usize); 3] = [(0, 5), (3, 5), (4, 6)];
+
+async fn scenario_http(sizes: Sizes, perf: Option<PathBuf>) -> anyhow::Result<Vec<Table>> {
     let b = render_deployment();
     let ts = TestServer::start().await;
     ts.install(b.manifest, b.component).await;
@@ -1435,35 +1448,60 @@ async fn scenario_http(sizes: Sizes) -> anyhow::Result<Table> {
         ),
         (
             format!("in-process `Registry::invoke`, {c} tasks on the server runtime, no HTTP"),
-            Target::InProcess(Callee::Capstan(registry.clone())),
+            Target::InProcess(Callee::Capstan(registry.clone()), c),
+        ),
+        (
+            "in-process `Registry::invoke`, 1 task".to_string(),
+            Target::InProcess(Callee::Capstan(registry.clone()), 1),
         ),
         (
             format!("in-process bare wasmtime, same engine settings, {c} tasks"),
-            Target::InProcess(Callee::Bare(Arc::new(wt(Bare::new(
-                b.manifest,
-                b.component,
-                BareKind::Same,
-            ))?))),
+            Target::InProcess(
+                Callee::Bare(Arc::new(wt(Bare::new(
+                    b.manifest,
+                    b.component,
+                    BareKind::Same,
+                ))?)),
+                c,
+            ),
         ),
         (
             format!("in-process bare wasmtime, memory reset after every call, {c} tasks"),
-            Target::InProcess(Callee::Bare(Arc::new(wt(Bare::new(
-                b.manifest,
-                b.component,
-                BareKind::DefaultReset,
-            ))?))),
+            Target::InProcess(
+                Callee::Bare(Arc::new(wt(Bare::new(
+                    b.manifest,
+                    b.component,
+                    BareKind::DefaultReset,
+                ))?)),
+                c,
+            ),
         ),
     ];
     let mut results: Vec<Vec<LoadResult>> = targets.iter().map(|_| Vec::new()).collect();
-    for _ in 0..sizes.http_rounds {
+    // (target index, perf data, requests and server CPU of that round)
+    let mut profiles = Vec::new();
+    for round in 0..sizes.http_rounds {
         for (i, (_, target)) in targets.iter().enumerate() {
+            // The first round of each target is profiled, its measured window only.
+            let recording = perf.clone().filter(|_| round == 0).map(|dir| {
+                let (warmup, secs) = (sizes.http_warmup, sizes.http_round.as_secs_f64());
+                tokio::spawn(async move {
+                    tokio::time::sleep(warmup).await;
+                    profile::record(&dir, &format!("http-{i}"), secs)
+                })
+            });
             let r = match target {
                 Target::Http(spec) => run_load(spec.clone(), sizes.http_round).await?,
                 Target::HttpChild(spec) => run_load_child(spec.clone(), sizes.http_round).await?,
-                Target::InProcess(callee) => {
-                    inprocess_load(callee.clone(), c, sizes.http_warmup, sizes.http_round).await?
+                Target::InProcess(callee, n) => {
+                    inprocess_load(callee.clone(), *n, sizes.http_warmup, sizes.http_round).await?
                 }
             };
+            if let Some(recording) = recording {
+                let data = recording.await??.finish()?;
+                let server_cpu = r.cpu.map_or(0.0, |c| c.1);
+                profiles.push((i, data, r.ok + r.failed, server_cpu));
+            }
             results[i].push(r);
         }
     }
@@ -1486,9 +1524,11 @@ async fn scenario_http(sizes: Sizes) -> anyhow::Result<Table> {
             "CPU cores server + loadgen",
             "server CPU us/req",
             "of which audit writer",
+            "CPU vs in-process",
         ],
     );
     let mut rps = Vec::new();
+    let mut cpu_per_req = Vec::new();
     for (i, (label, _)) in targets.iter().enumerate() {
         let rs = &results[i];
         let total: usize = rs.iter().map(|r| r.ok + r.failed).sum();
@@ -1503,6 +1543,7 @@ async fn scenario_http(sizes: Sizes) -> anyhow::Result<Table> {
         let cpu_server: f64 = rs.iter().filter_map(|r| r.cpu).map(|c| c.1).sum();
         let cpu_audit: f64 = rs.iter().map(|r| r.audit_cpu).sum();
         rps.push(total as f64 / window);
+        cpu_per_req.push(cpu_server / total as f64 * 1e6);
         t.row(vec![
             label.clone(),
             format!("{:.0}", total as f64 / window),
@@ -1522,6 +1563,7 @@ async fn scenario_http(sizes: Sizes) -> anyhow::Result<Table> {
             ),
             format!("{:.0}", cpu_server / total as f64 * 1e6),
             format!("{:.0}", cpu_audit / total as f64 * 1e6),
+            String::new(),
         ]);
         for r in rs {
             for f in &r.failure_samples {
@@ -1529,15 +1571,109 @@ async fn scenario_http(sizes: Sizes) -> anyhow::Result<Table> {
             }
         }
     }
+    for (http, inproc) in RATIO_PAIRS {
+        let ratio = cpu_per_req[http] / cpu_per_req[inproc];
+        t.rows[http][11] = format!("{ratio:.2}x");
+        t.note(format!(
+            "hot-path ratio, server CPU per HTTP invoke / per in-process `Registry::invoke`: {:.0} / {:.0} us = **{ratio:.2}x** ({} vs {})",
+            cpu_per_req[http], cpu_per_req[inproc], targets[http].0, targets[inproc].0
+        ));
+    }
     t.note(format!(
         "Capstan invoke over HTTP reaches {:.0}% of the no-Wasm ceiling and {:.0}% of the same calls made in-process; response body {response_bytes} bytes; the load generator (2 threads) shares the 2 cores with the server",
         rps[0] / rps[1] * 100.0,
         rps[0] / rps[5] * 100.0
     ));
     t.note("CPU from /proc/self/task/*/stat (10 ms ticks) over the measured window: `server` is every thread of this process but the load generator's (the ceiling's axum server runs on the same runtime); for the separate-process row the load generator's CPU is the child's; CPU cores well under 2 mean other processes on the machine took the rest");
+    if perf.is_some() {
+        t.note("profiled with `--perf`: the first round of each target ran under `perf record`, so these figures include its cost; take the ratio from a run without `--perf`");
+    }
     ceiling.abort();
     ts.stop().await;
-    Ok(t)
+    let mut tables = vec![t];
+    if !profiles.is_empty() {
+        tables.extend(profile_tables(&targets, &profiles)?);
+    }
+    Ok(tables)
+}
+
+/// `--perf-report DATA...`: the buckets and top self time of recordings
+/// made with `--perf` (shares of the server threads' samples).
+fn perf_report(files: &[String]) -> anyhow::Result<()> {
+    // `cargo bench` appends `--bench`.
+    for f in files.iter().filter(|f| !f.starts_with("--")) {
+        let s = profile::summarise(Path::new(f), 30)?;
+        let mut t = Table::new(
+            &format!("{f}: {} server samples", s.samples),
+            &["bucket / leaf symbol", "share"],
+        );
+        for (b, share) in s
+            .buckets
+            .iter()
+            .map(|(b, x)| (b.to_string(), x))
+            .chain(s.top_self.iter().map(|(b, x)| (format!("self: {b}"), x)))
+        {
+            t.row(vec![b, format!("{:.1}%", share * 100.0)]);
+        }
+        t.print_plain();
+    }
+    Ok(())
+}
+
+/// The `--perf` summaries: server CPU per request by bucket for every
+/// profiled target, and the top self-time symbols of the HTTP invoke and
+/// the in-process invoke.
+fn profile_tables(
+    targets: &[(String, Target)],
+    profiles: &[(usize, PathBuf, usize, f64)],
+) -> anyhow::Result<Vec<Table>> {
+    let mut summaries = Vec::new();
+    for (i, data, requests, cpu) in profiles {
+        let s = profile::summarise(data, 25)?;
+        summaries.push((*i, s, *cpu / (*requests).max(1) as f64 * 1e6));
+    }
+    let mut headers = vec!["bucket (server threads; us per request)".to_string()];
+    headers.extend(summaries.iter().map(|(i, _, _)| format!("target {i}")));
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut buckets = Table::new(
+        "2b. Where the server's CPU goes (perf, first round)",
+        &headers,
+    );
+    let names: Vec<&str> = summaries[0].1.buckets.iter().map(|(b, _)| *b).collect();
+    for (k, name) in names.iter().enumerate() {
+        let mut row = vec![name.to_string()];
+        for (_, s, us) in &summaries {
+            let share = s.buckets[k].1;
+            row.push(format!("{:.1} ({:.0}%)", share * us, share * 100.0));
+        }
+        buckets.row(row);
+    }
+    let mut total = vec!["total (server CPU us/req in that round)".to_string()];
+    total.extend(
+        summaries
+            .iter()
+            .map(|(_, s, us)| format!("{us:.1} ({} samples)", s.samples)),
+    );
+    buckets.row(total);
+    for (i, data, _, _) in profiles {
+        buckets.note(format!(
+            "target {i}: {} ({})",
+            targets[*i].0,
+            data.display()
+        ));
+    }
+    let mut tables = vec![buckets];
+    for (i, s, _) in summaries.iter().filter(|(i, _, _)| [0, 5].contains(i)) {
+        let mut top = Table::new(
+            &format!("2c. Top self time, target {i}: {}", targets[*i].0),
+            &["symbol (leaf frame)", "share of server samples"],
+        );
+        for (sym, share) in &s.top_self {
+            top.row(vec![sym.clone(), format!("{:.1}%", share * 100.0)]);
+        }
+        tables.push(top);
+    }
+    Ok(tables)
 }
 
 // ---------------------------------------------------------------- 3. reload
@@ -2140,6 +2276,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(pos) = args.iter().position(|a| a == "--loadgen-child") {
         return loadgen_child(&args[pos + 1..]);
     }
+    if let Some(pos) = args.iter().position(|a| a == "--perf-report") {
+        return perf_report(&args[pos + 1..]);
+    }
     let opts = parse_args(&args);
     if !opts.bench && !opts.quick {
         println!(
@@ -2169,24 +2308,26 @@ fn main() -> anyhow::Result<()> {
         }
         let t0 = Instant::now();
         eprintln!("running `{scenario}` (loadavg {})...", loadavg());
-        let table = match scenario {
-            "invoke" => rt.block_on(scenario_invoke(sizes)),
-            "http" => rt.block_on(scenario_http(sizes)),
-            "reload" => rt.block_on(scenario_reload(sizes)),
-            "restart" => rt.block_on(scenario_restart(sizes)),
-            "rss" => scenario_rss(sizes),
-            "noisy" => rt.block_on(scenario_noisy(sizes)),
+        let result = match scenario {
+            "invoke" => rt.block_on(scenario_invoke(sizes)).map(|t| vec![t]),
+            "http" => rt.block_on(scenario_http(sizes, opts.perf.clone())),
+            "reload" => rt.block_on(scenario_reload(sizes)).map(|t| vec![t]),
+            "restart" => rt.block_on(scenario_restart(sizes)).map(|t| vec![t]),
+            "rss" => scenario_rss(sizes).map(|t| vec![t]),
+            "noisy" => rt.block_on(scenario_noisy(sizes)).map(|t| vec![t]),
             _ => unreachable!(),
         };
-        match table {
-            Ok(mut t) => {
-                t.note(format!(
+        match result {
+            Ok(mut ts) => {
+                ts[0].note(format!(
                     "scenario took {:.1} s; loadavg after: {}",
                     t0.elapsed().as_secs_f64(),
                     loadavg()
                 ));
-                t.print_plain();
-                tables.push(t);
+                for t in ts {
+                    t.print_plain();
+                    tables.push(t);
+                }
             }
             Err(e) => {
                 let mut t = Table::new(&format!("{scenario}: FAILED"), &["error"]);

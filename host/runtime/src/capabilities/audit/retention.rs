@@ -77,9 +77,15 @@ pub fn prune(store: &Store, policy: &Retention, chunk: usize) -> Result<usize, D
         })?;
         let bound = match first_kept {
             Some(id) => id,
-            None => {
-                store.with(|c| c.value("SELECT coalesce(max(id), 0) + 1 FROM audit", args![]))?
-            }
+            // No recent record: everything up to the newest old one goes.
+            // Not `max(id) + 1` of the whole table: a record stored since
+            // the query above would be deleted the moment it was written.
+            None => store.with(|c| {
+                c.value(
+                    "SELECT coalesce(max(id), 0) + 1 FROM audit WHERE at_ms < ?1",
+                    args![cutoff],
+                )
+            })?,
         };
         deleted += delete_before(store, bound, chunk)?;
     }
