@@ -56,7 +56,15 @@ const BUCKETS: &[(&str, &[&str])] = &[
     ("audit writer thread (SQLite)", &[]),
     (
         "plugin call (`Registry::invoke`: instantiate, guest, host calls)",
-        &["Registry::invoke", "wasmtime", "cranelift"],
+        &[
+            "Registry::invoke",
+            "wasmtime",
+            "cranelift",
+            // The call's own frames, when the unwinding stops short of
+            // `Registry::invoke` (deep HTTP stacks outgrow the stack copy).
+            "capstan_runtime::runtime::",
+            "capstan_registry::metrics::",
+        ],
     ),
     (
         "kernel: TCP send/receive",
@@ -109,7 +117,7 @@ const BUCKETS: &[(&str, &[&str])] = &[
         &["capstan_api::"],
     ),
     (
-        "capstan registry, runtime, store (outside the call)",
+        "capstan registry, runtime, store (audit record, slot lookup...)",
         &["capstan"],
     ),
     (
