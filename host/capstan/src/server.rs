@@ -131,7 +131,8 @@ impl Server {
             .with_context(|| format!("watching {}", pipelines_dir.display()))?;
         tracing::info!(dir = %pipelines_dir.display(), "watching pipelines directory");
         if let Some(changes) = changes {
-            tokio::spawn(follow_replicas(registry.clone(), auth, changes));
+            let stop = shutdown.subscribe();
+            tokio::spawn(follow_replicas(registry.clone(), auth, changes, stop));
         }
         registry.mark_ready();
         Ok(Server {
@@ -294,6 +295,7 @@ async fn follow_replicas(
     registry: Arc<Registry>,
     auth: Arc<api::auth::Auth>,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::store::changes::Change>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use crate::store::changes::Change;
     let mut resync = tokio::time::interval(RESYNC_EVERY);
@@ -305,6 +307,8 @@ async fn follow_replicas(
                 None => return,
             },
             _ = resync.tick() => Change::Resync,
+            // Shutting down: dropping `changes` ends the listener thread.
+            _ = stop.wait_for(|s| *s) => return,
         };
         match change {
             Change::Plugin(name) => {
