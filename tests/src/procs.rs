@@ -104,6 +104,39 @@ impl Drop for Capstan {
     }
 }
 
+/// Uploads the test guest `pipeline-step` as deploy-step `step` (with a kv
+/// grant: it records its calls there) to the server at `base`, then stores
+/// pipeline `name` from `yaml`; asserts both succeed.
+pub async fn step_and_pipeline(base: &str, name: &str, yaml: &str) {
+    let c = crate::client();
+    let kv = "[grants.kv]\nmax_bytes = 65536\nmax_value_bytes = 1024\n";
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "manifest",
+            crate::manifest("step", "1.0.0", "deploy-step", kv),
+        )
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(crate::guest(crate::guests::PIPELINE_STEP)),
+        );
+    let r = c
+        .post(format!("{base}/v1/plugins"))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = c
+        .put(format!("{base}/v1/pipelines/{name}"))
+        .bearer_auth(TOKEN)
+        .body(yaml.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

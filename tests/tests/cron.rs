@@ -5,11 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use capstan_tests::client;
 use capstan_tests::procs::{Capstan, TOKEN};
-use capstan_tests::{client, guest, guests, manifest};
 use serde_json::Value;
-
-const KV: &str = "[grants.kv]\nmax_bytes = 65536\nmax_value_bytes = 1024\n";
 
 /// The cron runs of `pipeline` on the process at `base`: when each was
 /// created and its due time, oldest run first.
@@ -66,30 +64,8 @@ fn now_ms() -> i64 {
 /// Uploads the `step` plugin to `base` and stores `tick`, a pipeline that
 /// runs every second.
 async fn every_second(base: &str) {
-    let c = client();
-    let form = reqwest::multipart::Form::new()
-        .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
-        .part(
-            "component",
-            reqwest::multipart::Part::bytes(guest(guests::PIPELINE_STEP)),
-        );
-    let r = c
-        .post(format!("{base}/v1/plugins"))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
     let yaml = "name: tick\ntriggers:\n  - cron: {schedule: \"* * * * * *\", timezone: Europe/Berlin}\nsteps:\n  - {id: a, plugin: step, params: {}}\n";
-    let r = c
-        .put(format!("{base}/v1/pipelines/tick"))
-        .bearer_auth(TOKEN)
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    capstan_tests::procs::step_and_pipeline(base, "tick", yaml).await;
 }
 
 /// An every-second schedule starts a run per second; after `kill -9` and a

@@ -462,29 +462,7 @@ steps:
 async fn process_with(name: &str, yaml: &str) -> Capstan {
     let proc = Capstan::start(None, &[]);
     proc.wait_ready().await;
-    let (c, base) = (client(), proc.url());
-    let form = reqwest::multipart::Form::new()
-        .text("manifest", manifest("step", "1.0.0", "deploy-step", KV))
-        .part(
-            "component",
-            reqwest::multipart::Part::bytes(guest(guests::PIPELINE_STEP)),
-        );
-    let r = c
-        .post(format!("{base}/v1/plugins"))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let r = c
-        .put(format!("{base}/v1/pipelines/{name}"))
-        .bearer_auth(TOKEN)
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    capstan_tests::procs::step_and_pipeline(&proc.url(), name, yaml).await;
     proc
 }
 
