@@ -74,6 +74,11 @@ impl Capstan {
         }
     }
 
+    /// `GET path` with the admin token, as JSON.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        get_json(&self.url(), path).await
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         self.dir
@@ -135,6 +140,19 @@ pub async fn step_and_pipeline(base: &str, name: &str, yaml: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+/// `GET base+path` with the admin token, as JSON.
+pub async fn get_json(base: &str, path: &str) -> serde_json::Value {
+    crate::client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// A loopback port nothing listens on right now.

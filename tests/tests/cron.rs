@@ -5,22 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use capstan_tests::client;
-use capstan_tests::procs::{Capstan, TOKEN};
-use serde_json::Value;
+use capstan_tests::procs::Capstan;
 
 /// The cron runs of `pipeline` on the process at `base`: when each was
 /// created and its due time, oldest run first.
 async fn cron_runs(base: &str, pipeline: &str) -> Vec<(i64, i64)> {
-    let body: Value = client()
-        .get(format!("{base}/v1/runs?pipeline={pipeline}&limit=500"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body =
+        capstan_tests::procs::get_json(base, &format!("/v1/runs?pipeline={pipeline}&limit=500"))
+            .await;
     let mut runs: Vec<(i64, i64)> = body["runs"]
         .as_array()
         .unwrap()

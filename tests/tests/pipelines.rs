@@ -488,15 +488,7 @@ async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
     // Kill it while `long` runs.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let run: Value = c
-            .get(format!("{base}/v1/runs/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = proc.get(&format!("/v1/runs/{id}")).await;
         if state_of(&run["run"], "long") == "running" {
             break;
         }
@@ -509,15 +501,7 @@ async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
     let base = proc.url();
     let deadline = Instant::now() + Duration::from_secs(60);
     let run = loop {
-        let body: Value = c
-            .get(format!("{base}/v1/runs/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = proc.get(&format!("/v1/runs/{id}")).await;
         if body["run"]["status"] != "running" && body["run"]["status"] != "queued" {
             break body["run"].clone();
         }
@@ -808,16 +792,9 @@ async fn fifty_runs_survive_repeated_kill_9_without_a_step_running_twice() {
         proc = Capstan::start(Some(dir), &[]);
         proc.wait_ready().await;
     }
-    let base = proc.url();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let r = c
-            .get(format!("{base}/v1/runs?pipeline=chain&limit=100"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let runs: Value = r.json().await.unwrap();
+        let runs = proc.get("/v1/runs?pipeline=chain&limit=100").await;
         let runs = runs["runs"].as_array().unwrap().clone();
         assert_eq!(runs.len(), 50, "no run lost");
         let done = runs
