@@ -25,6 +25,9 @@
 //! - `noisy`: HTTP invoke latency of `render-deployment` (1 connection) while
 //!   two other plugins spin until their deadline, with and without the
 //!   per-plugin concurrency limit.
+//! - `pipelines`: durable runs per second of a 5-step pipeline, step
+//!   scheduling latency, and resuming in-flight runs after `kill -9`, in a
+//!   `capstan` process (see `capstan/pipelines.rs`).
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) nothing is measured.
 
@@ -50,13 +53,23 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+#[path = "capstan/pipelines.rs"]
+mod pipelines;
 #[path = "capstan/profile.rs"]
 mod profile;
 
 const PLUGIN: &str = "render-deployment";
 const PARAMS: &str =
     r#"{"name":"web","image":"registry.local/web:1.4.2","replicas":3,"port":8080}"#;
-const SCENARIOS: [&str; 6] = ["invoke", "http", "reload", "restart", "rss", "noisy"];
+const SCENARIOS: [&str; 7] = [
+    "invoke",
+    "http",
+    "reload",
+    "restart",
+    "rss",
+    "noisy",
+    "pipelines",
+];
 
 // ---------------------------------------------------------------- options
 
@@ -2315,6 +2328,7 @@ fn main() -> anyhow::Result<()> {
             "restart" => rt.block_on(scenario_restart(sizes)).map(|t| vec![t]),
             "rss" => scenario_rss(sizes).map(|t| vec![t]),
             "noisy" => rt.block_on(scenario_noisy(sizes)).map(|t| vec![t]),
+            "pipelines" => rt.block_on(pipelines::scenario(opts.quick)),
             _ => unreachable!(),
         };
         match result {

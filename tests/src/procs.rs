@@ -165,17 +165,19 @@ pub fn free_port() -> u16 {
 }
 
 /// The `capstan` binary next to this test's executable (built by `cargo
-/// test --workspace`; built here if a test binary runs alone).
+/// test --workspace`; built here if a test binary runs alone, in release
+/// for `cargo bench`).
 pub fn capstan_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("capstan");
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("capstan");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "capstan", "--bin", "capstan"])
-            .status()
-            .unwrap()
-            .success();
+        let mut args = vec!["build", "-p", "capstan", "--bin", "capstan"];
+        if profile_dir.ends_with("release") {
+            args.push("--release");
+        }
+        let ok = Command::new(cargo).args(&args).status().unwrap().success();
         assert!(ok, "building the capstan binary");
     }
     bin

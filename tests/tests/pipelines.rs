@@ -190,6 +190,92 @@ steps:
 }
 
 #[tokio::test]
+async fn a_steps_plugin_log_lines_are_in_its_log_with_secrets_masked_in_every_form() {
+    let server = TestServer::start().await;
+    let grants = format!("{KV}[grants.secrets]\nnames = [\"deploy-key\"]\n");
+    server
+        .install(
+            &manifest("step", "1.0.0", "deploy-step", &grants),
+            &guest(guests::PIPELINE_STEP),
+        )
+        .await;
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\nQyNTUxOQAAACDx9a8lUo0jV2Xc\n-----END OPENSSH PRIVATE KEY-----";
+    let (status, body) = server
+        .send(
+            Method::PUT,
+            "/v1/secrets/deploy-key",
+            Some(json!({ "value": key })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let yaml = r#"
+name: leaky
+steps:
+  - id: deploy
+    plugin: step
+    params: {log: ["rendering shop:2", "applying 3 objects"], leak_secret: deploy-key}
+"#;
+    let (status, body) = put(&server, "leaky", yaml).await;
+    assert_eq!(status, 201, "{body}");
+    let id = start(&server, "leaky", json!({})).await;
+    let run = wait_status(&server, &id, &["succeeded", "failed"]).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    let (_, body) = server.get(&format!("/v1/runs/{id}/log")).await;
+    let lines = body["lines"].as_array().unwrap();
+    let plugin: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| {
+            l["source"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("plugin:")
+        })
+        .map(|l| {
+            (
+                l["source"].as_str().unwrap(),
+                l["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plugin[0],
+        ("plugin:info", "rendering shop:2"),
+        "{plugin:#?}"
+    );
+    assert_eq!(plugin[1], ("plugin:info", "applying 3 objects"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["step"] == "deploy" || l["step"].is_null()),
+        "{lines:#?}"
+    );
+    // The value, each of its lines and its base64 form are all masked.
+    let text = serde_json::to_string(lines).unwrap();
+    for leak in [
+        "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU",
+        "QyNTUxOQAAACDx9a8lUo0jV2Xc",
+        "LS0tLS1CRUdJTi",
+    ] {
+        assert!(!text.contains(leak), "{leak} leaked: {plugin:#?}");
+    }
+    assert!(
+        plugin
+            .iter()
+            .any(|(_, m)| m.starts_with("as base64: [REDACTED]")),
+        "{plugin:#?}"
+    );
+    assert!(
+        plugin
+            .iter()
+            .filter(|(_, m)| m.contains("[REDACTED]"))
+            .count()
+            >= 4,
+        "{plugin:#?}"
+    );
+}
+
+#[tokio::test]
 async fn invalid_pipelines_are_refused_with_every_error_named() {
     let server = server().await;
     server
@@ -414,6 +500,161 @@ steps:
         log.to_lowercase().contains("lock"),
         "the second run says it waited: {log}"
     );
+}
+
+/// The approval filed for gate `step` of run `id`, once it exists.
+async fn approval_of(server: &TestServer, id: &str, step: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = server.get("/v1/approvals").await;
+        let found = list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["subject"] == format!("{id}/{step}") && a["state"] == "pending")
+            .cloned();
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval for {id}/{step}: {list:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Approves gate `step` of run `id` as a second admin (the starter may not).
+async fn approve(server: &TestServer, id: &str, step: &str) {
+    let approval = approval_of(server, id, step).await;
+    let (status, t) = server
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({ "name": format!("approver-{}", approval["id"].as_str().unwrap()), "role": "admin" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    let r = client()
+        .post(format!(
+            "{}/v1/approvals/{}/approve",
+            server.url,
+            approval["id"].as_str().unwrap()
+        ))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .json(&json!({ "comment": "go" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_newer_waiting_run_supersedes_older_ones_and_says_so() {
+    let server = server().await;
+    // The lock on prod is held from `deploy` until `verify` is done, so the
+    // first run holds it while its gate waits.
+    let yaml = r#"
+name: superseding
+project: default
+environments: {prod: {lock: supersede}}
+steps:
+  - {id: deploy, plugin: step, environment: prod, params: {}}
+  - id: hold
+    needs: [deploy]
+    approval: {approvers: {role: admin}, required: 1}
+  - {id: verify, plugin: step, environment: prod, needs: [hold], params: {}}
+"#;
+    assert_eq!(put(&server, "superseding", yaml).await.0, 201);
+    let first = start(&server, "superseding", json!({})).await;
+    wait_step(&server, &first, "hold", "waiting-approval").await;
+    let second = start(&server, "superseding", json!({})).await;
+    wait_step(&server, &second, "deploy", "waiting-lock").await;
+    let third = start(&server, "superseding", json!({})).await;
+
+    // The second run ends at once, saying which run took its place.
+    let run = wait_status(&server, &second, &["superseded"]).await;
+    let reason = run["stop"]["reason"]
+        .as_str()
+        .or(run["reason"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| run.to_string());
+    assert!(reason.contains(&third), "{run:#}");
+    assert!(log_text(&server, &second).await.contains(&third));
+
+    approve(&server, &first, "hold").await;
+    assert_eq!(
+        wait_status(&server, &first, &["succeeded", "failed"]).await["status"],
+        "succeeded"
+    );
+    approve(&server, &third, "hold").await;
+    assert_eq!(
+        wait_status(&server, &third, &["succeeded", "failed"]).await["status"],
+        "succeeded"
+    );
+    let calls = calls(&server);
+    assert_eq!(
+        calls,
+        [
+            format!("run {first}/deploy#1"),
+            format!("run {first}/verify#1"),
+            format!("run {third}/deploy#1"),
+            format!("run {third}/verify#1"),
+        ],
+        "the superseded run never deployed"
+    );
+}
+
+#[tokio::test]
+async fn concurrency_limits_queue_runs_per_pipeline_and_over_all_pipelines() {
+    let server = TestServer::start_with(|c| c.pipelines_max_running = 2).await;
+    server
+        .install(
+            &manifest("step", "1.0.0", "deploy-step", KV),
+            &guest(guests::PIPELINE_STEP),
+        )
+        .await;
+    // Each run holds its place until its gate is approved.
+    let gated = |name: &str, limit: &str| {
+        format!(
+            "name: {name}\nproject: default\n{limit}steps:\n  - {{id: work, plugin: step, params: {{}}}}\n  - id: hold\n    needs: [work]\n    approval: {{approvers: {{role: admin}}, required: 1}}\n"
+        )
+    };
+    assert_eq!(
+        put(&server, "one", &gated("one", "concurrency: 1\n"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(put(&server, "other", &gated("other", "")).await.0, 201);
+
+    // Per pipeline: `one` runs one at a time, the next waits queued.
+    let a = start(&server, "one", json!({})).await;
+    wait_step(&server, &a, "hold", "waiting-approval").await;
+    let b = start(&server, "one", json!({})).await;
+    // Over all pipelines: two started runs fill the server's limit.
+    let c = start(&server, "other", json!({})).await;
+    wait_step(&server, &c, "hold", "waiting-approval").await;
+    let d = start(&server, "other", json!({})).await;
+    for id in [&b, &d] {
+        let (_, body) = server.get(&format!("/v1/runs/{id}")).await;
+        assert_eq!(body["run"]["status"], "queued", "{body:#}");
+    }
+    let calls_before: Vec<String> = calls(&server);
+    assert_eq!(calls_before.len(), 2, "{calls_before:?}");
+
+    // Each approval frees a place; the oldest queued run takes it.
+    approve(&server, &a, "hold").await;
+    wait_status(&server, &a, &["succeeded"]).await;
+    wait_step(&server, &b, "hold", "waiting-approval").await;
+    let (_, body) = server.get(&format!("/v1/runs/{d}")).await;
+    assert_eq!(body["run"]["status"], "queued", "{body:#}");
+    approve(&server, &c, "hold").await;
+    wait_step(&server, &d, "hold", "waiting-approval").await;
+    for id in [&b, &d] {
+        approve(&server, id, "hold").await;
+        wait_status(&server, id, &["succeeded"]).await;
+    }
 }
 
 #[tokio::test]

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub plugins_dir: Option<PathBuf>,
     /// The watched pipelines directory (`*.yaml`); `<data_dir>/pipelines` if unset.
     pub pipelines_dir: Option<PathBuf>,
+    /// Pipeline runs started (not finished) at once, over every pipeline
+    /// and replica; more wait, queued, oldest first. Default 64.
+    pub pipelines_max_running: i64,
     /// Install the bundled example plugins into a fresh data directory.
     pub bundled_plugins: bool,
     /// Log as JSON lines instead of human-readable text.
@@ -162,6 +165,7 @@ impl Default for ServerConfig {
             database: None,
             plugins_dir: None,
             pipelines_dir: None,
+            pipelines_max_running: 64,
             bundled_plugins: true,
             log_json: false,
             secrets_key: None,

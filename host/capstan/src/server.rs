@@ -92,6 +92,7 @@ impl Server {
             registry.clone(),
             crate::pipelines::engine::EngineConfig {
                 replica: replica_id(&config.data_dir)?,
+                max_running: config.pipelines_max_running.max(1),
                 ..Default::default()
             },
             pipeline_metrics,

@@ -395,6 +395,30 @@ impl PipelineStore {
         Ok(self.store.with(|c| log(c, id, step, source, message))?)
     }
 
+    /// Appends what a plugin logged during one attempt, in one
+    /// transaction: `(level, message, at_ms)`, with source `plugin:<level>`.
+    pub fn log_plugin_lines(
+        &self,
+        id: &str,
+        step: &str,
+        lines: &[(&str, &str, i64)],
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        Ok(self.store.with(|c| {
+            c.tx(|c| {
+                for (level, message, at_ms) in lines {
+                    c.exec(
+                        "INSERT INTO run_log (run_id, step, source, message, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        args![id, step, format!("plugin:{level}"), *message, *at_ms],
+                    )?;
+                }
+                Ok::<_, DbError>(())
+            })
+        })?)
+    }
+
     /// A run's log lines after `after` (0: from the start).
     pub fn logs(&self, id: &str, after: i64, limit: i64) -> Result<Vec<LogLine>, StoreError> {
         self.store.with(|c| {

@@ -596,6 +596,8 @@ mod tests {
             fuel_used: 10,
             peak_memory: 1 << 16,
             outcome: Outcome::Error("trap"),
+            logs: Vec::new(),
+            logs_dropped: 0,
         };
         m.record_invocation("p", &a);
         m.record_reload("p", true, Some(0.1));

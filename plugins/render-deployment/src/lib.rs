@@ -3,12 +3,12 @@
 //! would: DNS-1123 names, pinned image tags, allowed registries, sane replicas.
 //!
 //! Params: `{"name", "image", "replicas"?, "namespace"?, "port"?, "env"?: {K: V}, "labels"?: {K: V},
-//! "apply"?: bool, "dry_run"?: bool}`.
+//! "apply"?: bool, "dry_run"?: bool, "cluster"?}`.
 //! Outputs: `manifest` (a JSON list of objects), `image`, `replicas`; with `apply`,
 //! also `applied` (the objects as the cluster returned them).
 //!
 //! With `"apply": true` the objects are server-side applied to the cluster named
-//! by the `cluster` setting, which needs a `[[grants.kube]]` for the namespace,
+//! by the `cluster` param (default: the `cluster` setting), which needs a `[[grants.kube]]` for the namespace,
 //! `apps/Deployment` (and `Service`) and the `apply` verb. `rollback` deletes
 //! what `run` applied.
 
@@ -38,6 +38,17 @@ struct Params {
     apply: bool,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    cluster: Option<String>,
+}
+
+impl Params {
+    /// The cluster to apply to: the param, else the `cluster` setting.
+    fn cluster(&self) -> String {
+        self.cluster
+            .clone()
+            .unwrap_or_else(|| config::get_or("cluster", "default"))
+    }
 }
 
 fn one() -> u32 {
@@ -73,7 +84,7 @@ impl DeployStep for RenderDeployment {
             p.image
         );
         if p.apply {
-            let cluster = config::get_or("cluster", "default");
+            let cluster = p.cluster();
             let mut applied = Vec::new();
             for object in &objects {
                 let answer = kube::apply(&cluster, &object.to_string(), p.dry_run)?;
@@ -107,7 +118,7 @@ impl DeployStep for RenderDeployment {
                 outputs: vec![],
             });
         }
-        let cluster = config::get_or("cluster", "default");
+        let cluster = p.cluster();
         let mut removed = 0;
         for object in render(&p, &ctx) {
             let target = kube::ObjectRef {

@@ -1,7 +1,8 @@
 //! Deploy step that checks a Deployment's rollout once per call and answers
 //! `retry-after` until it is complete, so the pipeline (not the plugin) waits.
 //!
-//! Params: `{"name", "namespace"}`. Outputs: `updated`, `available`, `desired`.
+//! Params: `{"name", "namespace", "cluster"?}` (default cluster: the
+//! `cluster` setting). Outputs: `updated`, `available`, `desired`.
 
 use capstan_sdk::deploy_step::{Context, DeployStep, Outcome, StepResult};
 use capstan_sdk::{Error, config, kube};
@@ -12,6 +13,8 @@ use serde::Deserialize;
 struct Params {
     name: String,
     namespace: String,
+    #[serde(default)]
+    cluster: Option<String>,
 }
 
 struct WaitRollout;
@@ -19,7 +22,10 @@ struct WaitRollout;
 impl DeployStep for WaitRollout {
     fn run(_ctx: Context, params: String) -> Result<StepResult, Error> {
         let p: Params = capstan_sdk::parse_json(&params)?;
-        let cluster = config::get_or("cluster", "default");
+        let cluster = p
+            .cluster
+            .clone()
+            .unwrap_or_else(|| config::get_or("cluster", "default"));
         let r = kube::rollout_status(&cluster, &p.namespace, &p.name)?;
         let poll: u64 = config::get_or("poll_ms", "2000").parse().unwrap_or(2000);
         Ok(StepResult {

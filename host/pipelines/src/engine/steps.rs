@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use capstan_registry::registry::RegistryError;
 use capstan_runtime::runtime::bindings::deploy_step;
-use capstan_runtime::runtime::{Call, InvokeError, Output};
+use capstan_runtime::runtime::{Accounting, Call, InvokeError, Output};
 use capstan_store::unix_millis;
 use serde_json::Value;
 
@@ -125,28 +125,56 @@ impl Engine {
             Call::Run { ctx, params }
         };
         let left = inv.deadline_ms.saturating_sub(unix_millis() as u64);
-        let invoke =
-            self.registry
-                .invoke_version(&inv.plugin.name, &pin.version, &pin.digest, call);
-        match tokio::time::timeout(Duration::from_millis(left), invoke).await {
-            Err(_) => failed(
-                ErrorKind::Timeout,
-                format!("the attempt ran past its timeout ({left} ms left at start)"),
-            ),
-            Ok(Ok((Output::Step(r), _, _))) => outcome_of(r),
-            Ok(Ok((other, _, _))) => failed(
+        let invoke = self.registry.invoke_version_accounted(
+            &inv.plugin.name,
+            &pin.version,
+            &pin.digest,
+            call,
+        );
+        let (result, account) =
+            match tokio::time::timeout(Duration::from_millis(left), invoke).await {
+                Err(_) => {
+                    return failed(
+                        ErrorKind::Timeout,
+                        format!("the attempt ran past its timeout ({left} ms left at start)"),
+                    );
+                }
+                Ok(done) => done,
+            };
+        if let Some(account) = account {
+            self.keep_plugin_lines(run_id, &inv.step, &account);
+        }
+        match result {
+            Ok(Output::Step(r)) => outcome_of(r),
+            Ok(other) => failed(
                 ErrorKind::Failed,
                 format!("plugin answered {other:?}, not a step result"),
             ),
             // The host's own backpressure, not the step's failure: the same
             // attempt goes again shortly, within its timeout.
-            Ok(Err(RegistryError::Invoke(e @ InvokeError::Overloaded { .. }))) => {
-                Outcome::RetryAfter {
-                    ms: OVERLOADED_RETRY_MS,
-                    message: format!("not started: {e}"),
-                }
-            }
-            Ok(Err(e)) => failed(kind_of(&e), e.to_string()),
+            Err(RegistryError::Invoke(e @ InvokeError::Overloaded { .. })) => Outcome::RetryAfter {
+                ms: OVERLOADED_RETRY_MS,
+                message: format!("not started: {e}"),
+            },
+            Err(e) => failed(kind_of(&e), e.to_string()),
+        }
+    }
+
+    /// The plugin's own log lines (secrets already masked by the runtime)
+    /// join the step's log.
+    fn keep_plugin_lines(&self, run_id: &str, step: &str, account: &Accounting) {
+        let mut lines: Vec<(&str, &str, i64)> = account
+            .logs
+            .iter()
+            .map(|l| (l.level, l.message.as_str(), l.at_ms))
+            .collect();
+        let dropped;
+        if account.logs_dropped > 0 {
+            dropped = format!("{} more lines not kept", account.logs_dropped);
+            lines.push(("warn", dropped.as_str(), unix_millis()));
+        }
+        if let Err(e) = self.db.log_plugin_lines(run_id, step, &lines) {
+            tracing::warn!(run = %run_id, step = %step, "keeping the plugin's log lines: {e}");
         }
     }
 }

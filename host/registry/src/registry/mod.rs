@@ -388,11 +388,47 @@ impl Registry {
         plugin: Arc<Prepared>,
         call: Call,
     ) -> Result<(Output, Accounting, Arc<Prepared>), RegistryError> {
+        let (result, account) = self.invoke_accounted(name, slot, &plugin, call).await;
+        result.map(|output| (output, account, plugin))
+    }
+
+    /// As [`Registry::invoke_version`], keeping what the call cost and
+    /// logged also when it failed (`None`: the call never started, e.g. the
+    /// version is gone). A pipeline step's log shows the plugin's lines.
+    pub async fn invoke_version_accounted(
+        &self,
+        name: &str,
+        version: &str,
+        digest: &str,
+        call: Call,
+    ) -> (Result<Output, RegistryError>, Option<Accounting>) {
+        let slot = match self.get_slot(name) {
+            Ok(slot) => slot,
+            Err(e) => return (Err(e), None),
+        };
+        let plugin = match slot.active() {
+            Some(p) if p.manifest.version == version && &*p.digest == digest => p,
+            _ => match self.pinned(name, version, digest).await {
+                Ok(p) => p,
+                Err(e) => return (Err(e), None),
+            },
+        };
+        let (result, account) = self.invoke_accounted(name, slot, &plugin, call).await;
+        (result, Some(account))
+    }
+
+    async fn invoke_accounted(
+        &self,
+        name: &str,
+        slot: Arc<Slot>,
+        plugin: &Prepared,
+        call: Call,
+    ) -> (Result<Output, RegistryError>, Accounting) {
         // UUIDv7: unique across restarts and replicas, ordered by time.
         let id = crate::ids::new_id();
-        let (result, account) = self
+        let (result, mut account) = self
             .runtime
-            .invoke_limited(Some(&slot.concurrency), &plugin, call, id)
+            .invoke_limited(Some(&slot.concurrency), plugin, call, id)
             .await;
         self.metrics.record_invocation(name, &account);
         if let Err(InvokeError::Overloaded { scope, .. }) = &result {
@@ -403,15 +439,16 @@ impl Registry {
             if recent.len() == RECENT_INVOCATIONS {
                 recent.pop_front();
             }
+            // The log lines belong to the caller, not to the recent list.
+            let logs = std::mem::take(&mut account.logs);
             recent.push_back(account.clone());
+            account.logs = logs;
         }
-        match result {
-            Ok(output) => Ok((output, account, plugin)),
-            Err(e) => {
-                tracing::warn!(plugin = %name, version = %plugin.manifest.version, invocation = %account.invocation, kind = e.kind(), "invocation failed: {e}");
-                Err(RegistryError::Invoke(e))
-            }
-        }
+        let result = result.map_err(|e| {
+            tracing::warn!(plugin = %name, version = %plugin.manifest.version, invocation = %account.invocation, kind = e.kind(), "invocation failed: {e}");
+            RegistryError::Invoke(e)
+        });
+        (result, account)
     }
 
     /// The live state of `name`.

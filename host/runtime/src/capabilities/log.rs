@@ -3,7 +3,7 @@
 
 use super::clip;
 use crate::runtime::bindings::capstan::plugin::log::{Host, Level};
-use crate::runtime::state::HostState;
+use crate::runtime::state::{CapturedLog, HostState, MAX_CAPTURED_LOGS};
 
 /// Longest message kept; longer ones are cut so one plugin cannot flood the log.
 const MAX_MESSAGE: usize = 8 * 1024;
@@ -38,6 +38,27 @@ impl Host for HostState {
                     "{message}"
                 )
             };
+        }
+        let name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        if self.logs.len() < MAX_CAPTURED_LOGS {
+            let text = if fields.is_empty() {
+                message.to_string()
+            } else {
+                format!("{message} {fields}")
+            };
+            self.logs.push(CapturedLog {
+                level: name,
+                message: text,
+                at_ms: capstan_store::unix_millis(),
+            });
+        } else {
+            self.logs_dropped += 1;
         }
         match level {
             Level::Trace => emit!(trace),

@@ -31,11 +31,19 @@ impl Revealed {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers a value the guest has seen.
+    /// Remembers a value the guest has seen, with the forms it may be
+    /// echoed in: each line of a multi-line value, the value JSON-escaped,
+    /// and its base64 encodings (standard and URL-safe, padded or not).
+    /// Longest first, so a form is masked whole before any part of it.
     pub fn push(&self, value: String) {
-        if !value.is_empty() {
-            self.lock().push(value);
+        if value.is_empty() {
+            return;
         }
+        let mut forms = masked_forms(&value);
+        let mut all = self.lock();
+        all.append(&mut forms);
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
     }
 
     /// Whether no secret was read in this invocation.
@@ -53,6 +61,33 @@ impl Revealed {
         }
         out
     }
+}
+
+/// Lines shorter than this are not masked on their own: a one-line part
+/// such as `}` or `-----` would mask every occurrence in the log.
+const MIN_MASKED_LINE: usize = 6;
+
+/// The forms of `value` that masking looks for.
+fn masked_forms(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut forms = vec![value.to_string()];
+    let escaped = serde_json::to_string(value).unwrap_or_default();
+    forms.push(escaped.trim_matches('"').to_string());
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(value));
+    }
+    if value.contains('\n') {
+        forms.extend(
+            value
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.len() >= MIN_MASKED_LINE)
+                .map(str::to_string),
+        );
+    }
+    forms.retain(|f| !f.is_empty());
+    forms
 }
 
 /// `[grants.secrets]`: the secret names the plugin may read.
@@ -351,5 +386,36 @@ mod tests {
                 "{b:?}"
             );
         });
+    }
+
+    #[test]
+    fn a_revealed_value_is_masked_whole_by_line_json_escaped_and_in_base64() {
+        use base64::Engine as _;
+        let key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0\nAQEFAASCBKcwggSjAgEAAo\n-----END KEY-----";
+        let r = Revealed::default();
+        r.push(key.to_string());
+        r.push("hunter2-password".to_string());
+        for (echo, leak) in [
+            (format!("key={key}"), "MIIEvQ"),
+            (
+                "line 2 alone: AQEFAASCBKcwggSjAgEAAo".to_string(),
+                "AQEFAASC",
+            ),
+            (serde_json::json!({ "k": key }).to_string(), "MIIEvQ"),
+            (
+                base64::engine::general_purpose::STANDARD.encode("hunter2-password"),
+                "aHVudGVy",
+            ),
+            (
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key),
+                "LS0tLS1C",
+            ),
+        ] {
+            let masked = r.redact(&echo);
+            assert!(!masked.contains(leak), "{echo:?} -> {masked:?}");
+            assert!(masked.contains("[REDACTED]"), "{masked:?}");
+        }
+        // Short lines of a multi-line value are not masked everywhere.
+        assert_eq!(r.redact("-----END"), "-----END");
     }
 }

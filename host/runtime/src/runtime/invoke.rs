@@ -11,7 +11,7 @@ use super::engine::{EPOCH_TICK, Runtime};
 use super::error::{InvokeError, PluginError};
 use super::limits::{DeadlineExceeded, Limiter, MemoryLimitExceeded};
 use super::load::{Prepared, RoleIndices};
-use super::state::{CallInfo, HostState};
+use super::state::{CallInfo, CapturedLog, HostState};
 
 /// A call into one of the role exports.
 #[derive(Debug, Clone)]
@@ -114,6 +114,10 @@ pub struct Accounting {
     pub peak_memory: usize,
     /// How it ended.
     pub outcome: Outcome,
+    /// What the plugin logged, secrets masked (see [`super::state::MAX_CAPTURED_LOGS`]).
+    pub logs: Vec<CapturedLog>,
+    /// Log lines beyond [`super::state::MAX_CAPTURED_LOGS`], not kept.
+    pub logs_dropped: usize,
 }
 
 type GuestResult<T> = wasmtime::Result<Result<T, WitError>>;
@@ -153,6 +157,8 @@ impl Runtime {
             fuel_used: 0,
             peak_memory: 0,
             outcome: Outcome::Ok,
+            logs: Vec::new(),
+            logs_dropped: 0,
         };
         let result = match self.admit(plugin, p).await {
             Ok(_permits) => self.run(p, call, invocation, &mut account).await,
@@ -247,6 +253,8 @@ impl Runtime {
         let outcome = tokio::time::timeout(budget, call_guest(&mut store, p, call)).await;
         account.fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));
         account.peak_memory = store.data().limiter.peak();
+        account.logs = std::mem::take(&mut store.data_mut().logs);
+        account.logs_dropped = store.data().logs_dropped;
         let output = match outcome {
             Err(_elapsed) => return Err(InvokeError::Deadline { deadline_ms }),
             Ok(Err(trap)) => return Err(classify(trap, &store, fuel)),

@@ -25,6 +25,21 @@ pub struct CallInfo {
     pub settings: Arc<Vec<(String, String)>>,
 }
 
+/// Log lines kept per call for its caller (a pipeline step's log); the
+/// rest are counted, not kept.
+pub const MAX_CAPTURED_LOGS: usize = 256;
+
+/// A log line a plugin wrote during one call, secrets already masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedLog {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    /// The message, then its fields as `key=value`.
+    pub message: String,
+    /// When it was written, Unix milliseconds.
+    pub at_ms: i64,
+}
+
 /// The data of one invocation's `Store`.
 pub struct HostState {
     /// Attribution for this call.
@@ -35,6 +50,10 @@ pub struct HostState {
     pub caps: CallCaps,
     /// Outbound HTTP hooks (the grant check lives there).
     pub http_hooks: crate::capabilities::http::HttpHooks,
+    /// Log lines of this call, at most [`MAX_CAPTURED_LOGS`].
+    pub logs: Vec<CapturedLog>,
+    /// Log lines beyond [`MAX_CAPTURED_LOGS`].
+    pub logs_dropped: usize,
     http: wasmtime_wasi_http::WasiHttpCtx,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -59,6 +78,8 @@ impl HostState {
             limiter,
             caps,
             http_hooks,
+            logs: Vec::new(),
+            logs_dropped: 0,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             wasi,
             table: ResourceTable::new(),

@@ -6,7 +6,10 @@
 //! - `wait_polls: n` with `poll_ms`: answer `retry-after(poll_ms)` until it
 //!   has been called `n` times for this run and step (counted in kv);
 //! - `outputs: {..}`: outputs to return (strings);
-//! - `spin_ms: n`: stay busy that long first.
+//! - `spin_ms: n`: stay busy that long first;
+//! - `log: ["..", ..]`: log each line (info);
+//! - `leak_secret: "name"`: read that secret and log it as it is, line by
+//!   line, and base64-encoded (the host must mask every form).
 //!
 //! Every `run` and `rollback` stores `<what> <run-id>/<step>#<attempt>`
 //! (the idempotency key and the attempt) under the next free kv key
@@ -51,6 +54,12 @@ impl DeployStep for Step {
     fn run(ctx: Context, params: String) -> Result<StepResult, Error> {
         let p: serde_json::Value = capstan_sdk::parse_json(&params)?;
         let calls = record(&ctx, "run")?;
+        for line in p["log"].as_array().into_iter().flatten() {
+            capstan_sdk::log::info(line.as_str().unwrap_or_default());
+        }
+        if let Some(name) = p["leak_secret"].as_str() {
+            leak(name)?;
+        }
         if let Some(ms) = p["spin_ms"].as_u64() {
             let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
             while std::time::Instant::now() < until {
@@ -108,6 +117,39 @@ impl DeployStep for Step {
         record(&ctx, "rollback")?;
         result(Outcome::Succeeded, "rolled back".into(), vec![])
     }
+}
+
+/// Logs a secret in the forms a careless step prints it.
+fn leak(name: &str) -> Result<(), Error> {
+    let value = capstan_sdk::secrets::get(name)?;
+    capstan_sdk::log::warn(&format!("the secret is {value}"));
+    for line in value.lines() {
+        capstan_sdk::log::info(&format!("line: {line}"));
+    }
+    capstan_sdk::log::info(&format!("as base64: {}", base64(value.as_bytes())));
+    Ok(())
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 capstan_sdk::export_deploy_step!(Step);

@@ -1,0 +1,257 @@
+//! `pipelines`: the pipelines engine in a real `capstan` process (release
+//! build, SQLite in its data directory), driven over HTTP.
+//!
+//! - **throughput**: N runs of a 5-step chain of trivial steps (the test
+//!   guest `pipeline-step`, which records each call in kv: three kv writes
+//!   per step), all posted at once; durable runs per second from the first
+//!   POST to the last run journaled as succeeded.
+//! - **scheduling latency**: per step after the first, the time from the
+//!   previous step's result being journaled to the next attempt starting
+//!   (both lines of the run log, in the database).
+//! - **resume**: N runs parked in a `retry-after` wait, then `kill -9` and a
+//!   restart on the same data directory: time to `/readyz`, and to every
+//!   run finished.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use capstan_tests::procs::{self, Capstan, TOKEN};
+use serde_json::{Value, json};
+
+use super::Table;
+
+const CHAIN: &str = "name: chain5\nsteps:\n  - {id: s1, plugin: step, params: {}}\n  - {id: s2, plugin: step, needs: [s1], params: {}}\n  - {id: s3, plugin: step, needs: [s2], params: {}}\n  - {id: s4, plugin: step, needs: [s3], params: {}}\n  - {id: s5, plugin: step, needs: [s4], params: {}}\n";
+
+/// Runs `runs` runs of the chain and answers the two tables.
+pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
+    let runs = if quick { 50 } else { 1000 };
+    let config = max_running_config(256)?;
+    let server = Capstan::start(
+        None,
+        &[
+            (
+                "CAPSTAN_CONFIG",
+                config.path().to_str().context("utf-8 path")?,
+            ),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    server.wait_ready().await;
+    procs::step_and_pipeline(&server.url(), "chain5", CHAIN).await;
+
+    let started = Instant::now();
+    let ids = post_runs(&server.url(), "chain5", runs, 16).await?;
+    let posted = started.elapsed();
+    wait_all_done(&server.url(), &ids, Duration::from_secs(600)).await?;
+    let elapsed = started.elapsed();
+    let mut t = Table::new(
+        "Pipelines: durable runs of a 5-step chain (one process, SQLite)",
+        &[
+            "runs",
+            "posted in",
+            "all succeeded after",
+            "runs/s",
+            "steps/s",
+        ],
+    );
+    t.row(vec![
+        runs.to_string(),
+        format!("{:.2} s", posted.as_secs_f64()),
+        format!("{:.2} s", elapsed.as_secs_f64()),
+        format!("{:.0}", runs as f64 / elapsed.as_secs_f64()),
+        format!("{:.0}", 5.0 * runs as f64 / elapsed.as_secs_f64()),
+    ]);
+    let mut gaps = scheduling_gaps(&server.url(), &ids[..ids.len().min(200)]).await?;
+    gaps.sort_unstable();
+    let mut l = Table::new(
+        "Pipelines: step scheduling latency (previous result journaled -> next attempt started)",
+        &["samples", "p50", "p90", "p99", "max"],
+    );
+    l.row(vec![
+        gaps.len().to_string(),
+        format!("{} ms", pct(&gaps, 0.50)),
+        format!("{} ms", pct(&gaps, 0.90)),
+        format!("{} ms", pct(&gaps, 0.99)),
+        format!("{} ms", gaps.last().copied().unwrap_or(0)),
+    ]);
+    l.note("measured during the throughput run above, so under that load");
+    drop(server);
+    Ok(vec![t, l, resume(runs).await?])
+}
+
+/// kill -9 with `runs` runs in flight, then a restart.
+async fn resume(runs: usize) -> anyhow::Result<Table> {
+    // s2 answers retry-after until its 3rd call, 1 s apart: every run is
+    // parked there when the server dies.
+    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {}}\n  - {id: s2, plugin: step, needs: [s1], params: {wait_polls: 3, poll_ms: 1000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {}}\n";
+    // Every run in flight at once, none queued by the server's limit.
+    let config = max_running_config(runs)?;
+    let env = [
+        (
+            "CAPSTAN_CONFIG",
+            config.path().to_str().context("utf-8 path")?,
+        ),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut server = Capstan::start(None, &env);
+    server.wait_ready().await;
+    procs::step_and_pipeline(&server.url(), "parked", yaml).await;
+    let ids = post_runs(&server.url(), "parked", runs, 16).await?;
+    // Wait until every run is past s1 (parked in s2's wait).
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let run = procs::get_json(&server.url(), &format!("/v1/runs/{id}")).await;
+            if run["run"]["steps"]["s1"]["state"] == "succeeded"
+                || run["run"]["steps"]["s1"]["state"]["state"] == "succeeded"
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("run {id} never got past s1: {run}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let dir = server.kill_9();
+    let restarted = Instant::now();
+    let server = Capstan::start(Some(dir), &env);
+    server.wait_ready().await;
+    let ready = restarted.elapsed();
+    wait_all_done(&server.url(), &ids, Duration::from_secs(900)).await?;
+    let done = restarted.elapsed();
+    let mut t = Table::new(
+        "Pipelines: resume after kill -9",
+        &[
+            "runs in flight",
+            "restart to /readyz",
+            "restart to all finished",
+            "runs/s after restart",
+        ],
+    );
+    t.row(vec![
+        runs.to_string(),
+        format!("{:.2} s", ready.as_secs_f64()),
+        format!("{:.2} s", done.as_secs_f64()),
+        format!("{:.0}", runs as f64 / done.as_secs_f64()),
+    ]);
+    t.note("each run still had s2's remaining polls (1 s apart) and s3 to run after the restart");
+    Ok(t)
+}
+
+/// Posts `n` runs over `conns` concurrent requests; their ids, in order.
+async fn post_runs(
+    base: &str,
+    pipeline: &str,
+    n: usize,
+    conns: usize,
+) -> anyhow::Result<Vec<String>> {
+    let client = capstan_tests::client();
+    let url = format!("{base}/v1/pipelines/{pipeline}/runs");
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(conns) {
+        let mut posts = tokio::task::JoinSet::new();
+        for (i, _) in chunk.iter().enumerate() {
+            let rb = client
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .json(&json!({ "params": {} }));
+            posts.spawn(async move {
+                let r = rb.send().await?;
+                let status = r.status();
+                let body: Value = r.json().await?;
+                anyhow::Ok((i, status, body))
+            });
+        }
+        let mut answers = posts.join_all().await;
+        answers.sort_by_key(|a| a.as_ref().map_or(0, |(i, _, _)| *i));
+        for answer in answers {
+            let (_, status, body) = answer?;
+            if status != 201 {
+                bail!("starting a run: {status} {body}");
+            }
+            ids.push(body["run"]["id"].as_str().context("run id")?.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// Waits until every run in `ids` succeeded (fails on any other ending).
+async fn wait_all_done(base: &str, ids: &[String], limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut left: Vec<&String> = ids.iter().collect();
+    while !left.is_empty() {
+        let mut still = Vec::new();
+        for id in left {
+            let run = procs::get_json(base, &format!("/v1/runs/{id}")).await;
+            match run["run"]["status"].as_str().unwrap_or_default() {
+                "succeeded" => {}
+                "queued" | "running" => still.push(id),
+                other => bail!("run {id} ended {other}: {run}"),
+            }
+            if !still.is_empty() {
+                // Checking the rest now would only find them running too.
+                break;
+            }
+        }
+        let pos = still.first().and_then(|f| ids.iter().position(|i| i == *f));
+        left = match pos {
+            Some(p) => ids[p..].iter().collect(),
+            None => Vec::new(),
+        };
+        if Instant::now() > deadline {
+            bail!("{} runs not finished in {limit:?}", left.len());
+        }
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds from each step's result being journaled to the next
+/// step's attempt starting, read from the runs' logs.
+async fn scheduling_gaps(base: &str, ids: &[String]) -> anyhow::Result<Vec<i64>> {
+    let mut gaps = Vec::new();
+    for id in ids {
+        let log = procs::get_json(base, &format!("/v1/runs/{id}/log?limit=1000")).await;
+        let lines = log["lines"].as_array().context("log lines")?;
+        let at = |step: &str, source: &str, prefix: &str| {
+            lines
+                .iter()
+                .find(|l| {
+                    l["step"] == step
+                        && l["source"] == source
+                        && l["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .starts_with(prefix)
+                })
+                .and_then(|l| l["at_ms"].as_i64())
+        };
+        for (prev, next) in [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s5")] {
+            if let (Some(done), Some(start)) = (
+                at(prev, "plugin", "succeeded"),
+                at(next, "engine", "attempt 1 started"),
+            ) {
+                gaps.push(start - done);
+            }
+        }
+    }
+    Ok(gaps)
+}
+
+/// A config file that sets `pipelines_max_running`.
+fn max_running_config(n: usize) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new()?;
+    writeln!(f, "pipelines_max_running = {n}")?;
+    Ok(f)
+}
+
+fn pct(sorted: &[i64], q: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
