@@ -24,6 +24,7 @@ async fn every_bundled_role_is_invoked_with_typed_json() {
         [
             "alert-notify",
             "http-probe",
+            "http-step",
             "project-provisioner",
             "render-deployment",
             "wait-rollout"
