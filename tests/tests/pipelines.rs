@@ -931,6 +931,22 @@ async fn the_bundled_example_release_pipeline_is_accepted() {
     let (status, body) = put(&server, "release", &yaml).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["project"], "shop");
+    // Stored, but its GitHub trigger cannot work until the secret exists.
+    let warning = body["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("triggers[0].push.secret: no secret named `shop-webhook` is stored"),
+        "{body:#}"
+    );
+    let (status, _) = server
+        .send(
+            Method::PUT,
+            "/v1/secrets/shop-webhook",
+            Some(json!({ "value": "hook key" })),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, body) = server.get("/v1/pipelines/release").await;
+    assert!(body.get("warnings").is_none(), "{body:#}");
 }
 
 #[tokio::test]

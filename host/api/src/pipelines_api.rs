@@ -50,6 +50,10 @@ pub struct PipelineView {
     /// Whether this request stored a new revision (on `PUT`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
+    /// What will not work as stored, e.g. a push trigger whose webhook
+    /// secret is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The pipeline listing.
@@ -179,12 +183,14 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
+    let warnings = state.pipelines.warnings(&row.name)?;
     Ok((
         status,
         Json(PipelineView {
             pipeline: row,
             yaml: yaml.to_string(),
             changed: Some(changed),
+            warnings,
         }),
     ))
 }
@@ -217,10 +223,12 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<PipelineView>, ApiError> {
     let (pipeline, yaml) = state.pipelines.pipeline(&name, &caller.authority())?;
+    let warnings = state.pipelines.warnings(&name)?;
     Ok(Json(PipelineView {
         pipeline,
         yaml,
         changed: None,
+        warnings,
     }))
 }
 

@@ -373,6 +373,36 @@ impl Engine {
     }
 
     /// The parsed pipeline of one stored revision.
+    /// What is wrong with stored pipeline `name` that storing it could not
+    /// refuse: push triggers whose webhook secret is not stored (yet), so
+    /// every delivery would be refused with 401.
+    pub fn warnings(&self, name: &str) -> Result<Vec<String>, EngineError> {
+        let Some(row) = self.db.get(name)?.map(|(row, _)| row) else {
+            return Ok(Vec::new());
+        };
+        let p = self.pipeline_at(name, row.revision)?;
+        let stored =
+            capstan_runtime::capabilities::secrets::SecretBox::names(self.registry.store())
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok(p.triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t {
+                crate::model::Trigger::Push(push) => push
+                    .secret
+                    .as_ref()
+                    .filter(|s| !stored.contains(s))
+                    .map(|s| {
+                        format!(
+                            "triggers[{i}].push.secret: no secret named `{s}` is stored; \
+                             its webhook deliveries are refused (401) until it is (PUT /v1/secrets/{s})"
+                        )
+                    }),
+                _ => None,
+            })
+            .collect())
+    }
+
     fn pipeline_at(&self, name: &str, revision: i64) -> Result<Arc<Pipeline>, EngineError> {
         let key = (name.to_string(), revision);
         if let Some(p) = self
