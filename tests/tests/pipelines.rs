@@ -273,6 +273,26 @@ steps:
             >= 4,
         "{plugin:#?}"
     );
+
+    // The same log as a plain-text download.
+    let r = server
+        .request(Method::GET, &format!("/v1/runs/{id}/log?format=text"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(
+        r.headers()["content-disposition"],
+        format!("attachment; filename=\"run-{id}.log\"").as_str()
+    );
+    let download = r.text().await.unwrap();
+    assert_eq!(download.lines().count(), lines.len(), "{download}");
+    assert!(
+        download.contains(" deploy plugin:info: rendering shop:2\n"),
+        "{download}"
+    );
+    assert!(!download.contains("b3BlbnNzaC1rZXktdjEAAAAABG5vbmU"));
 }
 
 #[tokio::test]

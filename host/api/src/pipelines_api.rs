@@ -150,7 +150,23 @@ pub struct LogQuery {
     pub after: Option<u64>,
     /// Stream new lines as server-sent events until the run finishes.
     pub follow: Option<bool>,
+    /// `text`: the whole log as a `text/plain` download, one line each:
+    /// `<RFC 3339 time> <step> <source>: <message>`.
+    pub format: Option<LogFormat>,
 }
+
+/// How `GET /v1/runs/{id}/log` answers.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines as JSON (the default).
+    Json,
+    /// The whole log as plain text, as a download.
+    Text,
+}
+
+/// Most lines in a text download.
+const MAX_TEXT_LINES: usize = 200_000;
 
 /// A run's log lines.
 #[derive(Serialize, ToSchema)]
@@ -307,8 +323,8 @@ pub async fn run(
 
 /// A run's log: the engine's events and each attempt's result, per step.
 #[utoipa::path(get, path = "/v1/runs/{id}/log", tag = "pipelines", params(("id" = String, Path), LogQuery),
-    responses((status = 200, description = "The lines (JSON), or with `follow=true` a stream of server-sent events: `line` (a log line as JSON) and a final `end` (the run's status)",
-            content((RunLog = "application/json"), (String = "text/event-stream"))),
+    responses((status = 200, description = "The lines (JSON); with `format=text` the whole log as a plain-text download; with `follow=true` a stream of server-sent events: `line` (a log line as JSON) and a final `end` (the run's status)",
+            content((RunLog = "application/json"), (String = "text/plain"), (String = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
@@ -322,12 +338,57 @@ pub async fn log(
     if q.follow == Some(true) {
         return Ok(follow(state, id, after).into_response());
     }
+    if matches!(q.format, Some(LogFormat::Text)) {
+        return download(&state, &id, after);
+    }
     let lines = state
         .pipelines
         .db()
         .logs(&id, after, 1000)
         .map_err(EngineError::from)?;
     Ok(Json(RunLog { lines }).into_response())
+}
+
+/// The whole log (after `after`) as a plain-text attachment.
+fn download(
+    state: &AppState,
+    id: &str,
+    mut after: i64,
+) -> Result<axum::response::Response, ApiError> {
+    let mut text = String::new();
+    let mut count = 0;
+    loop {
+        let lines = state
+            .pipelines
+            .db()
+            .logs(id, after, 1000)
+            .map_err(EngineError::from)?;
+        let Some(last) = lines.last() else { break };
+        after = last.id;
+        for l in &lines {
+            text.push_str(&l.to_text());
+            text.push('\n');
+        }
+        count += lines.len();
+        if count >= MAX_TEXT_LINES {
+            text.push_str(&format!(
+                "(cut at {MAX_TEXT_LINES} lines; ask again with after={after})\n"
+            ));
+            break;
+        }
+    }
+    let disposition = format!("attachment; filename=\"run-{id}.log\"");
+    Ok((
+        [
+            (
+                http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        text,
+    )
+        .into_response())
 }
 
 /// Server-sent events: one `line` event per log line (its id as the event

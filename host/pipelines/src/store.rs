@@ -67,12 +67,28 @@ pub struct LogLine {
     pub id: i64,
     /// The step, if the line is about one.
     pub step: Option<String>,
-    /// `engine` or `plugin`.
+    /// `engine`, `plugin` (an attempt's result) or `plugin:<level>` (a
+    /// line the plugin logged).
     pub source: String,
     /// The line.
     pub message: String,
     /// Unix ms.
     pub at_ms: i64,
+}
+
+impl LogLine {
+    /// The line as text: `<RFC 3339 time> <step or -> <source>: <message>`.
+    pub fn to_text(&self) -> String {
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(self.at_ms).unwrap_or(0));
+        format!(
+            "{} {} {}: {}",
+            humantime::format_rfc3339_millis(at),
+            self.step.as_deref().unwrap_or("-"),
+            self.source,
+            self.message
+        )
+    }
 }
 
 /// Runs to wake after a lock change.
