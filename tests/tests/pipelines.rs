@@ -1127,3 +1127,94 @@ async fn fifty_runs_survive_repeated_kill_9_without_a_step_running_twice() {
         calls.len()
     );
 }
+
+/// Two replicas on one PostgreSQL share the runs: each attempt runs on one
+/// of them only, and when one is killed the other takes over the runs it
+/// drove (once their leases expire) and finishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_run_the_same_attempt_and_one_finishes_what_a_killed_one_drove() {
+    let Some(db) = capstan::store::testing::PgDatabase::create() else {
+        assert!(
+            std::env::var("CAPSTAN_REQUIRE_PG").as_deref() != Ok("1"),
+            "CAPSTAN_REQUIRE_PG=1 but CAPSTAN_TEST_PG is not set"
+        );
+        eprintln!("note: CAPSTAN_TEST_PG is not set; the replica test needs PostgreSQL");
+        return;
+    };
+    let env = [("CAPSTAN_DATABASE", db.url.as_str())];
+    let mut replicas = [Capstan::start(None, &env), Capstan::start(None, &env)];
+    for r in &replicas {
+        r.wait_ready().await;
+    }
+    let yaml = "name: shared\nsteps:\n  - {id: a, plugin: step, params: {}}\n  - {id: b, plugin: step, needs: [a], params: {spin_ms: 200}, timeout: 120s}\n  - {id: c, plugin: step, needs: [b], params: {}}\n";
+    capstan_tests::procs::step_and_pipeline(&replicas[0].url(), "shared", yaml).await;
+    // Runs started on both replicas, alternately.
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let base = replicas[i % 2].url();
+        let r = c
+            .post(format!("{base}/v1/pipelines/shared/runs"))
+            .bearer_auth(TOKEN)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.unwrap();
+        ids.push(body["run"]["id"].as_str().unwrap().to_string());
+    }
+    // Kill one replica while runs are in step b.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    replicas[0].kill_9();
+    let survivor = &replicas[1];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = survivor.get("/v1/runs?pipeline=shared&limit=100").await;
+        let runs = runs["runs"].as_array().unwrap().clone();
+        assert_eq!(runs.len(), 30, "no run lost");
+        let done = runs
+            .iter()
+            .filter(|r| r["run"]["status"] == "succeeded")
+            .count();
+        if done == 30 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let stuck: Vec<&Value> = runs
+                .iter()
+                .filter(|r| r["run"]["status"] != "succeeded")
+                .collect();
+            panic!("{done}/30 finished; not: {stuck:#?}\n{}", survivor.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = db.url.clone();
+    let calls: Vec<String> = capstan::store::blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query(
+            "SELECT value FROM kv WHERE plugin = 'step' AND key LIKE 'call/%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8(r.get::<_, Vec<u8>>(0)).unwrap())
+        .collect()
+    });
+    let mut seen = std::collections::HashSet::new();
+    for call in &calls {
+        assert!(seen.insert(call.clone()), "ran twice: {call}");
+    }
+    for id in &ids {
+        for step in ["a", "b", "c"] {
+            assert!(
+                calls
+                    .iter()
+                    .any(|c| c.starts_with(&format!("run {id}/{step}#"))),
+                "{id}/{step} never ran"
+            );
+        }
+    }
+    let retried = calls.iter().filter(|c| !c.ends_with("#1")).count();
+    eprintln!("{retried} attempts re-ran on the survivor after the kill");
+}

@@ -339,7 +339,7 @@ impl Registry {
         digest: &str,
         call: Call,
     ) -> Result<(Output, Accounting, Arc<Prepared>), RegistryError> {
-        let slot = self.get_slot(name)?;
+        let slot = self.slot_or_sync(name).await?;
         let plugin = match slot.active() {
             Some(p) if p.manifest.version == version && &*p.digest == digest => p,
             _ => self.pinned(name, version, digest).await?,
@@ -402,7 +402,7 @@ impl Registry {
         digest: &str,
         call: Call,
     ) -> (Result<Output, RegistryError>, Option<Accounting>) {
-        let slot = match self.get_slot(name) {
+        let slot = match self.slot_or_sync(name).await {
             Ok(slot) => slot,
             Err(e) => return (Err(e), None),
         };
@@ -449,6 +449,20 @@ impl Registry {
             RegistryError::Invoke(e)
         });
         (result, account)
+    }
+
+    /// The live state of `name`; when this replica does not know it yet
+    /// (stored by another replica a moment ago, its notice still on the
+    /// way), it is loaded from the store first. A pinned version is stored,
+    /// so a run never fails for being driven by the other replica.
+    async fn slot_or_sync(&self, name: &str) -> Result<Arc<Slot>, RegistryError> {
+        match self.get_slot(name) {
+            Err(RegistryError::NotFound(_)) => {
+                self.sync_plugin(name).await?;
+                self.get_slot(name)
+            }
+            other => other,
+        }
     }
 
     /// The live state of `name`.
