@@ -78,7 +78,7 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_enqueue_and_batching_under_a_limit_on_every_backend() {
+async fn one_delivery_per_idempotency_key_on_every_backend() {
     for t in capstan_store::testing::backends() {
         let (url, got) = sink().await;
         let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
@@ -94,16 +94,6 @@ async fn idempotent_enqueue_and_batching_under_a_limit_on_every_backend() {
         );
         n.put_channel(&spec("hook", ChannelKind::Webhook, None), "api", "test")
             .unwrap();
-        let limit = RateLimit {
-            max: 2,
-            per_ms: 60_000,
-        };
-        n.put_channel(
-            &spec("tight", ChannelKind::Webhook, Some(limit)),
-            "api",
-            "test",
-        )
-        .unwrap();
 
         // The same key three times: one delivery, one message.
         let a = n.enqueue(msg("hook", "disk full", "k1")).await.unwrap();
@@ -144,33 +134,6 @@ async fn idempotent_enqueue_and_batching_under_a_limit_on_every_backend() {
             Err(crate::NotifyError::Forbidden(_))
         ));
 
-        // 2 per minute, 6 messages: at most 2 sends carry all 6.
-        got.lock().unwrap().clear();
-        for i in 0..6 {
-            n.enqueue(msg("tight", &format!("alert {i}"), &format!("t{i}")))
-                .await
-                .unwrap();
-        }
-        let all_there = || {
-            let text: String = got
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|v| v["text"].to_string())
-                .collect();
-            (0..6).all(|i| text.contains(&format!("alert {i}")))
-        };
-        wait_for("all six alerts", all_there).await;
-        assert!(got.lock().unwrap().len() <= 2, "{:?}", got.lock().unwrap());
-        let batched = n
-            .deliveries(&DeliveryFilter {
-                channel: Some("tight".into()),
-                status: Some(DeliveryStatus::Batched),
-                limit: 50,
-            })
-            .unwrap();
-        assert!(!batched.is_empty());
-        assert!(batched.iter().all(|d| d.batched_into.is_some()));
         let _ = t.backend();
     }
 }
@@ -213,5 +176,65 @@ async fn an_attempt_left_in_flight_is_marked_interrupted_and_sent_again() {
         let outcomes: Vec<&str> = log.iter().map(|a| a.outcome.as_str()).collect();
         assert_eq!(outcomes, ["interrupted", "sent"]);
         assert_eq!(log[1].attempt, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_waiting_for_a_tight_window_goes_out_in_two_messages() {
+    for t in capstan_store::testing::backends() {
+        let (url, got) = sink().await;
+        let db = crate::store::NotifyStore::new(t.store.clone());
+        let limit = RateLimit {
+            max: 2,
+            per_ms: 60_000,
+        };
+        db.put_channel(
+            &spec("tight", ChannelKind::Webhook, Some(limit)),
+            "api",
+            "test",
+        )
+        .unwrap();
+        // 6 messages wait when the worker first looks (a storm); 2 per minute.
+        for i in 0..6 {
+            db.enqueue(&crate::store::NewDelivery {
+                project: "default".into(),
+                idem_key: format!("t{i}"),
+                channel: "tight".into(),
+                kind: "webhook".into(),
+                plugin: None,
+                format: "text".into(),
+                body: format!("alert {i}"),
+                test: false,
+            })
+            .unwrap();
+        }
+        let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
+        let n = Notifier::start(
+            t.store.clone(),
+            Arc::new(secrets),
+            NotifyConfig::default(),
+            NotifyMetrics::default(),
+        );
+        let all_there = || {
+            let text: String = got
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|v| v["text"].to_string())
+                .collect();
+            (0..6).all(|i| text.contains(&format!("alert {i}")))
+        };
+        wait_for("all six alerts", all_there).await;
+        // Five in the first message (one slot left for the sixth), then one.
+        assert_eq!(got.lock().unwrap().len(), 2, "{:?}", got.lock().unwrap());
+        let batched = n
+            .deliveries(&DeliveryFilter {
+                channel: Some("tight".into()),
+                status: Some(DeliveryStatus::Batched),
+                limit: 50,
+            })
+            .unwrap();
+        assert_eq!(batched.len(), 4);
+        assert!(batched.iter().all(|d| d.batched_into.is_some()));
     }
 }
