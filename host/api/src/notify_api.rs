@@ -78,8 +78,8 @@ pub struct TestBody {
 pub struct DeliveryQuery {
     /// Only this channel.
     pub channel: Option<String>,
-    /// Only this status: `queued`, `sent`, `failed` or `batched`.
-    pub status: Option<String>,
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -304,16 +304,10 @@ pub async fn deliveries(
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::bad_request("limit must be 1 to 1000"));
     }
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request("status must be queued, sent, failed or batched")
-        })?),
-    };
     let who = caller.authority();
     let mut deliveries = state.notify.deliveries(&DeliveryFilter {
         channel: q.channel,
-        status,
+        status: q.status,
         limit: i64::from(q.limit.unwrap_or(100)),
     })?;
     deliveries.retain(|d| who.can_view(&d.project));
