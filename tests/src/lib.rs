@@ -2,10 +2,12 @@
 //! source, an in-process server on a loopback port with a temporary data
 //! directory, and small helpers to upload and invoke plugins over real HTTP.
 
+pub mod chat;
 pub mod haproxy;
 pub mod kube_env;
 pub mod peers;
 pub mod procs;
+pub mod smtp;
 
 use std::path::{Path, PathBuf};
 

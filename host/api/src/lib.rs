@@ -17,6 +17,7 @@ mod hooks;
 mod json;
 pub mod limits;
 pub mod listen;
+mod notify_api;
 mod openapi;
 mod ops;
 mod pipelines_api;
@@ -88,6 +89,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// The pipelines engine.
     pub pipelines: Arc<pipelines::engine::Engine>,
+    /// Notification channels and their deliveries.
+    pub notify: Arc<capstan_notify::Notifier>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -108,6 +111,9 @@ pub struct AppState {
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
         pipelines_api::rerun,
         hooks::receive,
+        notify_api::list_channels, notify_api::show_channel, notify_api::put_channel,
+        notify_api::delete_channel, notify_api::test_channel, notify_api::send,
+        notify_api::deliveries, notify_api::delivery,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -115,7 +121,8 @@ pub struct AppState {
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
         (name = "audit", description = "The audit log (viewer)"),
         (name = "trust", description = "Projects, grant ceilings and approvals"),
-        (name = "pipelines", description = "Deploy pipelines and their runs"))
+        (name = "pipelines", description = "Deploy pipelines and their runs"),
+        (name = "notify", description = "Notification channels, test-send and delivery receipts"))
 )]
 pub struct ApiDoc;
 
@@ -219,6 +226,20 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/log", get(pipelines_api::log))
         .route("/runs/{id}/cancel", post(pipelines_api::cancel))
         .route("/runs/{id}/rerun", post(pipelines_api::rerun))
+        .route("/notify/channels", get(notify_api::list_channels))
+        .route(
+            "/notify/channels/{name}",
+            get(notify_api::show_channel)
+                .put(notify_api::put_channel)
+                .delete(notify_api::delete_channel),
+        )
+        .route(
+            "/notify/channels/{name}/test",
+            post(notify_api::test_channel),
+        )
+        .route("/notify/channels/{name}/send", post(notify_api::send))
+        .route("/notify/deliveries", get(notify_api::deliveries))
+        .route("/notify/deliveries/{id}", get(notify_api::delivery))
         .route(
             "/hooks/{provider}/{pipeline}",
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),

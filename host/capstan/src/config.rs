@@ -55,6 +55,57 @@ pub struct ServerConfig {
     pub ceilings: Vec<crate::trust::ceilings::CeilingEntry>,
     /// Audit log retention.
     pub audit: AuditConfig,
+    /// Notification channels and delivery (`[notify]`, `[[notify.channels]]`).
+    pub notify: NotifySection,
+}
+
+/// The `[notify]` section: channels (stored on start, replacing stored
+/// ones of the same name) and how deliveries are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySection {
+    /// Channels (`[[notify.channels]]`, the same fields as `PUT /v1/notify/channels/{name}`).
+    pub channels: Vec<capstan_notify::ChannelSpec>,
+    /// First retry delay after a retryable refusal, ms (doubling, with jitter).
+    pub retry_min_ms: u64,
+    /// Longest retry delay, ms.
+    pub retry_max_ms: u64,
+    /// Attempts before a delivery fails for good.
+    pub max_attempts: u32,
+    /// How often the worker looks for due deliveries when nothing wakes it, ms.
+    pub poll_ms: u64,
+    /// Timeout of one send, ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for NotifySection {
+    fn default() -> Self {
+        let d = capstan_notify::NotifyConfig::default();
+        NotifySection {
+            channels: Vec::new(),
+            retry_min_ms: d.retry_min.as_millis() as u64,
+            retry_max_ms: d.retry_max.as_millis() as u64,
+            max_attempts: d.max_attempts,
+            poll_ms: d.poll.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl NotifySection {
+    /// The notifier's settings for replica `replica`.
+    pub fn config(&self, replica: String) -> capstan_notify::NotifyConfig {
+        use std::time::Duration;
+        capstan_notify::NotifyConfig {
+            replica,
+            poll: Duration::from_millis(self.poll_ms.max(10)),
+            retry_min: Duration::from_millis(self.retry_min_ms.max(1)),
+            retry_max: Duration::from_millis(self.retry_max_ms.max(self.retry_min_ms).max(1)),
+            max_attempts: self.max_attempts.max(1),
+            timeout: Duration::from_millis(self.timeout_ms.max(100)),
+            ..Default::default()
+        }
+    }
 }
 
 /// The `[audit]` section: how long audit records are kept.
@@ -176,6 +227,7 @@ impl Default for ServerConfig {
             api: ApiConfig::default(),
             ceilings: Vec::new(),
             audit: AuditConfig::default(),
+            notify: NotifySection::default(),
         }
     }
 }
@@ -245,6 +297,10 @@ impl ServerConfig {
                 "limits.max_concurrent_per_plugin is {n}, outside 1..={} (limits.max_concurrent)",
                 l.max_concurrent
             );
+        }
+        for c in &self.notify.channels {
+            c.validate()
+                .map_err(|e| anyhow::anyhow!("notify.channels: {e}"))?;
         }
         Ok(())
     }

@@ -25,6 +25,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its registry.
     pub registry: Arc<Registry>,
+    /// Notification channels and their deliveries.
+    pub notify: Arc<capstan_notify::Notifier>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     drain_delay: std::time::Duration,
@@ -65,6 +67,8 @@ impl Server {
         metrics.register_audit(audit.stats());
         let pipeline_metrics = crate::pipelines::engine::PipelineMetrics::default();
         pipeline_metrics.register(&mut metrics);
+        let notify_metrics = capstan_notify::NotifyMetrics::default();
+        notify_metrics.register(&mut metrics);
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
@@ -88,10 +92,20 @@ impl Server {
         )
         .context("preparing API tokens")?;
         let auth = Arc::new(auth);
+        let replica = replica_id(&config.data_dir)?;
+        let notify = capstan_notify::Notifier::start(
+            store.clone(),
+            Arc::new(capstan_notify::EnvSecrets(registry.runtime().env().clone())),
+            config.notify.config(replica.clone()),
+            notify_metrics,
+        );
+        notify
+            .seed(&config.notify.channels)
+            .context("storing the config file's notify channels")?;
         let pipelines = crate::pipelines::engine::Engine::start(
             registry.clone(),
             crate::pipelines::engine::EngineConfig {
-                replica: replica_id(&config.data_dir)?,
+                replica,
                 max_running: config.pipelines_max_running.max(1),
                 ..Default::default()
             },
@@ -102,6 +116,7 @@ impl Server {
             limits,
             auth: auth.clone(),
             pipelines: pipelines.clone(),
+            notify: notify.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
@@ -138,6 +153,7 @@ impl Server {
         registry.mark_ready();
         Ok(Server {
             pipelines,
+            notify,
             addr,
             registry,
             shutdown,

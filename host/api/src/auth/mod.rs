@@ -122,6 +122,16 @@ const ROUTES: &[(&str, &str, Rule)] = {
         // Git push webhooks: providers cannot send a bearer token; each
         // delivery is verified with the pipeline's own secret (hooks.rs).
         ("POST", "/v1/hooks/{provider}/{pipeline}", Public),
+        // Notification channels: the handlers check the role in the
+        // channel's project (admin to configure, operator to send).
+        ("GET", "/v1/notify/channels", Min(Viewer)),
+        ("GET", "/v1/notify/channels/{name}", Min(Viewer)),
+        ("PUT", "/v1/notify/channels/{name}", Min(Admin)),
+        ("DELETE", "/v1/notify/channels/{name}", Min(Admin)),
+        ("POST", "/v1/notify/channels/{name}/test", Min(Operator)),
+        ("POST", "/v1/notify/channels/{name}/send", Min(Operator)),
+        ("GET", "/v1/notify/deliveries", Min(Viewer)),
+        ("GET", "/v1/notify/deliveries/{id}", Min(Viewer)),
         // Audit log.
         ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.
