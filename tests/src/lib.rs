@@ -6,6 +6,7 @@ pub mod haproxy;
 pub mod kube_env;
 pub mod peers;
 pub mod procs;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 

@@ -88,6 +88,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// The pipelines engine.
     pub pipelines: Arc<pipelines::engine::Engine>,
+    /// The metrics engine (metrics-source plugins).
+    pub sources: Arc<capstan_registry::sources::Sources>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.

@@ -52,6 +52,50 @@ pub struct ServerConfig {
     pub ceilings: Vec<crate::trust::ceilings::CeilingEntry>,
     /// Audit log retention.
     pub audit: AuditConfig,
+    /// When metrics-source plugins run (`[metrics]`).
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: defaults for metrics sources; a plugin's own
+/// `[metrics]` in its manifest wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `schedule` (run on a timer, serve the last good values) or `scrape`
+    /// (run during each scrape).
+    pub mode: crate::manifest::SourceMode,
+    /// Time between runs, milliseconds (default 30 s).
+    pub interval_ms: u64,
+    /// Longest a run may take, milliseconds (default 10 s).
+    pub timeout_ms: u64,
+    /// Taken off `X-Prometheus-Scrape-Timeout-Seconds` for scrape-mode runs (default 500).
+    pub scrape_offset_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        let d = crate::sources::SourceDefaults::default();
+        MetricsConfig {
+            mode: d.mode,
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            scrape_offset_ms: d.scrape_offset.as_millis() as u64,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The engine's defaults this section describes.
+    pub fn defaults(&self) -> crate::sources::SourceDefaults {
+        use std::time::Duration;
+        crate::sources::SourceDefaults {
+            mode: self.mode,
+            interval: Duration::from_millis(self.interval_ms.max(100)),
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            scrape_offset: Duration::from_millis(self.scrape_offset_ms),
+            ..Default::default()
+        }
+    }
 }
 
 /// The `[audit]` section: how long audit records are kept.
@@ -172,6 +216,7 @@ impl Default for ServerConfig {
             api: ApiConfig::default(),
             ceilings: Vec::new(),
             audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -143,6 +143,32 @@ pub struct Manifest {
     /// Capabilities the plugin may use. Everything not granted is denied.
     #[serde(default)]
     pub grants: Grants,
+    /// When a metrics source runs (metrics-source role only); unset fields
+    /// take the server's `[metrics]` defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SourceSchedule>,
+}
+
+/// When a metrics source runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceMode {
+    /// On its own timer; `/metrics` serves the last good values.
+    Schedule,
+    /// During each scrape, within the scrape's timeout.
+    Scrape,
+}
+
+/// `[metrics]` of a metrics source's manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSchedule {
+    /// `schedule` (default) or `scrape`.
+    pub mode: Option<SourceMode>,
+    /// Time between runs in schedule mode, milliseconds (at least 100).
+    pub interval_ms: Option<u64>,
+    /// Longest a run may take, milliseconds (also capped by `limits.deadline_ms`).
+    pub timeout_ms: Option<u64>,
 }
 
 /// Hard ceilings no manifest may exceed.
@@ -201,6 +227,27 @@ impl Manifest {
                 "limits.max_concurrent",
                 "must be at least 1 (a plugin that may never run cannot be invoked)".into(),
             );
+        }
+        if let Some(m) = &self.metrics {
+            if self.role != Role::MetricsSource {
+                return field("metrics", "only a metrics-source has a schedule".into());
+            }
+            if m.interval_ms
+                .is_some_and(|i| !(100..=MAX_DEADLINE_MS).contains(&i))
+            {
+                return field(
+                    "metrics.interval_ms",
+                    format!("must be within 100..={MAX_DEADLINE_MS}"),
+                );
+            }
+            if m.timeout_ms
+                .is_some_and(|t| !(1..=MAX_DEADLINE_MS).contains(&t))
+            {
+                return field(
+                    "metrics.timeout_ms",
+                    format!("must be within 1..={MAX_DEADLINE_MS}"),
+                );
+            }
         }
         self.grants
             .validate()
