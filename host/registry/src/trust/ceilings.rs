@@ -483,4 +483,39 @@ mod tests {
         assert_eq!(exceeding(&inside, &[]).len(), 7);
         assert!(exceeding(&Grants::default(), &[]).is_empty());
     }
+
+    #[test]
+    fn tcp_grants_need_a_ceiling_that_covers_them() {
+        let c = ceiling(
+            r#"
+            [[ceilings]]
+            project = "team-a"
+            tcp = ["10.0.0.0/8:3306", "redis.team-a.internal:*"]
+            private_networks = ["10.20.0.0/16"]
+        "#,
+        );
+        c.ceiling.validate().unwrap();
+        let inside = grants(
+            r#"
+            [tcp]
+            connect = ["10.1.2.3:3306", "redis.team-a.internal:6379"]
+            private_networks = ["10.20.1.0/24"]
+        "#,
+        );
+        assert!(exceeding(&inside, &[&c.ceiling]).is_empty());
+        let outside = grants("[tcp]\nconnect = [\"10.1.2.3:22\", \"127.0.0.1:6379\"]\n");
+        let over = exceeding(&outside, &[&c.ceiling]);
+        assert_eq!(over.len(), 2, "{over:?}");
+        assert!(over[0].contains("tcp: `10.1.2.3:22`"), "{over:?}");
+        assert_eq!(
+            exceeding(&inside, &[]).len(),
+            3,
+            "no ceiling, nothing granted"
+        );
+        let bad = Ceiling {
+            tcp: vec!["*.example.com:80".into()],
+            ..Ceiling::default()
+        };
+        assert!(bad.validate().is_err());
+    }
 }
