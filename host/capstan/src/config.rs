@@ -70,6 +70,8 @@ pub struct MetricsConfig {
     pub timeout_ms: u64,
     /// Taken off `X-Prometheus-Scrape-Timeout-Seconds` for scrape-mode runs (default 500).
     pub scrape_offset_ms: u64,
+    /// Scheduled runs at once (default 16); more due sources wait their turn.
+    pub max_parallel: usize,
 }
 
 impl Default for MetricsConfig {
@@ -80,6 +82,7 @@ impl Default for MetricsConfig {
             interval_ms: d.interval.as_millis() as u64,
             timeout_ms: d.timeout.as_millis() as u64,
             scrape_offset_ms: d.scrape_offset.as_millis() as u64,
+            max_parallel: d.max_parallel,
         }
     }
 }
@@ -93,6 +96,7 @@ impl MetricsConfig {
             interval: Duration::from_millis(self.interval_ms.max(100)),
             timeout: Duration::from_millis(self.timeout_ms.max(1)),
             scrape_offset: Duration::from_millis(self.scrape_offset_ms),
+            max_parallel: self.max_parallel.max(1),
             ..Default::default()
         }
     }

@@ -11,11 +11,13 @@
 //! timed out: 0), `capstan_source_duration_seconds{plugin}` and
 //! `capstan_source_last_success_timestamp_seconds{plugin}`. A source that
 //! fails or hangs keeps its last good values (up to `max_age_intervals`
-//! intervals old, then they are dropped) and never delays the others.
+//! intervals old, then they are dropped) and never delays the others. At
+//! most `max_parallel` scheduled runs go at once; a due source waits for a
+//! free slot (sources whose turn comes first go first).
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,6 +39,9 @@ pub struct SourceDefaults {
     pub scrape_offset: Duration,
     /// Cached values older than this many intervals are no longer served.
     pub max_age_intervals: u32,
+    /// Scheduled runs at once; more due sources wait for the next tick, so
+    /// sources never crowd out invocations (or each other at startup).
+    pub max_parallel: usize,
 }
 
 impl Default for SourceDefaults {
@@ -47,6 +52,7 @@ impl Default for SourceDefaults {
             timeout: Duration::from_secs(10),
             scrape_offset: Duration::from_millis(500),
             max_age_intervals: 10,
+            max_parallel: 16,
         }
     }
 }
@@ -83,6 +89,8 @@ pub struct Sources {
     registry: Arc<Registry>,
     defaults: SourceDefaults,
     state: Mutex<HashMap<String, Arc<SourceState>>>,
+    /// Scheduled runs in flight.
+    running: Arc<AtomicUsize>,
 }
 
 impl Sources {
@@ -92,6 +100,7 @@ impl Sources {
             registry,
             defaults,
             state: Mutex::new(HashMap::new()),
+            running: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -129,33 +138,45 @@ impl Sources {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = Instant::now();
-            for (name, p, plan, s) in self.active() {
-                if plan.mode != SourceMode::Schedule {
-                    continue;
-                }
-                {
-                    let mut c = s.cached.lock().unwrap_or_else(|e| e.into_inner());
-                    if c.digest != *p.digest {
-                        c.digest = p.digest.to_string();
-                        c.next_due = None;
-                    }
-                    if c.next_due.is_some_and(|due| now < due) {
-                        continue;
-                    }
+            for (name, plan, s) in self.due(Instant::now()) {
+                if self.running.load(Ordering::Acquire) >= self.defaults.max_parallel.max(1) {
+                    break;
                 }
                 if s.running.swap(true, Ordering::AcqRel) {
                     continue;
                 }
+                self.running.fetch_add(1, Ordering::AcqRel);
                 let me = self.clone();
                 tokio::spawn(async move {
                     me.run_one(&name, &s, plan.timeout).await;
                     s.cached.lock().unwrap_or_else(|e| e.into_inner()).next_due =
                         Some(Instant::now() + plan.interval);
                     s.running.store(false, Ordering::Release);
+                    me.running.fetch_sub(1, Ordering::AcqRel);
                 });
             }
         }
+    }
+
+    /// Schedule-mode sources due at `now`, the longest overdue first (a new
+    /// or replaced version first of all).
+    fn due(&self, now: Instant) -> Vec<(String, Plan, Arc<SourceState>)> {
+        let mut due = Vec::new();
+        for (name, p, plan, s) in self.active() {
+            if plan.mode != SourceMode::Schedule || s.running.load(Ordering::Acquire) {
+                continue;
+            }
+            let mut c = s.cached.lock().unwrap_or_else(|e| e.into_inner());
+            if c.digest != *p.digest {
+                c.digest = p.digest.to_string();
+                c.next_due = None;
+            }
+            if c.next_due.is_none_or(|at| at <= now) {
+                due.push((c.next_due, name, plan, s.clone()));
+            }
+        }
+        due.sort_by_key(|(at, ..)| *at);
+        due.into_iter().map(|(_, n, p, s)| (n, p, s)).collect()
     }
 
     /// One run of `name` within `timeout`; records its outcome.
