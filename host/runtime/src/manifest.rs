@@ -371,6 +371,32 @@ deadline_ms = 2000
     }
 
     #[test]
+    fn metrics_schedules_belong_to_metrics_sources() {
+        let source = GOOD.replace("deploy-step", "metrics-source");
+        let m = Manifest::parse(&format!(
+            "{source}\n[metrics]\nmode = \"scrape\"\ninterval_ms = 500\ntimeout_ms = 200\n"
+        ))
+        .unwrap();
+        let schedule = m.metrics.clone().unwrap();
+        assert_eq!(schedule.mode, Some(SourceMode::Scrape));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "round trip");
+        let e = Manifest::parse(&format!("{GOOD}\n[metrics]\ninterval_ms = 500\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`metrics`") && e.contains("metrics-source"),
+            "{e}"
+        );
+        let e = Manifest::parse(&format!("{source}\n[metrics]\ninterval_ms = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.interval_ms"), "{e}");
+        let tcp = format!("{source}\n[grants.tcp]\nconnect = [\"redis:6379\", \"bad\"]\n");
+        let e = Manifest::parse(&tcp).unwrap_err().to_string();
+        assert!(e.contains("tcp") && e.contains("`bad`"), "{e}");
+    }
+
+    #[test]
     fn max_concurrent_is_at_least_one() {
         let m = Manifest::parse(&GOOD.replace("[limits]", "[limits]\nmax_concurrent = 3")).unwrap();
         assert_eq!(m.limits.max_concurrent, Some(3));
