@@ -35,9 +35,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
 /// families (or, for scrape-mode sources, collected now within
 /// `X-Prometheus-Scrape-Timeout-Seconds`), and each source's
 /// `capstan_source_success`, `capstan_source_duration_seconds` and
-/// `capstan_source_last_success_timestamp_seconds`.
+/// `capstan_source_last_success_timestamp_seconds`. The scrape's
+/// `X-Prometheus-Scrape-Timeout-Seconds` header (as Prometheus sends it) is
+/// read when it holds a positive number and ignored otherwise, so it is not
+/// a documented parameter.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
-    params(("X-Prometheus-Scrape-Timeout-Seconds" = Option<f64>, Header, description = "The scrape's timeout: scrape-mode sources get this less 0.5 s")),
     responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", description = "OpenMetrics text: the server's families, then each metrics source's")))]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let timeout = headers
