@@ -4,7 +4,7 @@
 # Installs (once) what the tests need that a fresh machine lacks: Debian's
 # etcd, curl, openssl and a kube-apiserver built from Debian's source package
 # (cached under ~/.cache/capstan, ~5-9 min the first time), Prometheus,
-# Alertmanager, HAProxy, PostgreSQL and Schemathesis (PyPI). Starts a
+# Alertmanager, HAProxy, Redis, MariaDB, PostgreSQL and Schemathesis (PyPI). Starts a
 # throwaway PostgreSQL cluster (.ci/postgres.sh: /tmp/capstan-pg, port 55432
 # or the next free one; left running for the next run, `bash .ci/postgres.sh
 # stop` stops it) and exports its URL as CAPSTAN_TEST_PG, unless
@@ -29,6 +29,8 @@ need() { [ -x "$2" ] || missing+=("$1"); }  # package, the binary the tests run
 need prometheus /usr/bin/prometheus
 need prometheus-alertmanager /usr/bin/prometheus-alertmanager
 need haproxy /usr/sbin/haproxy
+need redis-server /usr/bin/redis-server
+need mariadb-server /usr/sbin/mariadbd
 if [ ${#missing[@]} -gt 0 ]; then
     as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
     as_root apt-get update -qq

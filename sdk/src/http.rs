@@ -135,6 +135,30 @@ fn send_once(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Response, Error> {
+    send_timed(method, url, headers, body).map(|(r, _)| r)
+}
+
+/// How long the parts of one request took, as the guest sees them: the
+/// host resolves, connects and negotiates TLS inside `wasi:http`, so those
+/// phases are within `processing`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// From sending the request to the response headers (resolve, connect,
+    /// TLS and the server's processing).
+    pub processing: std::time::Duration,
+    /// Reading the response body.
+    pub transfer: std::time::Duration,
+}
+
+/// Sends one request, without following redirects, and says how long its
+/// parts took (for probes).
+pub fn send_timed(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(Response, Timings), Error> {
+    let started = std::time::Instant::now();
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| Error::InvalidInput(format!("`{url}` is not an absolute URL")))?;
@@ -186,6 +210,7 @@ fn send_once(
     let future = outgoing_handler::handle(req, None).map_err(http_error)?;
     OutgoingBody::finish(outgoing, None).map_err(http_error)?;
     future.subscribe().block();
+    let processing = started.elapsed();
     let response = future
         .get()
         .ok_or_else(|| Error::Failed("response not ready".into()))?
@@ -212,11 +237,18 @@ fn send_once(
             Err(StreamError::LastOperationFailed(e)) => return Err(body_error(&e)),
         }
     }
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    let transfer = started.elapsed() - processing;
+    Ok((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        Timings {
+            processing,
+            transfer,
+        },
+    ))
 }
 
 fn http_error(e: ErrorCode) -> Error {

@@ -232,6 +232,7 @@ pub mod config {
 }
 
 pub mod http;
+pub mod tcp;
 
 /// Key-value state private to this plugin (needs `[grants.kv]`).
 pub mod kv {

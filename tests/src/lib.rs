@@ -8,6 +8,7 @@ pub mod kube_env;
 pub mod peers;
 pub mod procs;
 pub mod smtp;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 

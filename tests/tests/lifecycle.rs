@@ -27,6 +27,7 @@ async fn every_bundled_role_is_invoked_with_typed_json() {
             "http-step",
             "project-provisioner",
             "render-deployment",
+            "tcp-probe",
             "wait-rollout"
         ]
     );

@@ -63,7 +63,10 @@ async fn prometheus_scrapes_server_and_plugin_metrics() {
 
 /// A metrics-source manifest for the metrics-emit guest with `families`.
 fn emitter(name: &str, families: Value) -> String {
-    let settings = format!("[settings]\nfamilies = {:?}\n", families.to_string());
+    let settings = format!(
+        "[settings]\nfamilies = {:?}\n\n[metrics]\nmode = \"scrape\"\n",
+        families.to_string()
+    );
     manifest(name, "1.0.0", "metrics-source", &settings)
 }
 

@@ -91,6 +91,8 @@ pub struct AppState {
     pub pipelines: Arc<pipelines::engine::Engine>,
     /// Notification channels and their deliveries.
     pub notify: Arc<capstan_notify::Notifier>,
+    /// The metrics engine (metrics-source plugins).
+    pub sources: Arc<capstan_registry::sources::Sources>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.

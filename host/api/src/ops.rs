@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use super::error::ApiError;
 use super::{ApiDoc, AppState};
-use crate::manifest::Role;
-use crate::runtime::{Call, Output};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = String)))]
@@ -31,28 +31,24 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
     }
 }
 
-/// Prometheus metrics: the server's own, then each metrics-source plugin's
-/// families (collected now, named by [`crate::metrics::plugin_family_name`]).
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", description = "OpenMetrics text: the server's families, then each metrics source's")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut families = Vec::new();
-    for name in state.registry.names() {
-        let is_source = state
-            .registry
-            .get_slot(&name)
-            .ok()
-            .and_then(|s| s.active())
-            .is_some_and(|p| p.manifest.role == Role::MetricsSource);
-        if !is_source {
-            continue;
-        }
-        match state.registry.invoke(&name, Call::Collect).await {
-            Ok((Output::Metrics(f), _, _)) => families.push((name, f)),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(plugin = %name, "metrics collection failed: {e}"),
-        }
-    }
-    let body = state.registry.metrics().render(&families);
+/// Prometheus metrics: the server's own, each metrics source's last good
+/// families (or, for scrape-mode sources, collected now within
+/// `X-Prometheus-Scrape-Timeout-Seconds`), and each source's
+/// `capstan_source_success`, `capstan_source_duration_seconds` and
+/// `capstan_source_last_success_timestamp_seconds`. The scrape's
+/// `X-Prometheus-Scrape-Timeout-Seconds` header (as Prometheus sends it) is
+/// read when it holds a positive number and ignored otherwise, so it is not
+/// a documented parameter.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", description = "OpenMetrics text: the server's families, then each metrics source's")))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let timeout = headers
+        .get("x-prometheus-scrape-timeout-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let body = state.sources.render(timeout).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub audit: AuditConfig,
     /// Notification channels and delivery (`[notify]`, `[[notify.channels]]`).
     pub notify: NotifySection,
+    /// When metrics-source plugins run (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 /// The `[notify]` section: channels (stored on start, replacing stored
@@ -92,6 +94,37 @@ impl Default for NotifySection {
     }
 }
 
+/// The `[metrics]` section: defaults for metrics sources; a plugin's own
+/// `[metrics]` in its manifest wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `schedule` (run on a timer, serve the last good values) or `scrape`
+    /// (run during each scrape).
+    pub mode: crate::manifest::SourceMode,
+    /// Time between runs, milliseconds (default 30 s).
+    pub interval_ms: u64,
+    /// Longest a run may take, milliseconds (default 10 s).
+    pub timeout_ms: u64,
+    /// Taken off `X-Prometheus-Scrape-Timeout-Seconds` for scrape-mode runs (default 500).
+    pub scrape_offset_ms: u64,
+    /// Scheduled runs at once (default 16); more due sources wait their turn.
+    pub max_parallel: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        let d = crate::sources::SourceDefaults::default();
+        MetricsConfig {
+            mode: d.mode,
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            scrape_offset_ms: d.scrape_offset.as_millis() as u64,
+            max_parallel: d.max_parallel,
+        }
+    }
+}
+
 impl NotifySection {
     /// The notifier's settings for replica `replica`.
     pub fn config(&self, replica: String) -> capstan_notify::NotifyConfig {
@@ -103,6 +136,21 @@ impl NotifySection {
             retry_max: Duration::from_millis(self.retry_max_ms.max(self.retry_min_ms).max(1)),
             max_attempts: self.max_attempts.max(1),
             timeout: Duration::from_millis(self.timeout_ms.max(100)),
+            ..Default::default()
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The engine's defaults this section describes.
+    pub fn defaults(&self) -> crate::sources::SourceDefaults {
+        use std::time::Duration;
+        crate::sources::SourceDefaults {
+            mode: self.mode,
+            interval: Duration::from_millis(self.interval_ms.max(100)),
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            scrape_offset: Duration::from_millis(self.scrape_offset_ms),
+            max_parallel: self.max_parallel.max(1),
             ..Default::default()
         }
     }
@@ -228,6 +276,7 @@ impl Default for ServerConfig {
             ceilings: Vec::new(),
             audit: AuditConfig::default(),
             notify: NotifySection::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

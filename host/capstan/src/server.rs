@@ -111,14 +111,23 @@ impl Server {
             },
             pipeline_metrics,
         );
+        let sources = crate::sources::Sources::new(registry.clone(), config.metrics.defaults());
         let state = AppState {
             registry: registry.clone(),
             limits,
             auth: auth.clone(),
             pipelines: pipelines.clone(),
             notify: notify.clone(),
+            sources: sources.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
+        let mut stop_sources = shutdown.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sources.run_scheduler() => {}
+                _ = stop_sources.wait_for(|stop| *stop) => {}
+            }
+        });
         let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -8,6 +8,7 @@
 
 pub mod metrics;
 pub mod registry;
+pub mod sources;
 pub mod trust;
 
 pub(crate) use capstan_runtime::{capabilities, manifest, runtime};

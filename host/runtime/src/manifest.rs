@@ -143,6 +143,32 @@ pub struct Manifest {
     /// Capabilities the plugin may use. Everything not granted is denied.
     #[serde(default)]
     pub grants: Grants,
+    /// When a metrics source runs (metrics-source role only); unset fields
+    /// take the server's `[metrics]` defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SourceSchedule>,
+}
+
+/// When a metrics source runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceMode {
+    /// On its own timer; `/metrics` serves the last good values.
+    Schedule,
+    /// During each scrape, within the scrape's timeout.
+    Scrape,
+}
+
+/// `[metrics]` of a metrics source's manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSchedule {
+    /// `schedule` (default) or `scrape`.
+    pub mode: Option<SourceMode>,
+    /// Time between runs in schedule mode, milliseconds (at least 100).
+    pub interval_ms: Option<u64>,
+    /// Longest a run may take, milliseconds (also capped by `limits.deadline_ms`).
+    pub timeout_ms: Option<u64>,
 }
 
 /// Hard ceilings no manifest may exceed.
@@ -201,6 +227,27 @@ impl Manifest {
                 "limits.max_concurrent",
                 "must be at least 1 (a plugin that may never run cannot be invoked)".into(),
             );
+        }
+        if let Some(m) = &self.metrics {
+            if self.role != Role::MetricsSource {
+                return field("metrics", "only a metrics-source has a schedule".into());
+            }
+            if m.interval_ms
+                .is_some_and(|i| !(100..=MAX_DEADLINE_MS).contains(&i))
+            {
+                return field(
+                    "metrics.interval_ms",
+                    format!("must be within 100..={MAX_DEADLINE_MS}"),
+                );
+            }
+            if m.timeout_ms
+                .is_some_and(|t| !(1..=MAX_DEADLINE_MS).contains(&t))
+            {
+                return field(
+                    "metrics.timeout_ms",
+                    format!("must be within 1..={MAX_DEADLINE_MS}"),
+                );
+            }
         }
         self.grants
             .validate()
@@ -321,6 +368,32 @@ deadline_ms = 2000
         let unknown = format!("{GOOD}\n[extra]\nx = 1\n");
         let e = Manifest::parse(&unknown).unwrap_err().to_string();
         assert!(e.contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_schedules_belong_to_metrics_sources() {
+        let source = GOOD.replace("deploy-step", "metrics-source");
+        let m = Manifest::parse(&format!(
+            "{source}\n[metrics]\nmode = \"scrape\"\ninterval_ms = 500\ntimeout_ms = 200\n"
+        ))
+        .unwrap();
+        let schedule = m.metrics.clone().unwrap();
+        assert_eq!(schedule.mode, Some(SourceMode::Scrape));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "round trip");
+        let e = Manifest::parse(&format!("{GOOD}\n[metrics]\ninterval_ms = 500\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`metrics`") && e.contains("metrics-source"),
+            "{e}"
+        );
+        let e = Manifest::parse(&format!("{source}\n[metrics]\ninterval_ms = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.interval_ms"), "{e}");
+        let tcp = format!("{source}\n[grants.tcp]\nconnect = [\"redis:6379\", \"bad\"]\n");
+        let e = Manifest::parse(&tcp).unwrap_err().to_string();
+        assert!(e.contains("tcp") && e.contains("`bad`"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::capabilities::Grants;
 use crate::capabilities::http::{network_covers, pattern_covers};
 use crate::capabilities::kube::{KubeGrant, Verb};
+use crate::capabilities::tcp::entry_covers;
 
 /// One directory tree a grant may mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -91,6 +92,10 @@ pub struct Ceiling {
     /// Kubernetes scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kube: Vec<KubeCeiling>,
+    /// TCP `host:port` entries (names, addresses, ranges; port or `*`) a
+    /// `[grants.tcp]` may connect to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<String>,
 }
 
 /// A ceiling as stored and listed: who it applies to, and what it allows.
@@ -126,6 +131,8 @@ pub struct CeilingEntry {
     kv_max_bytes: Option<u64>,
     #[serde(default)]
     kube: Vec<KubeCeiling>,
+    #[serde(default)]
+    tcp: Vec<String>,
 }
 
 impl From<CeilingEntry> for ScopedCeiling {
@@ -140,6 +147,7 @@ impl From<CeilingEntry> for ScopedCeiling {
                 private_networks: f.private_networks,
                 kv_max_bytes: f.kv_max_bytes,
                 kube: f.kube,
+                tcp: f.tcp,
             },
         }
     }
@@ -172,6 +180,9 @@ impl Ceiling {
         }
         for n in &self.private_networks {
             network_covers(n, n)?;
+        }
+        for t in &self.tcp {
+            entry_covers(t, t)?;
         }
         for k in &self.kube {
             if k.cluster.is_empty() {
@@ -240,6 +251,26 @@ pub fn exceeding(grants: &Grants, ceilings: &[&Ceiling]) -> Vec<String> {
                 .any(|o| network_covers(o, n).unwrap_or(false));
             if !ok {
                 out.push(format!("http: private network `{n}` is not allowed"));
+            }
+        }
+    }
+    if let Some(t) = &grants.tcp {
+        for e in &t.connect {
+            let ok = ceilings
+                .iter()
+                .flat_map(|c| &c.tcp)
+                .any(|o| entry_covers(o, e).unwrap_or(false));
+            if !ok {
+                out.push(format!("tcp: `{e}` is not allowed"));
+            }
+        }
+        for n in &t.private_networks {
+            let ok = ceilings
+                .iter()
+                .flat_map(|c| &c.private_networks)
+                .any(|o| network_covers(o, n).unwrap_or(false));
+            if !ok {
+                out.push(format!("tcp: private network `{n}` is not allowed"));
             }
         }
     }
@@ -451,5 +482,40 @@ mod tests {
         // No ceiling at all: nothing may be granted.
         assert_eq!(exceeding(&inside, &[]).len(), 7);
         assert!(exceeding(&Grants::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn tcp_grants_need_a_ceiling_that_covers_them() {
+        let c = ceiling(
+            r#"
+            [[ceilings]]
+            project = "team-a"
+            tcp = ["10.0.0.0/8:3306", "redis.team-a.internal:*"]
+            private_networks = ["10.20.0.0/16"]
+        "#,
+        );
+        c.ceiling.validate().unwrap();
+        let inside = grants(
+            r#"
+            [tcp]
+            connect = ["10.1.2.3:3306", "redis.team-a.internal:6379"]
+            private_networks = ["10.20.1.0/24"]
+        "#,
+        );
+        assert!(exceeding(&inside, &[&c.ceiling]).is_empty());
+        let outside = grants("[tcp]\nconnect = [\"10.1.2.3:22\", \"127.0.0.1:6379\"]\n");
+        let over = exceeding(&outside, &[&c.ceiling]);
+        assert_eq!(over.len(), 2, "{over:?}");
+        assert!(over[0].contains("tcp: `10.1.2.3:22`"), "{over:?}");
+        assert_eq!(
+            exceeding(&inside, &[]).len(),
+            3,
+            "no ceiling, nothing granted"
+        );
+        let bad = Ceiling {
+            tcp: vec!["*.example.com:80".into()],
+            ..Ceiling::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

@@ -67,6 +67,14 @@ pub fn atoms(g: &Grants) -> BTreeSet<String> {
             out.insert(format!("http timeout_ms {t}"));
         }
     }
+    if let Some(t) = &g.tcp {
+        for e in &t.connect {
+            out.insert(format!("tcp {e}"));
+        }
+        for n in &t.private_networks {
+            out.insert(format!("tcp private network {n}"));
+        }
+    }
     if let Some(kv) = &g.kv {
         out.insert(format!("kv max_bytes {}", kv.max_bytes));
         out.insert(format!("kv max_value_bytes {}", kv.max_value_bytes));

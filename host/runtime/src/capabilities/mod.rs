@@ -14,6 +14,7 @@ pub mod kube;
 pub mod kv;
 pub mod log;
 pub mod secrets;
+pub mod tcp;
 
 use std::sync::Arc;
 
@@ -49,6 +50,9 @@ pub struct Grants {
     /// Kubernetes access, one entry per cluster/scope.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kube: Vec<kube::KubeGrant>,
+    /// Outbound TCP through `wasi:sockets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<tcp::TcpGrant>,
 }
 
 impl Grants {
@@ -64,6 +68,9 @@ impl Grants {
         }
         for k in &self.kube {
             k.validate().map_err(|e| format!("kube: {e}"))?;
+        }
+        if let Some(t) = &self.tcp {
+            t.validate().map_err(|e| format!("tcp: {e}"))?;
         }
         Ok(())
     }
@@ -94,6 +101,8 @@ pub struct Policies {
     pub secrets: Vec<String>,
     /// Kubernetes scopes.
     pub kube: kube::KubePolicy,
+    /// TCP connect allowlist, if granted.
+    pub tcp: Option<Arc<tcp::TcpPolicy>>,
 }
 
 impl Policies {
@@ -116,6 +125,12 @@ impl Policies {
                 .unwrap_or_default(),
             kube: kube::KubePolicy::new(&grants.kube, &env.kube)
                 .map_err(|e| format!("kube: {e}"))?,
+            tcp: grants
+                .tcp
+                .as_ref()
+                .map(|g| tcp::TcpPolicy::new(g).map(Arc::new))
+                .transpose()
+                .map_err(|e| format!("tcp: {e}"))?,
         })
     }
 }

@@ -62,16 +62,33 @@ pub struct HostState {
 
 impl HostState {
     /// Prepares a fresh state: no environment, no arguments, no preopens, no
-    /// sockets; stdout and stderr go to a bounded in-memory buffer.
+    /// sockets unless `[grants.tcp]` allows connects; stdout and stderr go to a bounded in-memory buffer.
     pub fn new(call: CallInfo, limiter: Limiter, caps: CallCaps) -> Self {
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .stdout(stderr.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.stdout(stderr.clone()).stderr(stderr.clone());
+        let (audit, who) = (caps.env.audit.clone(), call.clone());
+        crate::capabilities::tcp::configure(
+            &mut wasi,
+            caps.policies.tcp.clone(),
+            move |target, allowed, outcome| {
+                audit.record(crate::capabilities::AuditRecord {
+                    id: 0,
+                    at_ms: 0,
+                    actor: format!("plugin:{}", who.plugin),
+                    plugin: Some(who.plugin.to_string()),
+                    version: Some(who.version.to_string()),
+                    invocation: Some(who.invocation.to_string()),
+                    capability: "tcp".into(),
+                    target: target.into(),
+                    verb: "connect".into(),
+                    allowed,
+                    outcome: outcome.into(),
+                    detail: serde_json::Value::Null,
+                })
+            },
+        );
+        let wasi = wasi.build();
         let http_hooks = crate::capabilities::http::HttpHooks::new(&call, &caps);
         HostState {
             call,

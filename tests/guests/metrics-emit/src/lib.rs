@@ -1,7 +1,8 @@
 //! Test guest: a metrics source that reports the families in its `families`
 //! setting, a JSON array of `{"name", "type", "values": ["1", "inf", "NaN"]}`
 //! (values as text, so non-finite ones can be written). Each value becomes a
-//! sample labelled `i="<index>"`.
+//! sample labelled `i="<index>"`. With `sleep_ms`, it first sleeps that long
+//! (a source that hangs).
 
 use capstan_sdk::metrics_source::{MetricFamily, MetricType, MetricsSource, Sample};
 use capstan_sdk::{Error, config};
@@ -42,6 +43,10 @@ fn family(f: &Value) -> Result<MetricFamily, Error> {
 
 impl MetricsSource for Emit {
     fn collect() -> Result<Vec<MetricFamily>, Error> {
+        let sleep: u64 = config::get_or("sleep_ms", "0").parse().unwrap_or(0);
+        if sleep > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(sleep));
+        }
         let families: Value = capstan_sdk::parse_json(&config::get_or("families", "[]"))?;
         families
             .as_array()

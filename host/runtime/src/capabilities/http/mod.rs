@@ -63,7 +63,7 @@
 //! `connection-read-timeout` or `HTTP-response-timeout`. `wasi:http` does not
 //! follow redirects: the SDK client does, so every hop comes back here.
 
-mod address;
+pub mod address;
 mod policy;
 pub use policy::{network_covers, pattern_covers};
 mod send;
