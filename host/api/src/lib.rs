@@ -4,11 +4,13 @@
 //! Depends on `capstan-pipelines`, `capstan-registry`, `capstan-runtime` and `capstan-store`;
 //! only the `capstan` crate (server assembly) depends on it.
 
+pub(crate) use capstan_alerts as alerts;
 pub(crate) use capstan_pipelines as pipelines;
 pub(crate) use capstan_registry::{registry, trust};
 pub(crate) use capstan_runtime::{capabilities, manifest, runtime};
 pub(crate) use capstan_store as store;
 
+mod alerts_api;
 mod audit;
 pub mod auth;
 mod dto;
@@ -88,6 +90,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// The pipelines engine.
     pub pipelines: Arc<pipelines::engine::Engine>,
+    /// The alerts engine.
+    pub alerts: Arc<alerts::Engine>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -108,6 +112,8 @@ pub struct AppState {
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
         pipelines_api::rerun,
         hooks::receive,
+        alerts_api::receive, alerts_api::routes, alerts_api::route, alerts_api::put_route,
+        alerts_api::delete_route, alerts_api::groups, alerts_api::group,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -115,7 +121,8 @@ pub struct AppState {
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
         (name = "audit", description = "The audit log (viewer)"),
         (name = "trust", description = "Projects, grant ceilings and approvals"),
-        (name = "pipelines", description = "Deploy pipelines and their runs"))
+        (name = "pipelines", description = "Deploy pipelines and their runs"),
+        (name = "alerts", description = "Alertmanager webhooks, alert routes and what handlers did"))
 )]
 pub struct ApiDoc;
 
@@ -223,6 +230,20 @@ pub fn router(state: AppState) -> Router {
             "/hooks/{provider}/{pipeline}",
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),
         );
+    let v1 = v1
+        .route(
+            "/alerts/alertmanager/{receiver}",
+            post(alerts_api::receive).layer(DefaultBodyLimit::max(state.alerts.max_body_bytes())),
+        )
+        .route("/alerts/routes", get(alerts_api::routes))
+        .route(
+            "/alerts/routes/{name}",
+            get(alerts_api::route)
+                .put(alerts_api::put_route)
+                .delete(alerts_api::delete_route),
+        )
+        .route("/alerts/groups", get(alerts_api::groups))
+        .route("/alerts/groups/{id}", get(alerts_api::group));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

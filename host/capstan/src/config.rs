@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub ceilings: Vec<crate::trust::ceilings::CeilingEntry>,
     /// Audit log retention.
     pub audit: AuditConfig,
+    /// The alerts engine: routes, Alertmanager for silences, retention, limits.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// The `[audit]` section: how long audit records are kept.
@@ -172,6 +174,7 @@ impl Default for ServerConfig {
             api: ApiConfig::default(),
             ceilings: Vec::new(),
             audit: AuditConfig::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -230,6 +233,10 @@ impl ServerConfig {
 
     /// Checks what parsing cannot: the concurrency limits' ranges.
     pub fn validate(&self) -> anyhow::Result<()> {
+        for r in &self.alerts.routes {
+            r.check()
+                .map_err(|e| anyhow::anyhow!("alerts.routes: {e}"))?;
+        }
         let l = &self.limits;
         if l.max_concurrent == 0 {
             anyhow::bail!("limits.max_concurrent must be at least 1");

@@ -21,6 +21,8 @@ use crate::store::DataDirLock;
 pub struct Server {
     /// The pipelines engine.
     pub pipelines: Arc<crate::pipelines::engine::Engine>,
+    /// The alerts engine.
+    pub alerts: Arc<crate::alerts::Engine>,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its registry.
@@ -65,6 +67,8 @@ impl Server {
         metrics.register_audit(audit.stats());
         let pipeline_metrics = crate::pipelines::engine::PipelineMetrics::default();
         pipeline_metrics.register(&mut metrics);
+        let alert_metrics = crate::alerts::AlertMetrics::default();
+        alert_metrics.register(&mut metrics);
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
@@ -96,11 +100,19 @@ impl Server {
             },
             pipeline_metrics,
         );
+        let alerts = crate::alerts::Engine::start(
+            registry.clone(),
+            config.alerts.clone(),
+            replica_id(&config.data_dir)?,
+            alert_metrics,
+        );
+        alerts.set_pipelines(crate::alerts_wiring::pipelines(&pipelines));
         let state = AppState {
             registry: registry.clone(),
             limits,
             auth: auth.clone(),
             pipelines: pipelines.clone(),
+            alerts: alerts.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
@@ -137,6 +149,7 @@ impl Server {
         registry.mark_ready();
         Ok(Server {
             pipelines,
+            alerts,
             addr,
             registry,
             shutdown,

@@ -122,6 +122,17 @@ const ROUTES: &[(&str, &str, Rule)] = {
         // Git push webhooks: providers cannot send a bearer token; each
         // delivery is verified with the pipeline's own secret (hooks.rs).
         ("POST", "/v1/hooks/{provider}/{pipeline}", Public),
+        // Alerts: Alertmanager authenticates with an operator token as
+        // bearer or basic-auth password, checked by the receiver itself
+        // (alerts_api.rs), which also audits refusals. The engine checks
+        // roles in each route's project.
+        ("POST", "/v1/alerts/alertmanager/{receiver}", Public),
+        ("GET", "/v1/alerts/routes", Min(Viewer)),
+        ("GET", "/v1/alerts/routes/{name}", Min(Viewer)),
+        ("PUT", "/v1/alerts/routes/{name}", Min(Operator)),
+        ("DELETE", "/v1/alerts/routes/{name}", Min(Admin)),
+        ("GET", "/v1/alerts/groups", Min(Viewer)),
+        ("GET", "/v1/alerts/groups/{id}", Min(Viewer)),
         // Audit log.
         ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.
