@@ -661,3 +661,129 @@ async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expir
     let list = silences().await;
     assert_eq!(list[0]["status"]["state"], "expired", "{list:#?}");
 }
+
+/// A group of `n` firing alerts with fingerprints unique to `key`.
+fn big_group(key: &str, n: usize) -> Value {
+    let alerts = (0..n)
+        .map(|i| {
+            alert(
+                &format!("{key}-{i:05}"),
+                "firing",
+                "2026-12-01T00:00:00Z",
+                json!({"alertname": "Load", "instance": format!("host-{i}"), "severity": "warning"}),
+            )
+        })
+        .collect();
+    group(key, alerts)
+}
+
+#[tokio::test]
+async fn a_group_answered_200_survives_kill_9_and_is_handled_after_restart() {
+    use capstan_tests::procs::{Capstan, TOKEN};
+    let mut proc = Capstan::start(None, &[]);
+    proc.wait_ready().await;
+    let url = format!("{}/v1/alerts/alertmanager/am", proc.url());
+    let c = client();
+    let mut acknowledged = Vec::new();
+    for i in 0..40 {
+        let body = big_group(&format!("kill-{i}"), 200);
+        let r = c
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        acknowledged.push(v["id"].as_str().unwrap().to_string());
+    }
+    // kill -9 right after the last 200: what was acknowledged is on disk.
+    let dir = proc.kill_9();
+    let proc = Capstan::start(Some(dir), &[]);
+    proc.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &acknowledged {
+        loop {
+            let g = proc.get(&format!("/v1/alerts/groups/{id}")).await;
+            assert_eq!(g["id"], id.as_str(), "acknowledged group lost: {g}");
+            assert_eq!(g["alerts"], 200);
+            if g["state"] != "pending" {
+                // No route matches in this server: handled as unrouted.
+                assert_eq!(g["state"], "unrouted", "{g}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {id} never handled after restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The ingest benchmark (BENCHMARKS.md): 1,000-alert groups posted over
+/// loopback HTTP, one at a time (answer p50/p99) and from 4 senders at
+/// once (sustained alerts/s). Run explicitly:
+/// `cargo test -p capstan-tests --test alerts -- --ignored --nocapture bench_ingest`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run explicitly"]
+async fn bench_ingest_1000_alert_groups() {
+    let server = TestServer::start_with(|c| c.alerts.max_backlog = 1_000_000).await;
+    let bodies: Vec<String> = (0..200)
+        .map(|i| big_group(&format!("bench-{i}"), 1000).to_string())
+        .collect();
+    let post_raw = |body: String| {
+        let rq = server
+            .request(Method::POST, "/v1/alerts/alertmanager/bench")
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let t = Instant::now();
+            let r = rq.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            t.elapsed()
+        }
+    };
+    let mut times = Vec::new();
+    for b in &bodies[..100] {
+        times.push(post_raw(b.clone()).await);
+    }
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "sequential: {} groups of 1000 alerts: p50 {:?}, p99 {:?}, max {:?}",
+        times.len(),
+        p(0.5),
+        p(0.99),
+        times[times.len() - 1]
+    );
+    let started = Instant::now();
+    let mut rest = bodies[100..].to_vec();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mine: Vec<String> = rest.drain(..25).collect();
+        let f = mine.into_iter().map(&post_raw).collect::<Vec<_>>();
+        tasks.push(async move {
+            let mut t = Vec::new();
+            for x in f {
+                t.push(x.await);
+            }
+            t
+        });
+    }
+    let mut concurrent: Vec<Duration> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    concurrent.sort();
+    println!(
+        "4 senders: {} groups in {secs:.2} s = {:.0} alerts/s; answer p50 {:?}, p99 {:?}",
+        concurrent.len(),
+        concurrent.len() as f64 * 1000.0 / secs,
+        concurrent[concurrent.len() / 2],
+        concurrent[(concurrent.len() * 99 / 100).min(concurrent.len() - 1)]
+    );
+}

@@ -41,6 +41,9 @@ impl Server {
     /// watching the plugins directory. `/healthz` answers while plugins load.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
+        // The alerts engine's HTTP client (silences) is reqwest over rustls
+        // without a provider of its own: the process uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let store = Arc::new(config.open_store().context("opening the store")?);
         // Before loading anything, so that no change of another replica is missed.

@@ -48,7 +48,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine: its shard workers and retention.
+    /// Starts the engine: its shard workers and retention. The process
+    /// must have a rustls crypto provider installed (the binary installs ring).
     pub fn start(
         registry: Arc<Registry>,
         mut config: AlertsConfig,
