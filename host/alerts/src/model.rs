@@ -16,13 +16,16 @@ pub type Labels = BTreeMap<String, String>;
 pub struct Webhook {
     /// Payload version, `4`.
     #[serde(default)]
+    #[schema(pattern = "^4?$")]
     pub version: String,
     /// Key identifying the group (the same on every Alertmanager of an HA cluster).
+    #[schema(min_length = 1)]
     pub group_key: String,
     /// Alerts left out because of `max_alerts`.
     #[serde(default)]
     pub truncated_alerts: u32,
     /// `firing` if any alert fires, otherwise `resolved`.
+    #[schema(pattern = "^(firing|resolved)$")]
     pub status: String,
     /// The Alertmanager receiver's name.
     #[serde(default)]
@@ -40,6 +43,7 @@ pub struct Webhook {
     #[serde(default, rename = "externalURL")]
     pub external_url: String,
     /// The alerts.
+    #[schema(min_items = 1)]
     pub alerts: Vec<Alert>,
 }
 
@@ -48,6 +52,7 @@ pub struct Webhook {
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// `firing` or `resolved`.
+    #[schema(pattern = "^(firing|resolved)$")]
     pub status: String,
     /// Identifying labels.
     #[serde(default)]
@@ -56,6 +61,7 @@ pub struct Alert {
     #[serde(default)]
     pub annotations: Labels,
     /// RFC 3339 start.
+    #[schema(min_length = 1, max_length = 64)]
     pub starts_at: String,
     /// RFC 3339 end; `0001-01-01T00:00:00Z` while firing.
     #[serde(default)]
@@ -64,6 +70,7 @@ pub struct Alert {
     #[serde(default, rename = "generatorURL")]
     pub generator_url: String,
     /// Alertmanager's fingerprint of the label set.
+    #[schema(min_length = 1, max_length = 128)]
     pub fingerprint: String,
 }
 

@@ -493,3 +493,77 @@ fn insert_events(
 pub(crate) fn opt_text(r: &Row, i: usize) -> Result<Option<String>, StoreError> {
     Ok(r.get::<Option<String>>(i)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(key: &str, alerts: &[(&str, &str)]) -> Webhook {
+        let alerts: Vec<serde_json::Value> = alerts
+            .iter()
+            .map(|(fp, status)| {
+                serde_json::json!({"status": status, "labels": {"alertname": "A"},
+                "startsAt": "2026-12-01T00:00:00Z", "fingerprint": fp})
+            })
+            .collect();
+        serde_json::from_value(
+            serde_json::json!({"groupKey": key, "status": "firing", "alerts": alerts}),
+        )
+        .unwrap()
+    }
+
+    /// Two replicas store the same delivery at the same time: the unique key
+    /// lets exactly one of them bring the alerts in; a resolve is new once.
+    #[test]
+    fn ha_copies_on_two_replicas_bring_each_alert_in_once() {
+        for t in capstan_store::testing::backends() {
+            let (a, b) = (
+                AlertStore::new(t.store.clone()),
+                AlertStore::new(Arc::new(t.reopen())),
+            );
+            let h = hook("k", &[("f1", "firing"), ("f2", "firing")]);
+            let raw = serde_json::to_string(&h).unwrap();
+            let (x, y) = std::thread::scope(|s| {
+                let x = s.spawn(|| a.ingest("g1", "am", &h, &raw, 0).unwrap());
+                let y = s.spawn(|| b.ingest("g2", "am", &h, &raw, 0).unwrap());
+                (x.join().unwrap(), y.join().unwrap())
+            });
+            let mut news = [x.new_alerts, y.new_alerts];
+            news.sort();
+            assert_eq!(news, [0, 2], "{:?}", t.backend());
+            let mut states = [x.state, y.state];
+            states.sort();
+            assert_eq!(states, ["duplicate", "pending"]);
+            let r = hook("k", &[("f1", "resolved"), ("f2", "firing")]);
+            let raw = serde_json::to_string(&r).unwrap();
+            assert_eq!(a.ingest("g3", "am", &r, &raw, 0).unwrap().new_alerts, 1);
+            assert_eq!(
+                b.ingest("g4", "am", &r, &raw, 0).unwrap().state,
+                "duplicate"
+            );
+            assert_eq!(
+                a.new_alerts("g3").unwrap(),
+                vec![(
+                    "f1".to_string(),
+                    "resolved".to_string(),
+                    "2026-12-01T00:00:00Z".to_string()
+                )]
+            );
+            assert_eq!(a.pending(0, 10).unwrap().len(), 2);
+            // Remediation: one claim per episode, whoever asks.
+            assert_eq!(
+                a.claim_remediation("f1@t", "p", "ra", 60_000).unwrap(),
+                Remediation::Claimed
+            );
+            assert_eq!(
+                b.claim_remediation("f1@t", "p", "rb", 60_000).unwrap(),
+                Remediation::Busy
+            );
+            a.remediation_started("f1@t", "p", "run-1").unwrap();
+            assert_eq!(
+                b.claim_remediation("f1@t", "p", "rb", 60_000).unwrap(),
+                Remediation::Started("run-1".into())
+            );
+        }
+    }
+}

@@ -372,7 +372,12 @@ pub async fn group(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let (group, hook, new, actions) = state.alerts.group(&id, &caller.authority())?;
+    let crate::alerts::engine::GroupDetail {
+        summary: group,
+        hook,
+        new,
+        actions,
+    } = state.alerts.group(&id, &caller.authority())?;
     let mut new: std::collections::HashSet<(String, String, String)> = new.into_iter().collect();
     let alert_list = hook
         .alerts

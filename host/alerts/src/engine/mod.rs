@@ -301,19 +301,7 @@ impl Engine {
     }
 
     /// One group, its alerts (each marked new or seen before) and actions.
-    pub fn group(
-        &self,
-        id: &str,
-        who: &Authority,
-    ) -> Result<
-        (
-            GroupSummary,
-            Webhook,
-            Vec<(String, String, String)>,
-            Vec<ActionRecord>,
-        ),
-        AlertsError,
-    > {
+    pub fn group(&self, id: &str, who: &Authority) -> Result<GroupDetail, AlertsError> {
         let missing = || AlertsError::NotFound(format!("no alert group `{id}`"));
         let summary = self.db.group_summary(id)?.ok_or_else(missing)?;
         if who.global.is_none() && !summary.projects.iter().any(|p| who.role_in(p).is_some()) {
@@ -322,8 +310,25 @@ impl Engine {
         let row = self.db.group(id)?.ok_or_else(missing)?;
         let new = self.db.new_alerts(id)?;
         let actions = self.db.actions_of(id)?;
-        Ok((summary, row.hook, new, actions))
+        Ok(GroupDetail {
+            summary,
+            hook: row.hook,
+            new,
+            actions,
+        })
     }
+}
+
+/// A group as received, with what was new in it and what was done.
+pub struct GroupDetail {
+    /// The stored summary.
+    pub summary: GroupSummary,
+    /// The webhook as received.
+    pub hook: Webhook,
+    /// `(fingerprint, status, startsAt)` of the alerts it brought first.
+    pub new: Vec<(String, String, String)>,
+    /// The actions recorded, in order.
+    pub actions: Vec<ActionRecord>,
 }
 
 fn valid_receiver(r: &str) -> bool {

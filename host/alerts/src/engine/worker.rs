@@ -37,7 +37,10 @@ async fn shard_loop(engine: Weak<Engine>, shard: u32) {
         let wake = e.wake.clone();
         // Created before the work, so a delivery stored meanwhile wakes it.
         let woken = wake.notified();
-        if e.registry.is_ready() {
+        // The lease is claimed only when there is work, so an idle server
+        // does not write to the leases table four times a second per shard.
+        let has_work = e.registry.is_ready() && e.db.pending(shard, 1).is_ok_and(|p| !p.is_empty());
+        if has_work {
             match e.db.store().acquire_lease(&name, &e.replica, LEASE_TTL) {
                 Ok(Some(lease)) => {
                     if let Err(err) = e.drain(shard, &lease).await {
