@@ -678,3 +678,94 @@ async fn an_all_or_nothing_cluster_scoped_grant_is_refused_at_upload() {
         capstan_tests::assert_error(status, &body, 422, needle);
     }
 }
+
+/// An alert handler's `kube` action runs on the host under the handler's
+/// own grants: a restart in its granted namespace is done (the pod
+/// template gets `kubectl.kubernetes.io/restartedAt`), the same in a
+/// namespace it is not granted is denied and changes nothing.
+#[tokio::test]
+async fn an_alert_handlers_kube_action_runs_under_its_own_grants_only() {
+    for ns in ["kt-alert-a", "kt-alert-b"] {
+        ensure_namespace(ns);
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "registry.local/web:1"}]}}}});
+        let (status, body) = admin(
+            "POST",
+            &format!("/apis/apps/v1/namespaces/{ns}/deployments"),
+            Some(&d),
+            "application/json",
+        );
+        assert!(status == 201 || status == 409, "{status} {body}");
+    }
+    let server = server_with_cluster().await;
+    let grants = "[[grants.kube]]\ncluster = \"test\"\nnamespaces = [\"kt-alert-a\"]\nresources = [\"apps/Deployment\"]\nverbs = [\"patch\"]\n";
+    for (name, ns) in [("restarter", "kt-alert-a"), ("overreach", "kt-alert-b")] {
+        let extra = format!("[settings]\nkube = \"{ns}\"\n{grants}");
+        server
+            .install(
+                &manifest(name, "1.0.0", "alert-handler", &extra),
+                &guest(guests::ALERT_ACTIONS),
+            )
+            .await;
+    }
+    let route = json!({"project": "default", "handlers": ["restarter", "overreach"]});
+    let (status, body) = server
+        .send(
+            reqwest::Method::PUT,
+            "/v1/alerts/routes/restart",
+            Some(route),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let group = json!({"version": "4", "groupKey": "kube", "status": "firing", "receiver": "x", "alerts": [
+        {"status": "firing", "labels": {"alertname": "WebStuck"}, "startsAt": "2026-12-01T00:00:00Z", "fingerprint": "k1"}]});
+    let (status, stored) = server
+        .send(
+            reqwest::Method::POST,
+            "/v1/alerts/alertmanager/am",
+            Some(group),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    let id = stored["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let g = loop {
+        let (_, g) = server.get(&format!("/v1/alerts/groups/{id}")).await;
+        if g["state"] != "pending" {
+            break g;
+        }
+        assert!(std::time::Instant::now() < deadline, "never handled: {g:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let outcome = |plugin: &str| {
+        g["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "kube" && a["plugin"] == plugin)
+            .map(|a| a["outcome"].as_str().unwrap().to_string())
+    };
+    assert_eq!(outcome("restarter").as_deref(), Some("succeeded"), "{g:#}");
+    assert_eq!(outcome("overreach").as_deref(), Some("denied"), "{g:#}");
+    let annotation = |ns: &str| {
+        let (_, d) = deployment(ns, "web");
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .clone()
+    };
+    assert!(
+        annotation("kt-alert-a").is_string(),
+        "restarted in the granted namespace"
+    );
+    assert!(
+        annotation("kt-alert-b").is_null(),
+        "nothing changed outside the grant"
+    );
+    let denied = kube_audit(&server, "overreach").await;
+    assert!(
+        denied
+            .iter()
+            .any(|r| !r.allowed && r.target.contains("kt-alert-b")),
+        "{denied:#?}"
+    );
+}

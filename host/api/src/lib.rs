@@ -4,11 +4,13 @@
 //! Depends on `capstan-pipelines`, `capstan-registry`, `capstan-runtime` and `capstan-store`;
 //! only the `capstan` crate (server assembly) depends on it.
 
+pub(crate) use capstan_alerts as alerts;
 pub(crate) use capstan_pipelines as pipelines;
 pub(crate) use capstan_registry::{registry, trust};
 pub(crate) use capstan_runtime::{capabilities, manifest, runtime};
 pub(crate) use capstan_store as store;
 
+mod alerts_api;
 mod audit;
 pub mod auth;
 mod dto;
@@ -93,6 +95,8 @@ pub struct AppState {
     pub notify: Arc<capstan_notify::Notifier>,
     /// The metrics engine (metrics-source plugins).
     pub sources: Arc<capstan_registry::sources::Sources>,
+    /// The alerts engine.
+    pub alerts: Arc<alerts::Engine>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -116,6 +120,8 @@ pub struct AppState {
         notify_api::list_channels, notify_api::show_channel, notify_api::put_channel,
         notify_api::delete_channel, notify_api::test_channel, notify_api::send,
         notify_api::deliveries, notify_api::delivery,
+        alerts_api::receive, alerts_api::routes, alerts_api::route, alerts_api::put_route,
+        alerts_api::delete_route, alerts_api::groups, alerts_api::group,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -124,7 +130,8 @@ pub struct AppState {
         (name = "audit", description = "The audit log (viewer)"),
         (name = "trust", description = "Projects, grant ceilings and approvals"),
         (name = "pipelines", description = "Deploy pipelines and their runs"),
-        (name = "notify", description = "Notification channels, test-send and delivery receipts"))
+        (name = "notify", description = "Notification channels, test-send and delivery receipts"),
+        (name = "alerts", description = "Alertmanager webhooks, alert routes and what handlers did"))
 )]
 pub struct ApiDoc;
 
@@ -246,6 +253,20 @@ pub fn router(state: AppState) -> Router {
             "/hooks/{provider}/{pipeline}",
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),
         );
+    let v1 = v1
+        .route(
+            "/alerts/alertmanager/{receiver}",
+            post(alerts_api::receive).layer(DefaultBodyLimit::max(state.alerts.max_body_bytes())),
+        )
+        .route("/alerts/routes", get(alerts_api::routes))
+        .route(
+            "/alerts/routes/{name}",
+            get(alerts_api::route)
+                .put(alerts_api::put_route)
+                .delete(alerts_api::delete_route),
+        )
+        .route("/alerts/groups", get(alerts_api::groups))
+        .route("/alerts/groups/{id}", get(alerts_api::group));
     let in_flight = limits::InFlight::new(state.limits.max_in_flight_requests);
     // Outermost first: tracing, the in-flight cap, authentication and
     // authorisation (auth::guard), then the request timeout, in front of

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::config::ServerConfig;
 use crate::manifest::Role;
 
+#[path = "cli_alerts.rs"]
+mod alerts;
 #[path = "cli_pipelines.rs"]
 mod pipelines;
 #[path = "cli_trust.rs"]
@@ -47,6 +49,9 @@ enum Command {
     /// Pipeline runs: show, follow the log, cancel, rerun.
     #[command(subcommand)]
     Run(pipelines::RunCommand),
+    /// Alert groups received from Alertmanager, what handlers did, routes.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Maintain the secrets store (offline, on the data directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -259,6 +264,7 @@ pub fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(pipelines::pipeline(cmd))
         }
         Command::Run(cmd) => tokio::runtime::Runtime::new()?.block_on(pipelines::run(cmd)),
+        Command::Alerts(cmd) => tokio::runtime::Runtime::new()?.block_on(alerts::alerts(cmd)),
         Command::Secrets(SecretsCommand::RotateKey {
             config,
             data_dir,

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub notify: NotifySection,
     /// When metrics-source plugins run (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// The alerts engine: routes, Alertmanager for silences, retention, limits.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// The `[notify]` section: channels (stored on start, replacing stored
@@ -277,6 +279,7 @@ impl Default for ServerConfig {
             audit: AuditConfig::default(),
             notify: NotifySection::default(),
             metrics: MetricsConfig::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -335,6 +338,10 @@ impl ServerConfig {
 
     /// Checks what parsing cannot: the concurrency limits' ranges.
     pub fn validate(&self) -> anyhow::Result<()> {
+        for r in &self.alerts.routes {
+            r.check()
+                .map_err(|e| anyhow::anyhow!("alerts.routes: {e}"))?;
+        }
         let l = &self.limits;
         if l.max_concurrent == 0 {
             anyhow::bail!("limits.max_concurrent must be at least 1");

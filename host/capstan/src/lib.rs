@@ -12,6 +12,7 @@
 //! Nothing below [`api`] knows HTTP. The layers are re-exported here under
 //! their module names, so `capstan::registry::Registry` and the like work.
 
+pub use capstan_alerts as alerts;
 pub use capstan_api as api;
 pub use capstan_pipelines as pipelines;
 pub use capstan_registry::{metrics, registry, sources, trust};
@@ -19,6 +20,7 @@ pub use capstan_runtime::{capabilities, manifest, runtime};
 pub use capstan_store as store;
 pub use capstan_store::ids;
 
+mod alerts_wiring;
 pub mod bundled;
 pub mod cli;
 pub mod config;

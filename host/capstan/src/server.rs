@@ -21,6 +21,8 @@ use crate::store::DataDirLock;
 pub struct Server {
     /// The pipelines engine.
     pub pipelines: Arc<crate::pipelines::engine::Engine>,
+    /// The alerts engine.
+    pub alerts: Arc<crate::alerts::Engine>,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its registry.
@@ -41,6 +43,9 @@ impl Server {
     /// watching the plugins directory. `/healthz` answers while plugins load.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
+        // The alerts engine's HTTP client (silences) is reqwest over rustls
+        // without a provider of its own: the process uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let store = Arc::new(config.open_store().context("opening the store")?);
         // Before loading anything, so that no change of another replica is missed.
@@ -69,6 +74,8 @@ impl Server {
         pipeline_metrics.register(&mut metrics);
         let notify_metrics = capstan_notify::NotifyMetrics::default();
         notify_metrics.register(&mut metrics);
+        let alert_metrics = crate::alerts::AlertMetrics::default();
+        alert_metrics.register(&mut metrics);
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
@@ -105,13 +112,21 @@ impl Server {
         let pipelines = crate::pipelines::engine::Engine::start(
             registry.clone(),
             crate::pipelines::engine::EngineConfig {
-                replica,
+                replica: replica.clone(),
                 max_running: config.pipelines_max_running.max(1),
                 ..Default::default()
             },
             pipeline_metrics,
         );
         let sources = crate::sources::Sources::new(registry.clone(), config.metrics.defaults());
+        let alerts = crate::alerts::Engine::start(
+            registry.clone(),
+            config.alerts.clone(),
+            replica,
+            alert_metrics,
+        );
+        alerts.set_pipelines(crate::alerts_wiring::pipelines(&pipelines));
+        alerts.set_notifier(crate::alerts_wiring::notifier(&notify));
         let state = AppState {
             registry: registry.clone(),
             limits,
@@ -119,6 +134,7 @@ impl Server {
             pipelines: pipelines.clone(),
             notify: notify.clone(),
             sources: sources.clone(),
+            alerts: alerts.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let mut stop_sources = shutdown.subscribe();
@@ -163,6 +179,7 @@ impl Server {
         Ok(Server {
             pipelines,
             notify,
+            alerts,
             addr,
             registry,
             shutdown,

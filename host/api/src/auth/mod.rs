@@ -132,6 +132,17 @@ const ROUTES: &[(&str, &str, Rule)] = {
         ("POST", "/v1/notify/channels/{name}/send", Min(Operator)),
         ("GET", "/v1/notify/deliveries", Min(Viewer)),
         ("GET", "/v1/notify/deliveries/{id}", Min(Viewer)),
+        // Alerts: Alertmanager authenticates with an operator token as
+        // bearer or basic-auth password, checked by the receiver itself
+        // (alerts_api.rs), which also audits refusals. The engine checks
+        // roles in each route's project.
+        ("POST", "/v1/alerts/alertmanager/{receiver}", Public),
+        ("GET", "/v1/alerts/routes", Min(Viewer)),
+        ("GET", "/v1/alerts/routes/{name}", Min(Viewer)),
+        ("PUT", "/v1/alerts/routes/{name}", Min(Operator)),
+        ("DELETE", "/v1/alerts/routes/{name}", Min(Admin)),
+        ("GET", "/v1/alerts/groups", Min(Viewer)),
+        ("GET", "/v1/alerts/groups/{id}", Min(Viewer)),
         // Audit log.
         ("GET", "/v1/audit", Global(Viewer)),
         // Tokens and secrets.

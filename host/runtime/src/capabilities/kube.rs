@@ -18,8 +18,10 @@
 
 mod apply;
 mod grant;
+mod host_op;
 
 pub use grant::{KubeGrant, KubePolicy, Verb, resource_matches};
+pub use host_op::host_operation;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

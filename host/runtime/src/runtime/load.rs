@@ -38,6 +38,14 @@ pub struct Prepared {
     pub(super) policies: Arc<Policies>,
 }
 
+impl Prepared {
+    /// The version's capability policies (host-side actions done for the
+    /// plugin, e.g. an alert handler's `kube` actions, check the same grants).
+    pub(crate) fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+}
+
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
