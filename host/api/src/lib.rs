@@ -5,6 +5,7 @@
 //! only the `capstan` crate (server assembly) depends on it.
 
 pub(crate) use capstan_pipelines as pipelines;
+pub(crate) use capstan_provisioning as provisioning;
 pub(crate) use capstan_registry::{registry, trust};
 pub(crate) use capstan_runtime::{capabilities, manifest, runtime};
 pub(crate) use capstan_store as store;
@@ -22,6 +23,7 @@ mod ops;
 mod pipelines_api;
 mod plugins;
 mod projects;
+mod provisions_api;
 mod secrets;
 pub mod tls;
 mod tokens;
@@ -88,6 +90,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// The pipelines engine.
     pub pipelines: Arc<pipelines::engine::Engine>,
+    /// The provisioning engine.
+    pub provisioning: Arc<provisioning::Engine>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -107,6 +111,8 @@ pub struct AppState {
         pipelines_api::put, pipelines_api::list, pipelines_api::show, pipelines_api::delete, pipelines_api::start,
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
         pipelines_api::rerun,
+        provisions_api::put, provisions_api::list, provisions_api::show, provisions_api::plan,
+        provisions_api::show_plan, provisions_api::apply, provisions_api::destroy, provisions_api::drift,
         hooks::receive,
     ),
     components(schemas(dto::Plan, dto::Report, dto::StepResult, dto::MetricFamily, dto::Action)),
@@ -115,7 +121,8 @@ pub struct AppState {
         (name = "auth", description = "API tokens (admin)"), (name = "secrets", description = "Secrets plugins may be granted (admin)"),
         (name = "audit", description = "The audit log (viewer)"),
         (name = "trust", description = "Projects, grant ceilings and approvals"),
-        (name = "pipelines", description = "Deploy pipelines and their runs"))
+        (name = "pipelines", description = "Deploy pipelines and their runs"),
+        (name = "provisioning", description = "Provisioned instances: plans, applies, destroy and drift"))
 )]
 pub struct ApiDoc;
 
@@ -219,6 +226,22 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/log", get(pipelines_api::log))
         .route("/runs/{id}/cancel", post(pipelines_api::cancel))
         .route("/runs/{id}/rerun", post(pipelines_api::rerun))
+        .route(
+            "/provisions",
+            get(provisions_api::list).post(provisions_api::put),
+        )
+        .route("/provisions/{name}", get(provisions_api::show))
+        .route("/provisions/{name}/plans", post(provisions_api::plan))
+        .route(
+            "/provisions/{name}/plans/{id}",
+            get(provisions_api::show_plan),
+        )
+        .route(
+            "/provisions/{name}/plans/{id}/apply",
+            post(provisions_api::apply),
+        )
+        .route("/provisions/{name}/destroy", post(provisions_api::destroy))
+        .route("/provisions/{name}/drift", post(provisions_api::drift))
         .route(
             "/hooks/{provider}/{pipeline}",
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),

@@ -11,6 +11,8 @@ use crate::manifest::Role;
 
 #[path = "cli_pipelines.rs"]
 mod pipelines;
+#[path = "cli_provision.rs"]
+mod provision;
 #[path = "cli_trust.rs"]
 mod trust;
 
@@ -47,6 +49,9 @@ enum Command {
     /// Pipeline runs: show, follow the log, cancel, rerun.
     #[command(subcommand)]
     Run(pipelines::RunCommand),
+    /// Provisioned instances: plan (with diffs), apply, status, destroy.
+    #[command(subcommand)]
+    Provision(provision::ProvisionCommand),
     /// Maintain the secrets store (offline, on the data directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -259,6 +264,9 @@ pub fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(pipelines::pipeline(cmd))
         }
         Command::Run(cmd) => tokio::runtime::Runtime::new()?.block_on(pipelines::run(cmd)),
+        Command::Provision(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(provision::provision(cmd))
+        }
         Command::Secrets(SecretsCommand::RotateKey {
             config,
             data_dir,

@@ -21,6 +21,8 @@ use crate::store::DataDirLock;
 pub struct Server {
     /// The pipelines engine.
     pub pipelines: Arc<crate::pipelines::engine::Engine>,
+    /// The provisioning engine.
+    pub provisioning: Arc<crate::provisioning::Engine>,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its registry.
@@ -65,6 +67,8 @@ impl Server {
         metrics.register_audit(audit.stats());
         let pipeline_metrics = crate::pipelines::engine::PipelineMetrics::default();
         pipeline_metrics.register(&mut metrics);
+        let provision_metrics = crate::provisioning::ProvisionMetrics::default();
+        provision_metrics.register(&mut metrics);
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
@@ -96,11 +100,26 @@ impl Server {
             },
             pipeline_metrics,
         );
+        let p = &config.provisioning;
+        let provisioning = crate::provisioning::Engine::start(
+            registry.clone(),
+            crate::provisioning::EngineConfig {
+                replica: replica_id(&config.data_dir)?,
+                approval_clusters: p.approval_clusters.clone(),
+                approvals_required: p.approvals_required,
+                wait_timeout: std::time::Duration::from_secs(p.wait_timeout_secs),
+                drift_interval: std::time::Duration::from_secs(p.drift_interval_secs),
+                fault_before_prune: p.fault_before_prune,
+                ..Default::default()
+            },
+            provision_metrics,
+        );
         let state = AppState {
             registry: registry.clone(),
             limits,
             auth: auth.clone(),
             pipelines: pipelines.clone(),
+            provisioning: provisioning.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
@@ -137,6 +156,7 @@ impl Server {
         registry.mark_ready();
         Ok(Server {
             pipelines,
+            provisioning,
             addr,
             registry,
             shutdown,

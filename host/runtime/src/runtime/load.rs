@@ -38,6 +38,14 @@ pub struct Prepared {
     pub(super) policies: Arc<Policies>,
 }
 
+impl Prepared {
+    /// The version's grants as checked at load (the provisioning engine
+    /// acts under the provisioner's own kube grants).
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+}
+
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
