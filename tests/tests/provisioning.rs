@@ -903,20 +903,23 @@ async fn prod_plans_wait_for_an_approval() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    s.token = admin_token;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while admin("GET", &format!("/api/v1/namespaces/{ns}"), None).0 != 200
-        && Instant::now() < deadline
-    {
+    let inst = loop {
+        let (_, inst) = s.get("/v1/provisions/approval").await;
+        if inst["state"] == "applied" || Instant::now() > deadline {
+            break inst;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    assert_eq!(
+        inst["state"], "applied",
+        "approved plan not applied: {inst:#}"
+    );
     assert_eq!(
         admin("GET", &format!("/api/v1/namespaces/{ns}"), None).0,
-        200,
-        "approved plan not applied"
+        200
     );
-    s.token = admin_token;
-    let (_, inst) = s.get("/v1/provisions/approval").await;
-    assert_eq!(inst["state"], "applied", "{inst:#}");
 }
 
 /// The bundled provisioner's grants, as its `capstan.toml` documents them.

@@ -60,7 +60,9 @@ pub(super) async fn sweeper(engine: Weak<Engine>) {
         if every.is_zero() {
             return;
         }
-        if let Err(err) = e.sweep().await {
+        if e.registry.is_ready()
+            && let Err(err) = e.sweep().await
+        {
             tracing::warn!("drift sweep: {err}");
         }
         drop(e);

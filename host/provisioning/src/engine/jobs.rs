@@ -56,7 +56,10 @@ pub(super) async fn worker(engine: Weak<Engine>) {
     loop {
         let Some(e) = engine.upgrade() else { return };
         let poll = e.config.poll;
-        if let Err(err) = e.claim_jobs() {
+        // Jobs call the provisioner again: not before the stored plugins are loaded.
+        if e.registry.is_ready()
+            && let Err(err) = e.claim_jobs()
+        {
             tracing::warn!("provisioning jobs: {err}");
         }
         let wake = async { e.wake.notified().await };
@@ -450,23 +453,9 @@ impl Engine {
                 if let Some(class) = live
                     .pointer("/spec/storageClassName")
                     .and_then(Value::as_str)
+                    .filter(|c| o.kind == "PersistentVolumeClaim" && !classes.contains_key(*c))
                 {
-                    if !classes.contains_key(class) {
-                        let sc = ObjectRef {
-                            api_version: "storage.k8s.io/v1".into(),
-                            kind: "StorageClass".into(),
-                            namespace: None,
-                            name: class.into(),
-                        };
-                        let wffc = match g.get(&sc).await {
-                            Ok(Some(s)) => {
-                                s.get("volumeBindingMode").and_then(Value::as_str)
-                                    == Some("WaitForFirstConsumer")
-                            }
-                            _ => false,
-                        };
-                        classes.insert(class.into(), wffc);
-                    }
+                    classes.insert(class.into(), binds_on_first_consumer(g, class).await);
                 }
                 match kstatus::status(&live, |c| classes.get(c).copied().unwrap_or(false)) {
                     Status::Current => {}
@@ -589,6 +578,22 @@ impl Engine {
         name: &str,
     ) -> Result<(Instance, Vec<Member>), ProvisionError> {
         self.get_instance(name)
+    }
+}
+
+/// Whether a StorageClass binds on first consumer (false if it cannot be read).
+async fn binds_on_first_consumer(g: &Granted, class: &str) -> bool {
+    let sc = ObjectRef {
+        api_version: "storage.k8s.io/v1".into(),
+        kind: "StorageClass".into(),
+        namespace: None,
+        name: class.into(),
+    };
+    match g.get(&sc).await {
+        Ok(Some(s)) => {
+            s.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+        }
+        _ => false,
     }
 }
 

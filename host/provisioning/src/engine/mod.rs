@@ -211,6 +211,17 @@ impl Engine {
         }
         let project = project_of(&req, who)?;
         require(who, &project, Role::Operator, "provision")?;
+        if !self
+            .registry
+            .gate()
+            .projects()
+            .exists(&project)
+            .map_err(RegistryError::from)?
+        {
+            return Err(ProvisionError::NotFound(format!(
+                "project `{project}` does not exist; create it first"
+            )));
+        }
         if !self.registry.runtime().env().kube.contains(&req.cluster) {
             return Err(ProvisionError::Invalid(format!(
                 "no cluster named `{}` is configured",
