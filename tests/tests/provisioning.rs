@@ -1147,3 +1147,85 @@ async fn bench_provisioning() {
         took / checked as u32
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_manager_conflict_is_reported_not_forced() {
+    let s = server().await;
+    let ns = "prov-conflict";
+    put(
+        &s,
+        "conflict",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "k": "1" }))],
+    )
+    .await;
+    apply_ok(&s, "conflict", &plan(&s, "conflict").await).await;
+    // Another tool takes the field over with its own server-side apply.
+    let env = kube_env::shared();
+    let theirs = json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "a", "namespace": ns }, "data": { "k": "theirs" } });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+        ])
+        .args(["-H", "Content-Type: application/apply-patch+yaml"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", env.admin_token))
+        .arg("--data-binary")
+        .arg(theirs.to_string())
+        .arg(format!(
+            "{}{}?fieldManager=other-team&force=true",
+            env.server,
+            configmap_path(ns, "a")
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    put(
+        &s,
+        "conflict",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "k": "2" }))],
+    )
+    .await;
+    let p = plan(&s, "conflict").await;
+    let a = p["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        a["conflicts"],
+        json!([{ "manager": "other-team", "field": ".data.k" }]),
+        "{a:#}"
+    );
+    let (status, body) = apply(&s, "conflict", &p, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "field-manager-conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("other-team"),
+        "{body}"
+    );
+    // Asking for force is not enough: the echo provisioner's grant has no `force = true`.
+    let (status, body) = apply(&s, "conflict", &p, json!({ "force": true })).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("outside_grant")),
+        "{body}"
+    );
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "a"), None).1["data"]["k"],
+        "theirs"
+    );
+}
