@@ -4,6 +4,8 @@
 //! gate (kind `provision-plan`, subject the plan id), and the drift sweep
 //! ([`drift`]).
 
+mod check;
+mod destroy;
 mod drift;
 mod jobs;
 mod plan;
@@ -19,6 +21,7 @@ use capstan_runtime::manifest::Role as PluginRole;
 use capstan_store::{StoreError, ids, unix_millis};
 use serde_json::{Value, json};
 
+pub use destroy::termination_report;
 pub use drift::{DriftCheck, ProvisionMetrics};
 
 use crate::kube::{Granted, KindCache, KubeError};
