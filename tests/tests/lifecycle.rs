@@ -63,7 +63,9 @@ async fn every_bundled_role_is_invoked_with_typed_json() {
         .await;
     assert_eq!(status, 200, "{body}");
     let objects = body["result"]["objects"].as_array().unwrap();
-    assert_eq!(objects.len(), 8);
+    // Per environment: Namespace, LimitRange, ResourceQuota, the team's
+    // RoleBinding and two NetworkPolicies.
+    assert_eq!(objects.len(), 12);
     assert_eq!(objects[0]["wave"], 0, "namespaces come first");
     assert!(
         objects

@@ -6,6 +6,7 @@
 
 pub(crate) use capstan_alerts as alerts;
 pub(crate) use capstan_pipelines as pipelines;
+pub(crate) use capstan_provisioning as provisioning;
 pub(crate) use capstan_registry::{registry, trust};
 pub(crate) use capstan_runtime::{capabilities, manifest, runtime};
 pub(crate) use capstan_store as store;
@@ -25,6 +26,7 @@ mod ops;
 mod pipelines_api;
 mod plugins;
 mod projects;
+mod provisions_api;
 mod secrets;
 pub mod tls;
 mod tokens;
@@ -97,6 +99,8 @@ pub struct AppState {
     pub sources: Arc<capstan_registry::sources::Sources>,
     /// The alerts engine.
     pub alerts: Arc<alerts::Engine>,
+    /// The provisioning engine.
+    pub provisioning: Arc<provisioning::Engine>,
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -116,6 +120,8 @@ pub struct AppState {
         pipelines_api::put, pipelines_api::list, pipelines_api::show, pipelines_api::delete, pipelines_api::start,
         pipelines_api::runs, pipelines_api::run, pipelines_api::log, pipelines_api::cancel,
         pipelines_api::rerun,
+        provisions_api::put, provisions_api::list, provisions_api::show, provisions_api::plan,
+        provisions_api::show_plan, provisions_api::apply, provisions_api::destroy, provisions_api::drift,
         hooks::receive,
         notify_api::list_channels, notify_api::show_channel, notify_api::put_channel,
         notify_api::delete_channel, notify_api::test_channel, notify_api::send,
@@ -131,7 +137,8 @@ pub struct AppState {
         (name = "trust", description = "Projects, grant ceilings and approvals"),
         (name = "pipelines", description = "Deploy pipelines and their runs"),
         (name = "notify", description = "Notification channels, test-send and delivery receipts"),
-        (name = "alerts", description = "Alertmanager webhooks, alert routes and what handlers did"))
+        (name = "alerts", description = "Alertmanager webhooks, alert routes and what handlers did"),
+        (name = "provisioning", description = "Provisioned instances: plans, applies, destroy and drift"))
 )]
 pub struct ApiDoc;
 
@@ -249,6 +256,22 @@ pub fn router(state: AppState) -> Router {
         .route("/notify/channels/{name}/send", post(notify_api::send))
         .route("/notify/deliveries", get(notify_api::deliveries))
         .route("/notify/deliveries/{id}", get(notify_api::delivery))
+        .route(
+            "/provisions",
+            get(provisions_api::list).post(provisions_api::put),
+        )
+        .route("/provisions/{name}", get(provisions_api::show))
+        .route("/provisions/{name}/plans", post(provisions_api::plan))
+        .route(
+            "/provisions/{name}/plans/{id}",
+            get(provisions_api::show_plan),
+        )
+        .route(
+            "/provisions/{name}/plans/{id}/apply",
+            post(provisions_api::apply),
+        )
+        .route("/provisions/{name}/destroy", post(provisions_api::destroy))
+        .route("/provisions/{name}/drift", post(provisions_api::drift))
         .route(
             "/hooks/{provider}/{pipeline}",
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BYTES)),

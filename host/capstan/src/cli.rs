@@ -13,6 +13,8 @@ use crate::manifest::Role;
 mod alerts;
 #[path = "cli_pipelines.rs"]
 mod pipelines;
+#[path = "cli_provision.rs"]
+mod provision;
 #[path = "cli_trust.rs"]
 mod trust;
 
@@ -52,6 +54,9 @@ enum Command {
     /// Alert groups received from Alertmanager, what handlers did, routes.
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
+    /// Provisioned instances: plan (with diffs), apply, status, destroy.
+    #[command(subcommand)]
+    Provision(provision::ProvisionCommand),
     /// Maintain the secrets store (offline, on the data directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -265,6 +270,9 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Run(cmd) => tokio::runtime::Runtime::new()?.block_on(pipelines::run(cmd)),
         Command::Alerts(cmd) => tokio::runtime::Runtime::new()?.block_on(alerts::alerts(cmd)),
+        Command::Provision(cmd) => {
+            tokio::runtime::Runtime::new()?.block_on(provision::provision(cmd))
+        }
         Command::Secrets(SecretsCommand::RotateKey {
             config,
             data_dir,

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Kubernetes clusters plugins may be granted (`[[kube.clusters]]`).
     pub kube: KubeSection,
+    /// The provisioning engine (`[provisioning]`).
+    pub provisioning: ProvisioningConfig,
     /// Limits applied to plugins.
     pub limits: LimitsConfig,
     /// Limits at the HTTP edge.
@@ -201,6 +203,36 @@ pub struct KubeSection {
     pub clusters: Vec<crate::capabilities::kube::ClusterConfig>,
 }
 
+/// The `[provisioning]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningConfig {
+    /// Clusters whose plans need an approval (project admin) before apply.
+    pub approval_clusters: Vec<String>,
+    /// Approvals a plan needs there.
+    pub approvals_required: u32,
+    /// How long one wave may take to become ready, and how long destroy
+    /// waits for Namespace termination, seconds.
+    pub wait_timeout_secs: u64,
+    /// How often applied instances are re-planned for drift, seconds (0: never).
+    pub drift_interval_secs: u64,
+    /// Fault injection for tests: applies stop before their prune step.
+    #[serde(skip)]
+    pub fault_before_prune: bool,
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        ProvisioningConfig {
+            approval_clusters: vec!["prod".into()],
+            approvals_required: 1,
+            wait_timeout_secs: 60,
+            drift_interval_secs: 300,
+            fault_before_prune: false,
+        }
+    }
+}
+
 /// Runtime limits (see [`RuntimeConfig`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -273,6 +305,7 @@ impl Default for ServerConfig {
             secrets_key_file: None,
             admin_token: None,
             kube: KubeSection::default(),
+            provisioning: ProvisioningConfig::default(),
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),
             ceilings: Vec::new(),

@@ -15,6 +15,7 @@
 pub use capstan_alerts as alerts;
 pub use capstan_api as api;
 pub use capstan_pipelines as pipelines;
+pub use capstan_provisioning as provisioning;
 pub use capstan_registry::{metrics, registry, sources, trust};
 pub use capstan_runtime::{capabilities, manifest, runtime};
 pub use capstan_store as store;

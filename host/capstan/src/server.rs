@@ -23,6 +23,8 @@ pub struct Server {
     pub pipelines: Arc<crate::pipelines::engine::Engine>,
     /// The alerts engine.
     pub alerts: Arc<crate::alerts::Engine>,
+    /// The provisioning engine.
+    pub provisioning: Arc<crate::provisioning::Engine>,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its registry.
@@ -76,6 +78,8 @@ impl Server {
         notify_metrics.register(&mut metrics);
         let alert_metrics = crate::alerts::AlertMetrics::default();
         alert_metrics.register(&mut metrics);
+        let provision_metrics = crate::provisioning::ProvisionMetrics::default();
+        provision_metrics.register(&mut metrics);
         let metrics = Arc::new(metrics);
         let registry = Arc::new(Registry::new(runtime, store.clone(), metrics));
         seed_ceilings(&registry, &config).await?;
@@ -122,11 +126,25 @@ impl Server {
         let alerts = crate::alerts::Engine::start(
             registry.clone(),
             config.alerts.clone(),
-            replica,
+            replica.clone(),
             alert_metrics,
         );
         alerts.set_pipelines(crate::alerts_wiring::pipelines(&pipelines));
         alerts.set_notifier(crate::alerts_wiring::notifier(&notify));
+        let p = &config.provisioning;
+        let provisioning = crate::provisioning::Engine::start(
+            registry.clone(),
+            crate::provisioning::EngineConfig {
+                replica: replica.clone(),
+                approval_clusters: p.approval_clusters.clone(),
+                approvals_required: p.approvals_required,
+                wait_timeout: std::time::Duration::from_secs(p.wait_timeout_secs),
+                drift_interval: std::time::Duration::from_secs(p.drift_interval_secs),
+                fault_before_prune: p.fault_before_prune,
+                ..Default::default()
+            },
+            provision_metrics,
+        );
         let state = AppState {
             registry: registry.clone(),
             limits,
@@ -135,6 +153,7 @@ impl Server {
             notify: notify.clone(),
             sources: sources.clone(),
             alerts: alerts.clone(),
+            provisioning: provisioning.clone(),
         };
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let mut stop_sources = shutdown.subscribe();
@@ -180,6 +199,7 @@ impl Server {
             pipelines,
             notify,
             alerts,
+            provisioning,
             addr,
             registry,
             shutdown,

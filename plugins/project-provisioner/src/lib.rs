@@ -1,9 +1,20 @@
-//! Provisioner that turns a project spec into the objects a team needs on
-//! Kubernetes: per environment a Namespace (wave 0), then a ResourceQuota, a
-//! LimitRange and a RoleBinding of the team's group to `edit` (wave 1).
+//! Provisioner of a KubeSphere-style team project, per environment:
 //!
-//! Spec: `{"name", "team", "environments"?: ["dev", ...], "quota"?: {"cpu", "memory", "pods"},
-//! "admins"?: ["group", ...]}`.
+//! | wave | object | why |
+//! |------|--------|-----|
+//! | 0 | Namespace `<name>-<env>` labelled `kubesphere.io/workspace`, `kubesphere.io/namespace` and the project's labels | the project |
+//! | 1 | LimitRange `project-defaults` | container defaults; the host applies it before the quota, so pods without requests are still admitted |
+//! | 1 | ResourceQuota `project-quota`, with `<sc>.storageclass.storage.k8s.io/requests.storage` and `/persistentvolumeclaims` per StorageClass | |
+//! | 1 | RoleBindings `project-admin`, `project-operator`, `project-viewer` of the groups to ClusterRoles `admin`, `edit`, `view` | |
+//! | 1 | NetworkPolicy `default-deny` (all ingress) and `allow-ingress` (from the ingress controller's namespace and inside the project) | |
+//! | 2 | PVC `data` on the named StorageClass, if asked for | |
+//!
+//! Each object carries its wave in the annotation `capstan.dev/wave`.
+//!
+//! Spec: `{"name", "team", "workspace"?, "environments"?: ["dev", ...],
+//! "quota"?: {"cpu", "memory", "pods"}, "groups"?: {"admins": [..],
+//! "operators": [..], "viewers": [..]}, "storage"?: {"class", "quota"?,
+//! "claim"?}}` where `claim` is the size of the optional PVC.
 
 use capstan_sdk::provisioner::{DesiredObject, ObjectRef, Plan, Provisioner, Report};
 use capstan_sdk::{Error, config};
@@ -15,12 +26,16 @@ use serde_json::{Value, json};
 struct Spec {
     name: String,
     team: String,
+    #[serde(default)]
+    workspace: Option<String>,
     #[serde(default = "default_envs")]
     environments: Vec<String>,
     #[serde(default)]
     quota: Option<Quota>,
     #[serde(default)]
-    admins: Vec<String>,
+    groups: Groups,
+    #[serde(default)]
+    storage: Option<Storage>,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +44,27 @@ struct Quota {
     cpu: String,
     memory: String,
     pods: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Groups {
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    operators: Vec<String>,
+    #[serde(default)]
+    viewers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Storage {
+    class: String,
+    #[serde(default)]
+    quota: Option<String>,
+    #[serde(default)]
+    claim: Option<String>,
 }
 
 fn default_envs() -> Vec<String> {
@@ -55,30 +91,46 @@ fn parse(spec: &str) -> Result<Spec, Error> {
             )));
         }
     }
+    if let Some(s) = &spec.storage
+        && !capstan_sdk::is_dns_label(&s.class)
+    {
+        return Err(Error::InvalidInput(format!(
+            "storage class `{}` is not a valid name",
+            s.class
+        )));
+    }
     Ok(spec)
 }
 
-fn object(
-    api_version: &str,
-    kind: &str,
-    namespace: Option<&str>,
-    name: &str,
-    wave: u32,
-    body: Value,
-) -> DesiredObject {
+fn object(namespace: Option<&str>, wave: u32, mut body: Value) -> DesiredObject {
+    body["metadata"]["annotations"]["capstan.dev/wave"] = json!(wave.to_string());
+    let text = |p: &str| {
+        body.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     DesiredObject {
-        api_version: api_version.into(),
-        kind: kind.into(),
+        api_version: text("/apiVersion"),
+        kind: text("/kind"),
         namespace: namespace.map(str::to_string),
-        name: name.into(),
+        name: text("/metadata/name"),
         wave,
         manifest: body.to_string(),
     }
 }
 
-fn plan_for(spec: &Spec) -> Plan {
-    let quota = spec
-        .quota
+fn group_subjects(groups: &[String]) -> Value {
+    Value::Array(
+        groups
+            .iter()
+            .map(|g| json!({ "kind": "Group", "name": g, "apiGroup": "rbac.authorization.k8s.io" }))
+            .collect(),
+    )
+}
+
+fn quota_of(spec: &Spec) -> (String, String, String) {
+    spec.quota
         .as_ref()
         .map(|q| (q.cpu.clone(), q.memory.clone(), q.pods.to_string()))
         .unwrap_or_else(|| {
@@ -87,51 +139,113 @@ fn plan_for(spec: &Spec) -> Plan {
                 config::get_or("default_memory", "8Gi"),
                 config::get_or("default_pods", "50"),
             )
-        });
-    let labels = json!({ "capstan.dev/project": spec.name, "capstan.dev/team": spec.team });
+        })
+}
+
+fn environment(spec: &Spec, env: &str, objects: &mut Vec<DesiredObject>) {
+    let ns = format!("{}-{env}", spec.name);
+    let workspace = spec.workspace.clone().unwrap_or_else(|| spec.team.clone());
+    let labels = json!({ "capstan.dev/project": spec.name, "capstan.dev/team": spec.team,
+        "capstan.dev/environment": env });
+    let meta = |name: &str| json!({ "name": name, "namespace": ns, "labels": labels });
+    let mut ns_labels = labels.clone();
+    ns_labels["kubesphere.io/workspace"] = json!(workspace);
+    ns_labels["kubesphere.io/namespace"] = json!(ns);
+    objects.push(object(
+        None,
+        0,
+        json!({ "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": ns, "labels": ns_labels,
+            "annotations": { "kubesphere.io/creator": format!("capstan:{}", spec.team) } } }),
+    ));
+    objects.push(object(
+        Some(&ns),
+        1,
+        json!({ "apiVersion": "v1", "kind": "LimitRange",
+        "metadata": meta("project-defaults"),
+        "spec": { "limits": [{ "type": "Container",
+            "default": { "cpu": "500m", "memory": "512Mi" },
+            "defaultRequest": { "cpu": "100m", "memory": "128Mi" } }] } }),
+    ));
+    let (cpu, memory, pods) = quota_of(spec);
+    let mut hard = json!({ "requests.cpu": cpu, "requests.memory": memory, "pods": pods });
+    if let Some(s) = &spec.storage {
+        let q = s
+            .quota
+            .clone()
+            .unwrap_or_else(|| config::get_or("default_storage", "100Gi"));
+        hard[format!("{}.storageclass.storage.k8s.io/requests.storage", s.class)] = json!(q);
+        hard[format!(
+            "{}.storageclass.storage.k8s.io/persistentvolumeclaims",
+            s.class
+        )] = json!("10");
+    }
+    objects.push(object(
+        Some(&ns),
+        1,
+        json!({ "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": meta("project-quota"), "spec": { "hard": hard } }),
+    ));
+    let operators: Vec<String> = if spec.groups.operators.is_empty() {
+        vec![spec.team.clone()]
+    } else {
+        spec.groups.operators.clone()
+    };
+    for (role, cluster_role, groups) in [
+        ("admin", "admin", &spec.groups.admins),
+        ("operator", "edit", &operators),
+        ("viewer", "view", &spec.groups.viewers),
+    ] {
+        if groups.is_empty() {
+            continue;
+        }
+        objects.push(object(Some(&ns), 1, json!({ "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding", "metadata": meta(&format!("project-{role}")),
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role },
+            "subjects": group_subjects(groups) })));
+    }
+    objects.push(object(
+        Some(&ns),
+        1,
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": meta("default-deny"),
+        "spec": { "podSelector": {}, "policyTypes": ["Ingress"] } }),
+    ));
+    let ingress_ns = config::get_or("ingress_namespace", "kubesphere-controls-system");
+    objects.push(object(
+        Some(&ns),
+        1,
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": meta("allow-ingress"),
+        "spec": { "podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{ "from": [
+            { "namespaceSelector": { "matchLabels": { "kubesphere.io/namespace": ingress_ns } } },
+            { "podSelector": {} },
+        ] }] } }),
+    ));
+    if let Some(s) = &spec.storage
+        && let Some(size) = &s.claim
+    {
+        objects.push(object(
+            Some(&ns),
+            2,
+            json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": meta("data"),
+            "spec": { "accessModes": ["ReadWriteOnce"], "storageClassName": s.class,
+                "resources": { "requests": { "storage": size } } } }),
+        ));
+    }
+}
+
+fn plan_for(spec: &Spec) -> Plan {
     let mut objects = Vec::new();
     for env in &spec.environments {
-        let ns = format!("{}-{env}", spec.name);
-        let mut ns_labels = labels.clone();
-        ns_labels["capstan.dev/environment"] = json!(env);
-        let meta = |name: &str| json!({ "name": name, "namespace": ns, "labels": labels });
-        objects.push(object("v1", "Namespace", None, &ns, 0, json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns, "labels": ns_labels },
-        })));
-        objects.push(object("v1", "ResourceQuota", Some(&ns), "project-quota", 1, json!({
-            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta("project-quota"),
-            "spec": { "hard": { "requests.cpu": quota.0, "requests.memory": quota.1, "pods": quota.2 } },
-        })));
-        objects.push(object(
-            "v1",
-            "LimitRange",
-            Some(&ns),
-            "project-defaults",
-            1,
-            json!({
-                "apiVersion": "v1", "kind": "LimitRange", "metadata": meta("project-defaults"),
-                "spec": { "limits": [{ "type": "Container",
-                    "default": { "cpu": "500m", "memory": "512Mi" },
-                    "defaultRequest": { "cpu": "100m", "memory": "128Mi" } }] },
-            }),
-        ));
-        let mut subjects = vec![
-            json!({ "kind": "Group", "name": spec.team, "apiGroup": "rbac.authorization.k8s.io" }),
-        ];
-        subjects.extend(spec.admins.iter().map(
-            |g| json!({ "kind": "Group", "name": g, "apiGroup": "rbac.authorization.k8s.io" }),
-        ));
-        objects.push(object("rbac.authorization.k8s.io/v1", "RoleBinding", Some(&ns), "team-edit", 1, json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta("team-edit"),
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit" },
-            "subjects": subjects,
-        })));
+        environment(spec, env, &mut objects);
     }
     let mut notes = Vec::new();
     if spec.quota.is_none() {
+        let (cpu, memory, pods) = quota_of(spec);
         notes.push(format!(
-            "no quota given; using defaults cpu={} memory={} pods={}",
-            quota.0, quota.1, quota.2
+            "no quota given; using defaults cpu={cpu} memory={memory} pods={pods}"
         ));
     }
     Plan {
@@ -165,7 +279,10 @@ impl Provisioner for ProjectProvisioner {
         Ok(Report {
             objects: refs(&plan),
             dry_run,
-            notes: vec!["objects are applied by the host's plan engine from `plan`".into()],
+            notes: vec![
+                "objects are applied by the host's provisioning engine (`capstan provision`)"
+                    .into(),
+            ],
         })
     }
 
@@ -175,7 +292,10 @@ impl Provisioner for ProjectProvisioner {
         Ok(Report {
             objects: refs(&plan),
             dry_run,
-            notes: vec!["objects are removed in reverse wave order".into()],
+            notes: vec![
+                "objects are removed in reverse wave order by the host's provisioning engine"
+                    .into(),
+            ],
         })
     }
 }

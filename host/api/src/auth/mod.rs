@@ -119,6 +119,20 @@ const ROUTES: &[(&str, &str, Rule)] = {
         ("GET", "/v1/runs/{id}/log", Min(Viewer)),
         ("POST", "/v1/runs/{id}/cancel", Min(Operator)),
         ("POST", "/v1/runs/{id}/rerun", Min(Operator)),
+        // Provisioned instances: the engine checks the role in the
+        // instance's project (operator to plan and apply, admin to destroy).
+        ("GET", "/v1/provisions", Min(Viewer)),
+        ("POST", "/v1/provisions", Min(Operator)),
+        ("GET", "/v1/provisions/{name}", Min(Viewer)),
+        ("POST", "/v1/provisions/{name}/plans", Min(Operator)),
+        ("GET", "/v1/provisions/{name}/plans/{id}", Min(Viewer)),
+        (
+            "POST",
+            "/v1/provisions/{name}/plans/{id}/apply",
+            Min(Operator),
+        ),
+        ("POST", "/v1/provisions/{name}/destroy", Min(Operator)),
+        ("POST", "/v1/provisions/{name}/drift", Min(Operator)),
         // Git push webhooks: providers cannot send a bearer token; each
         // delivery is verified with the pipeline's own secret (hooks.rs).
         ("POST", "/v1/hooks/{provider}/{pipeline}", Public),

@@ -20,7 +20,7 @@ mod apply;
 mod grant;
 mod host_op;
 
-pub use grant::{KubeGrant, KubePolicy, Verb, resource_matches};
+pub use grant::{Access, KubeGrant, KubePolicy, Verb, resource_matches};
 pub use host_op::host_operation;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +103,20 @@ impl Clusters {
     /// Whether a cluster of that name is configured.
     pub fn contains(&self, name: &str) -> bool {
         self.clusters.contains_key(name)
+    }
+
+    /// The client of cluster `name` (created on first use) and its
+    /// per-call timeout, for engines that act under a plugin's grants
+    /// outside an invocation (provisioning).
+    pub async fn client(&self, name: &str) -> Result<(kube::Client, Duration), String> {
+        let cluster = self.get(name).map_err(|e| format!("{e:?}"))?;
+        let client = cluster.client().await.map_err(|e| format!("{e:?}"))?;
+        Ok((client, cluster.timeout()))
+    }
+
+    /// Names of the configured clusters.
+    pub fn names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
     }
 
     fn get(&self, name: &str) -> Result<&Cluster, WitError> {
@@ -266,7 +280,7 @@ impl Target {
 
 impl HostState {
     /// The grant check: denies (and audits) anything no grant covers.
-    fn kube_check(&self, t: &Target, verb: Verb) -> Result<grant::Access, WitError> {
+    fn kube_check(&self, t: &Target, verb: Verb) -> Result<Access, WitError> {
         let policy = &self.caps.policies.kube;
         policy
             .check(

@@ -39,9 +39,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The version's capability policies (host-side actions done for the
-    /// plugin, e.g. an alert handler's `kube` actions, check the same grants).
-    pub(crate) fn policies(&self) -> &Arc<Policies> {
+    /// The version's grants as checked at load: host-side actions done for
+    /// the plugin (an alert handler's `kube` actions, the provisioning
+    /// engine's calls) check the same grants.
+    pub fn policies(&self) -> &Arc<Policies> {
         &self.policies
     }
 }

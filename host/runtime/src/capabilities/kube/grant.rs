@@ -171,7 +171,7 @@ impl KubeGrant {
 
 /// What a granted request may do beyond the verb itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Access {
+pub struct Access {
     /// Some covering entry allows a forced server-side apply.
     pub force: bool,
 }
@@ -201,7 +201,7 @@ impl KubePolicy {
     /// Deny first: Ok only if one grant entry covers cluster, kind,
     /// namespace (or the kind by name in `cluster_scoped`) and verb;
     /// otherwise the reason.
-    pub(super) fn check(
+    pub fn check(
         &self,
         cluster: &str,
         group: &str,

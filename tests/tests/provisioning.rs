@@ -1,0 +1,1231 @@
+//! The provisioning engine against a real kube-apiserver (v1.20.2, see
+//! `capstan_tests::kube_env`), through the HTTP API. Each test is a case
+//! that burned users of kubectl, Argo CD, Flux or Terraform. The plugin is
+//! the `echo-provisioner` test guest, whose plan is its spec; the cluster's
+//! state is checked independently with `curl` as the cluster admin.
+
+use std::time::{Duration, Instant};
+
+use capstan::capabilities::kube::ClusterConfig;
+use capstan_tests::kube_env;
+use capstan_tests::{TestServer, guest, guests, manifest};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// An API request as the cluster admin, independent of Capstan.
+fn admin(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let env = kube_env::shared();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sk", "-X", method, "-w", "\n%{http_code}"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", env.admin_token))
+        .arg("-H")
+        .arg("Content-Type: application/json");
+    if let Some(b) = body {
+        cmd.arg("--data-binary").arg(b.to_string());
+    }
+    let out = cmd
+        .arg(format!("{}{path}", env.server))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// A merge patch as the cluster admin (`path` may be a `/status` subresource).
+fn admin_patch(path: &str, patch: &Value) -> u16 {
+    let env = kube_env::shared();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+        ])
+        .args(["-H", "Content-Type: application/merge-patch+json"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", env.admin_token))
+        .arg("--data-binary")
+        .arg(patch.to_string())
+        .arg(format!("{}{path}", env.server))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Plays the quota controller (none runs here) for `namespaces` until
+/// `stop` is set: each ResourceQuota gets `status.hard` = its `spec.hard`
+/// and zero usage, as kube-controller-manager would write.
+fn quota_controller(namespaces: Vec<String>) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            for ns in &namespaces {
+                let (status, list) = admin(
+                    "GET",
+                    &format!("/api/v1/namespaces/{ns}/resourcequotas"),
+                    None,
+                );
+                if status != 200 {
+                    continue;
+                }
+                for q in list["items"].as_array().into_iter().flatten() {
+                    if q["status"]["hard"].is_object() && q["status"]["hard"] == q["spec"]["hard"] {
+                        continue;
+                    }
+                    let hard = q["spec"]["hard"].clone();
+                    let used: serde_json::Map<String, Value> = hard
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| (k.clone(), json!("0")))
+                        .collect();
+                    let name = q["metadata"]["name"].as_str().unwrap_or_default();
+                    admin_patch(
+                        &format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"),
+                        &json!({ "status": { "hard": hard, "used": used } }),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    stop
+}
+
+fn configmap_path(ns: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/configmaps/{name}")
+}
+
+fn namespace(name: &str) -> Value {
+    json!({ "wave": 0, "manifest": { "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } } })
+}
+
+fn configmap(ns: &str, name: &str, data: Value) -> Value {
+    json!({ "wave": 1, "manifest": { "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": name, "namespace": ns }, "data": data } })
+}
+
+const ECHO_GRANTS: &str = r#"
+[limits]
+deadline_ms = 10000
+[[grants.kube]]
+cluster = "test"
+namespaces = ["*"]
+resources = ["*"]
+verbs = ["get", "list", "apply", "delete"]
+cluster_scoped = ["Namespace"]
+[[grants.kube]]
+cluster = "prod"
+namespaces = ["*"]
+resources = ["*"]
+verbs = ["get", "list", "apply", "delete"]
+cluster_scoped = ["Namespace"]
+"#;
+
+async fn server_in(dir: tempfile::TempDir, fault_before_prune: bool) -> TestServer {
+    let kubeconfig = kube_env::shared().kubeconfig.clone();
+    TestServer::start_in(dir, move |c| {
+        c.kube.clusters = ["test", "prod"]
+            .map(|name| ClusterConfig {
+                name: name.into(),
+                kubeconfig: kubeconfig.clone(),
+                context: None,
+                timeout_ms: 10_000,
+            })
+            .into();
+        c.limits.default_deadline_ms = 10_000;
+        c.provisioning.wait_timeout_secs = 4;
+        c.provisioning.drift_interval_secs = 0;
+        c.provisioning.fault_before_prune = fault_before_prune;
+    })
+    .await
+}
+
+/// A server with the cluster `test` (and `prod`, which needs approvals) and
+/// the echo provisioner installed.
+async fn server() -> TestServer {
+    let s = server_in(tempfile::tempdir().expect("tempdir"), false).await;
+    s.install(
+        &manifest("echo", "1.0.0", "provisioner", ECHO_GRANTS),
+        &guest(guests::ECHO_PROVISIONER),
+    )
+    .await;
+    s
+}
+
+/// Creates or updates an instance of the echo provisioner with `objects`.
+async fn put(s: &TestServer, name: &str, cluster: &str, objects: Vec<Value>) -> Value {
+    let body = json!({ "name": name, "plugin": "echo", "cluster": cluster, "project": "default",
+        "spec": { "objects": objects, "labels": { "capstan.dev/instance": name } } });
+    let (status, body) = s.send(Method::POST, "/v1/provisions", Some(body)).await;
+    assert!(
+        status == 200 || status == 201,
+        "put {name}: {status} {body}"
+    );
+    body
+}
+
+async fn plan(s: &TestServer, name: &str) -> Value {
+    let (status, body) = s
+        .send(Method::POST, &format!("/v1/provisions/{name}/plans"), None)
+        .await;
+    assert_eq!(status, 201, "plan {name}: {body}");
+    body
+}
+
+async fn apply(s: &TestServer, name: &str, plan: &Value, options: Value) -> (u16, Value) {
+    let id = plan["id"].as_str().expect("plan id");
+    s.send(
+        Method::POST,
+        &format!("/v1/provisions/{name}/plans/{id}/apply"),
+        Some(options),
+    )
+    .await
+}
+
+async fn apply_ok(s: &TestServer, name: &str, plan: &Value) -> Value {
+    let (status, job) = apply(s, name, plan, json!({})).await;
+    assert_eq!(status, 200, "apply {name}: {job}");
+    assert_eq!(job["state"], "done", "{job:#}");
+    job
+}
+
+/// Each object's verdict in a plan, as `Kind name -> verdict`.
+fn verdicts(plan: &Value) -> Vec<(String, String)> {
+    plan["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|o| {
+            (
+                format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap(),
+                    o["name"].as_str().unwrap()
+                ),
+                o["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn verdict_of(plan: &Value, kind: &str, name: &str) -> String {
+    verdicts(plan)
+        .into_iter()
+        .find(|(k, _)| k == &format!("{kind} {name}"))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{kind} {name} not in plan {plan:#}"))
+}
+
+fn kept_note(plan: &Value, name: &str) -> String {
+    plan["kept"]
+        .as_array()
+        .expect("kept")
+        .iter()
+        .find(|o| o["name"] == name)
+        .and_then(|o| o["note"].as_str())
+        .unwrap_or_else(|| panic!("{name} not kept in {plan:#}"))
+        .to_string()
+}
+
+fn rv(ns: &str, name: &str) -> String {
+    let (status, cm) = admin("GET", &configmap_path(ns, name), None);
+    assert_eq!(status, 200, "{cm}");
+    cm["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_and_its_contents_in_one_plan() {
+    let s = server().await;
+    let ns = "prov-nsplan";
+    put(&s, "nsplan", "test", vec![
+        namespace(ns),
+        configmap(ns, "settings", json!({ "color": "blue" })),
+        json!({ "wave": 1, "manifest": { "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": { "name": "quota", "namespace": ns }, "spec": { "hard": { "pods": "10" } } } }),
+        json!({ "wave": 1, "manifest": { "apiVersion": "v1", "kind": "LimitRange",
+            "metadata": { "name": "limits", "namespace": ns },
+            "spec": { "limits": [{ "type": "Container", "defaultRequest": { "cpu": "100m" } }] } } }),
+    ])
+    .await;
+    let quota = quota_controller(vec![ns.into()]);
+    let p = plan(&s, "nsplan").await;
+    // The dry-run of objects in a namespace that does not exist yet answers
+    // NotFound: the plan says so instead of failing (kubernetes#83562).
+    assert_eq!(verdict_of(&p, "Namespace", ns), "create");
+    for (kind, name) in [
+        ("ConfigMap", "settings"),
+        ("ResourceQuota", "quota"),
+        ("LimitRange", "limits"),
+    ] {
+        assert_eq!(verdict_of(&p, kind, name), "cannot-validate-yet", "{p:#}");
+    }
+    // Order: the Namespace, then LimitRange before ResourceQuota, then the rest.
+    let order: Vec<String> = verdicts(&p).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        order,
+        [
+            format!("Namespace {ns}"),
+            "LimitRange limits".into(),
+            "ResourceQuota quota".into(),
+            "ConfigMap settings".into()
+        ]
+    );
+    assert!(
+        p["objects"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("+  name: {ns}")),
+        "{p:#}"
+    );
+
+    let job = apply_ok(&s, "nsplan", &p).await;
+    let steps: Vec<&str> = job["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|m| m.starts_with("wave 0 (namespaces/CRDs): ready")),
+        "{steps:#?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|m| m.starts_with("wave 1 (limit ranges): ready")),
+        "{steps:#?}"
+    );
+
+    // Members carry the ApplySet label; the parent records the set as kubectl does.
+    let (status, cm) = admin("GET", &configmap_path(ns, "settings"), None);
+    assert_eq!(status, 200, "{cm}");
+    let set = p["applyset"].as_str().unwrap();
+    assert_eq!(
+        cm["metadata"]["labels"]["applyset.kubernetes.io/part-of"],
+        set
+    );
+    let (status, parent) = admin("GET", &configmap_path(ns, "capstan-applyset-nsplan"), None);
+    assert_eq!(status, 200, "{parent}");
+    assert_eq!(
+        parent["metadata"]["labels"]["applyset.kubernetes.io/id"],
+        set
+    );
+    assert_eq!(
+        parent["metadata"]["annotations"]["applyset.kubernetes.io/contains-group-kinds"],
+        "ConfigMap,LimitRange,Namespace,ResourceQuota"
+    );
+    assert!(set.starts_with("applyset-") && set.ends_with("-v1"));
+
+    let (_, inst) = s.get("/v1/provisions/nsplan").await;
+    assert_eq!(
+        (inst["state"].as_str(), inst["drift"].as_str()),
+        (Some("applied"), Some("in-sync")),
+        "{inst:#}"
+    );
+    quota.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop_reapply_does_not_bump_resource_versions() {
+    let s = server().await;
+    let ns = "prov-noop";
+    let objects = vec![namespace(ns), configmap(ns, "a", json!({ "k": "v" }))];
+    put(&s, "noop", "test", objects).await;
+    apply_ok(&s, "noop", &plan(&s, "noop").await).await;
+    let before = rv(ns, "a");
+    let again = plan(&s, "noop").await;
+    assert_eq!(
+        verdict_of(&again, "ConfigMap", "a"),
+        "unchanged",
+        "{again:#}"
+    );
+    assert_eq!(
+        verdict_of(&again, "Namespace", ns),
+        "unchanged",
+        "{again:#}"
+    );
+    assert_eq!(again["objects"][1]["diff"], "");
+    apply_ok(&s, "noop", &again).await;
+    assert_eq!(rv(ns, "a"), before, "an unchanged object was written again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_after_the_set_shrinks() {
+    let s = server().await;
+    let ns = "prov-prune";
+    put(
+        &s,
+        "prune",
+        "test",
+        vec![
+            namespace(ns),
+            configmap(ns, "a", json!({})),
+            configmap(ns, "b", json!({})),
+        ],
+    )
+    .await;
+    apply_ok(&s, "prune", &plan(&s, "prune").await).await;
+    put(
+        &s,
+        "prune",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({}))],
+    )
+    .await;
+    let p = plan(&s, "prune").await;
+    assert_eq!(verdict_of(&p, "ConfigMap", "b"), "prune", "{p:#}");
+    assert!(
+        p["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "b" && o["diff"].as_str().unwrap().contains("-kind: ConfigMap"))
+    );
+    apply_ok(&s, "prune", &p).await;
+    assert_eq!(admin("GET", &configmap_path(ns, "b"), None).0, 404);
+    assert_eq!(admin("GET", &configmap_path(ns, "a"), None).0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_object_with_copied_labels_is_not_deleted() {
+    let s = server().await;
+    let ns = "prov-foreign";
+    put(
+        &s,
+        "foreign",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({}))],
+    )
+    .await;
+    apply_ok(&s, "foreign", &plan(&s, "foreign").await).await;
+    // Someone copies our labels onto their own object (argo-cd#8683).
+    let (_, a) = admin("GET", &configmap_path(ns, "a"), None);
+    let copied = json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "theirs", "namespace": ns, "labels": a["metadata"]["labels"] } });
+    let (status, body) = admin(
+        "POST",
+        &format!("/api/v1/namespaces/{ns}/configmaps"),
+        Some(&copied),
+    );
+    assert_eq!(status, 201, "{body}");
+    put(&s, "foreign", "test", vec![namespace(ns)]).await;
+    let p = plan(&s, "foreign").await;
+    assert_eq!(verdict_of(&p, "ConfigMap", "a"), "prune");
+    assert!(
+        kept_note(&p, "theirs").contains("never applied by it"),
+        "{p:#}"
+    );
+    apply_ok(&s, "foreign", &p).await;
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "theirs"), None).0,
+        200,
+        "the foreign object was deleted"
+    );
+    assert_eq!(admin("GET", &configmap_path(ns, "a"), None).0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_object_is_not_deleted() {
+    let s = server().await;
+    let ns = "prov-recreated";
+    put(
+        &s,
+        "recreated",
+        "test",
+        vec![
+            namespace(ns),
+            configmap(ns, "a", json!({})),
+            configmap(ns, "b", json!({})),
+        ],
+    )
+    .await;
+    apply_ok(&s, "recreated", &plan(&s, "recreated").await).await;
+    // Someone deletes b and creates their own b, labels and all: a new UID.
+    let (_, old) = admin("GET", &configmap_path(ns, "b"), None);
+    assert_eq!(admin("DELETE", &configmap_path(ns, "b"), None).0, 200);
+    let mine = json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "b", "namespace": ns, "labels": old["metadata"]["labels"] }, "data": { "owner": "someone" } });
+    assert_eq!(
+        admin(
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/configmaps"),
+            Some(&mine)
+        )
+        .0,
+        201
+    );
+    put(
+        &s,
+        "recreated",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({}))],
+    )
+    .await;
+    let p = plan(&s, "recreated").await;
+    assert!(
+        kept_note(&p, "b").contains("recreated by someone else"),
+        "{p:#}"
+    );
+    apply_ok(&s, "recreated", &p).await;
+    let (status, b) = admin("GET", &configmap_path(ns, "b"), None);
+    assert_eq!(
+        (status, b["data"]["owner"].as_str()),
+        (200, Some("someone")),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_apply_and_prune_still_prunes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server_in(dir, true).await;
+    s.install(
+        &manifest("echo", "1.0.0", "provisioner", ECHO_GRANTS),
+        &guest(guests::ECHO_PROVISIONER),
+    )
+    .await;
+    let ns = "prov-crash";
+    put(
+        &s,
+        "crash",
+        "test",
+        vec![
+            namespace(ns),
+            configmap(ns, "a", json!({})),
+            configmap(ns, "b", json!({})),
+        ],
+    )
+    .await;
+    apply_ok(&s, "crash", &plan(&s, "crash").await).await;
+    put(
+        &s,
+        "crash",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "v": "2" }))],
+    )
+    .await;
+    let p = plan(&s, "crash").await;
+    assert_eq!(verdict_of(&p, "ConfigMap", "b"), "prune");
+    let (status, job) = apply(&s, "crash", &p, json!({ "wait_ms": 15000 })).await;
+    // The replica "dies" after applying and before pruning: the job stays running.
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (202, Some("running")),
+        "{job:#}"
+    );
+    assert!(
+        job["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().contains("fault injection")),
+        "{job:#}"
+    );
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "a"), None).1["data"]["v"],
+        "2"
+    );
+    assert_eq!(admin("GET", &configmap_path(ns, "b"), None).0, 200);
+    // The parent already records every kind of the old and new set.
+    let (_, parent) = admin("GET", &configmap_path(ns, "capstan-applyset-crash"), None);
+    assert_eq!(
+        parent["metadata"]["annotations"]["applyset.kubernetes.io/contains-group-kinds"],
+        "ConfigMap,Namespace"
+    );
+
+    let dir = s.stop().await;
+    let s = server_in(dir, false).await;
+    let path = format!("/v1/provisions/crash/plans/{}", p["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let (_, view) = s.get(&path).await;
+        if view["job"]["state"] == "done" || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view["job"]["state"], "done", "{view:#}");
+    assert!(
+        view["job"]["done"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "prune")
+    );
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "b"), None).0,
+        404,
+        "b was not pruned after the restart"
+    );
+    assert_eq!(admin("GET", &configmap_path(ns, "a"), None).0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_field_change_needs_recreate() {
+    let s = server().await;
+    let ns = "prov-immutable";
+    let binding = |role: &str| {
+        json!({ "wave": 1, "manifest": { "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "team", "namespace": ns },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "Group", "name": "team", "apiGroup": "rbac.authorization.k8s.io" }] } })
+    };
+    put(
+        &s,
+        "immutable",
+        "test",
+        vec![namespace(ns), binding("view")],
+    )
+    .await;
+    apply_ok(&s, "immutable", &plan(&s, "immutable").await).await;
+    let path = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/team");
+    let old_uid = admin("GET", &path, None).1["metadata"]["uid"].clone();
+    put(
+        &s,
+        "immutable",
+        "test",
+        vec![namespace(ns), binding("edit")],
+    )
+    .await;
+    let p = plan(&s, "immutable").await;
+    let rb = p["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "RoleBinding")
+        .unwrap()
+        .clone();
+    assert!(
+        rb["immutable"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change roleRef"),
+        "{rb:#}"
+    );
+    assert!(
+        rb["diff"].as_str().unwrap().contains("+  name: edit"),
+        "{rb:#}"
+    );
+    let (status, body) = apply(&s, "immutable", &p, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"], "immutable-field",
+        "{body}"
+    );
+    assert_eq!(admin("GET", &path, None).1["roleRef"]["name"], "view");
+    let (status, job) = apply(&s, "immutable", &p, json!({ "recreate": true })).await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (200, Some("done")),
+        "{job:#}"
+    );
+    let now = admin("GET", &path, None).1;
+    assert_eq!(now["roleRef"]["name"], "edit");
+    assert_ne!(now["metadata"]["uid"], old_uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_plan_is_refused() {
+    let s = server().await;
+    let ns = "prov-stale";
+    put(
+        &s,
+        "stale",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "k": "1" }))],
+    )
+    .await;
+    apply_ok(&s, "stale", &plan(&s, "stale").await).await;
+    put(
+        &s,
+        "stale",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "k": "2" }))],
+    )
+    .await;
+    let p = plan(&s, "stale").await;
+    assert_eq!(verdict_of(&p, "ConfigMap", "a"), "update");
+    // Someone changes the object after the plan was reviewed.
+    let patch = json!({ "metadata": { "annotations": { "touched": "yes" } } });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/merge-patch+json",
+        ])
+        .arg("-H")
+        .arg(format!(
+            "Authorization: Bearer {}",
+            kube_env::shared().admin_token
+        ))
+        .arg("--data-binary")
+        .arg(patch.to_string())
+        .arg(format!(
+            "{}{}",
+            kube_env::shared().server,
+            configmap_path(ns, "a")
+        ))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    let (status, body) = apply(&s, "stale", &p, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "stale", "{body}");
+    assert_eq!(
+        body["error"]["details"]["objects"][0]["object"],
+        format!("ConfigMap {ns}/a")
+    );
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "a"), None).1["data"]["k"],
+        "1",
+        "a stale plan was applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_are_masked_in_plans_and_diffs() {
+    let s = server().await;
+    let ns = "prov-secret";
+    let secret = |v: &str| {
+        json!({ "wave": 1, "manifest": { "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "db", "namespace": ns }, "stringData": { "password": v } } })
+    };
+    put(
+        &s,
+        "secret",
+        "test",
+        vec![namespace(ns), secret("hunter2-first")],
+    )
+    .await;
+    let p = plan(&s, "secret").await;
+    apply_ok(&s, "secret", &p).await;
+    put(
+        &s,
+        "secret",
+        "test",
+        vec![namespace(ns), secret("hunter2-second")],
+    )
+    .await;
+    let p = plan(&s, "secret").await;
+    assert_eq!(verdict_of(&p, "Secret", "db"), "update");
+    let (_, view) = s
+        .get(&format!(
+            "/v1/provisions/secret/plans/{}",
+            p["id"].as_str().unwrap()
+        ))
+        .await;
+    let text = view.to_string();
+    for value in ["hunter2", "aHVudGVyMi1maXJzdA", "aHVudGVyMi1zZWNvbmQ"] {
+        assert!(!text.contains(value), "{value} is in the plan: {text}");
+    }
+    let d = p["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .unwrap()["diff"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.contains("-  password: \"*** (before)\"") && d.contains("+  password: \"*** (after)\""),
+        "{d}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_waits_for_and_reports_namespace_termination() {
+    let s = server().await;
+    let ns = "prov-destroy";
+    put(
+        &s,
+        "destroy",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({}))],
+    )
+    .await;
+    apply_ok(&s, "destroy", &plan(&s, "destroy").await).await;
+    let (status, job) = s
+        .send(
+            Method::POST,
+            "/v1/provisions/destroy/destroy",
+            Some(json!({ "wait_ms": 20000 })),
+        )
+        .await;
+    // No namespace controller runs here: the Namespace stays Terminating on
+    // its `kubernetes` finalizer, and destroy says so instead of hanging
+    // or stripping the finalizer.
+    assert_eq!(status, 202, "{job:#}");
+    let waiting = job["result"]["terminating"]
+        .as_array()
+        .expect("terminating")
+        .clone();
+    assert_eq!(waiting.len(), 1, "{job:#}");
+    let report = waiting[0].as_str().unwrap();
+    assert!(
+        report.starts_with(&format!("Namespace {ns}: phase Terminating")),
+        "{report}"
+    );
+    assert!(report.contains("spec.finalizers [kubernetes]"), "{report}");
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "a"), None).0,
+        404,
+        "contents go first"
+    );
+    let (_, ns_live) = admin("GET", &format!("/api/v1/namespaces/{ns}"), None);
+    assert_eq!(
+        ns_live["spec"]["finalizers"],
+        json!(["kubernetes"]),
+        "finalizers were stripped"
+    );
+    let (_, inst) = s.get("/v1/provisions/destroy").await;
+    assert_eq!(inst["state"], "destroying");
+    assert!(
+        inst["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("terminating, waiting on: Namespace prov-destroy"),
+        "{inst:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_outside_the_grant_are_refused_before_anything_is_sent() {
+    let s = server().await;
+    let ns = "prov-grant";
+    put(&s, "grant", "test", vec![
+        namespace(ns),
+        configmap(ns, "a", json!({})),
+        json!({ "wave": 1, "manifest": { "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": { "name": "prov-grant-admin" }, "rules": [] } }),
+    ])
+    .await;
+    let (status, body) = s
+        .send(Method::POST, "/v1/provisions/grant/plans", None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "outside_grant");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ClusterRole"),
+        "{body}"
+    );
+    let records = capstan_tests::audit(&s, "echo", "kube").await;
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.actor == "provision:grant")
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|r| !r.allowed && r.target.contains("ClusterRole")),
+        "{mine:#?}"
+    );
+    assert!(
+        mine.iter().all(|r| !r.allowed),
+        "calls were sent: {mine:#?}"
+    );
+    assert_eq!(
+        admin("GET", &format!("/api/v1/namespaces/{ns}"), None).0,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prod_plans_wait_for_an_approval() {
+    let mut s = server().await;
+    let ns = "prov-approval";
+    put(&s, "approval", "prod", vec![namespace(ns)]).await;
+    let p = plan(&s, "approval").await;
+    let (status, job) = apply(&s, "approval", &p, json!({})).await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (202, Some("awaiting-approval")),
+        "{job:#}"
+    );
+    assert_eq!(
+        admin("GET", &format!("/api/v1/namespaces/{ns}"), None).0,
+        404
+    );
+    let (_, view) = s
+        .get(&format!(
+            "/v1/provisions/approval/plans/{}",
+            p["id"].as_str().unwrap()
+        ))
+        .await;
+    let approval = view["approval"].as_str().expect("approval id").to_string();
+    // The requester cannot approve their own plan; another admin can.
+    let (status, _) = s
+        .send(
+            Method::POST,
+            &format!("/v1/approvals/{approval}/approve"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, token) = s
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({ "name": "approver", "role": "admin" })),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{token}");
+    let admin_token = s
+        .token
+        .replace(token["token"].as_str().expect("token").to_string());
+    let (status, body) = s
+        .send(
+            Method::POST,
+            &format!("/v1/approvals/{approval}/approve"),
+            Some(json!({ "comment": "ok" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.token = admin_token;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inst = loop {
+        let (_, inst) = s.get("/v1/provisions/approval").await;
+        if inst["state"] == "applied" || Instant::now() > deadline {
+            break inst;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        inst["state"], "applied",
+        "approved plan not applied: {inst:#}"
+    );
+    assert_eq!(
+        admin("GET", &format!("/api/v1/namespaces/{ns}"), None).0,
+        200
+    );
+}
+
+/// The bundled provisioner's grants, as its `capstan.toml` documents them.
+const PROJECT_GRANTS: &str = r#"
+[[grants.kube]]
+cluster = "test"
+namespaces = ["*"]
+resources = ["Namespace", "LimitRange", "ResourceQuota", "ConfigMap", "PersistentVolumeClaim",
+             "rbac.authorization.k8s.io/RoleBinding", "networking.k8s.io/NetworkPolicy"]
+verbs = ["get", "list", "apply", "delete"]
+cluster_scoped = ["Namespace"]
+[[grants.kube]]
+cluster = "test"
+resources = ["storage.k8s.io/StorageClass"]
+verbs = ["get"]
+cluster_scoped = ["storage.k8s.io/StorageClass"]
+"#;
+
+/// A StorageClass that binds on first consumer (as Ceph RBD classes often do).
+fn wffc_class(name: &str) {
+    let sc = json!({ "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": { "name": name }, "provisioner": "rbd.csi.ceph.com",
+        "volumeBindingMode": "WaitForFirstConsumer" });
+    let (status, body) = admin("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(&sc));
+    assert!(status == 201 || status == 409, "{body}");
+}
+
+async fn bundled_server() -> TestServer {
+    let s = server().await;
+    let (m, wasm) = capstan_tests::bundled("project-provisioner");
+    s.install(&format!("{m}\n{PROJECT_GRANTS}"), &wasm).await;
+    s
+}
+
+fn project_spec(name: &str, envs: &[&str]) -> Value {
+    json!({ "name": name, "team": "payments", "workspace": "retail", "environments": envs,
+        "quota": { "cpu": "8", "memory": "16Gi", "pods": 40 },
+        "groups": { "admins": ["payments-leads"], "operators": ["payments"], "viewers": ["auditors"] },
+        "storage": { "class": "ceph-rbd-wffc", "quota": "200Gi", "claim": "10Gi" } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_project_applies_with_a_pvc_on_a_wffc_class() {
+    let s = bundled_server().await;
+    wffc_class("ceph-rbd-wffc");
+    let ns = "shop1-dev";
+    let quota = quota_controller(vec![ns.into()]);
+    let body = json!({ "name": "shop1", "plugin": "project-provisioner", "cluster": "test", "project": "default",
+        "spec": project_spec("shop1", &["dev"]) });
+    let (status, created) = s.send(Method::POST, "/v1/provisions", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let p = plan(&s, "shop1").await;
+    let kinds: Vec<String> = verdicts(&p).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace shop1-dev",
+            "LimitRange project-defaults",
+            "ResourceQuota project-quota",
+            "NetworkPolicy allow-ingress",
+            "NetworkPolicy default-deny",
+            "RoleBinding project-admin",
+            "RoleBinding project-operator",
+            "RoleBinding project-viewer",
+            "PersistentVolumeClaim data",
+        ]
+        .map(String::from)
+    );
+    let job = apply_ok(&s, "shop1", &p).await;
+    quota.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The claim stays Pending (no consumer), and counts as ready.
+    let (_, pvc) = admin(
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/data"),
+        None,
+    );
+    assert_eq!(pvc["status"]["phase"], "Pending", "{pvc}");
+    assert!(
+        job["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"] == "wave 2 (the rest): ready"),
+        "{job:#}"
+    );
+    let (_, nsobj) = admin("GET", &format!("/api/v1/namespaces/{ns}"), None);
+    assert_eq!(
+        nsobj["metadata"]["labels"]["kubesphere.io/workspace"],
+        "retail"
+    );
+    let (_, q) = admin(
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/resourcequotas/project-quota"),
+        None,
+    );
+    assert_eq!(
+        q["spec"]["hard"]["ceph-rbd-wffc.storageclass.storage.k8s.io/requests.storage"],
+        "200Gi"
+    );
+    // Drift: someone edits the quota by hand.
+    assert_eq!(
+        admin_patch(
+            &format!("/api/v1/namespaces/{ns}/resourcequotas/project-quota"),
+            &json!({ "spec": { "hard": { "pods": "400" } } })
+        ),
+        200
+    );
+    let (status, d) = s
+        .send(Method::POST, "/v1/provisions/shop1/drift", None)
+        .await;
+    assert_eq!((status, d["drift"].as_str()), (200, Some("drifted")), "{d}");
+    assert!(
+        d["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ResourceQuota shop1-dev/project-quota (update)"),
+        "{d}"
+    );
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or("")
+            .contains("capstan_provision_drifted{instance=\"shop1\"} 1"),
+        "{metrics}"
+    );
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Benchmarks for BENCHMARKS.md:
+/// `cargo test -p capstan-tests --test provisioning -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run explicitly"]
+async fn bench_provisioning() {
+    let s = bundled_server().await;
+    // 1. Plan and diff of a 100-object instance (99 ConfigMaps and their Namespace), every object updated.
+    let ns = "prov-bench";
+    let objects = |v: &str| -> Vec<Value> {
+        let mut o = vec![namespace(ns)];
+        o.extend((0..99).map(|i| {
+            configmap(
+                ns,
+                &format!("cm-{i:02}"),
+                json!({ "v": v, "i": i.to_string() }),
+            )
+        }));
+        o
+    };
+    put(&s, "bench", "test", objects("1")).await;
+    apply_ok(&s, "bench", &plan(&s, "bench").await).await;
+    put(&s, "bench", "test", objects("2")).await;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let p = plan(&s, "bench").await;
+        times.push(t.elapsed());
+        assert_eq!(p["summary"]["update"], 99, "{}", p["summary"]);
+    }
+    println!(
+        "BENCH plan+diff 100 objects (99 updates): median {:?} of 5 ({times:?})",
+        median(times.clone())
+    );
+
+    // 2. Apply of the bundled project (2 environments, 9 objects each, PVC on a WFFC class).
+    wffc_class("ceph-rbd-wffc");
+    let mut times = Vec::new();
+    for run in 0..3 {
+        let name = format!("benchp{run}");
+        let namespaces = vec![format!("{name}-dev"), format!("{name}-prod")];
+        let quota = quota_controller(namespaces);
+        let body = json!({ "name": name, "plugin": "project-provisioner", "cluster": "test", "project": "default",
+            "spec": project_spec(&name, &["dev", "prod"]) });
+        assert_eq!(
+            s.send(Method::POST, "/v1/provisions", Some(body)).await.0,
+            201
+        );
+        let t = Instant::now();
+        let p = plan(&s, &name).await;
+        apply_ok(&s, &name, &p).await;
+        times.push(t.elapsed());
+        quota.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    println!(
+        "BENCH plan+apply bundled project (2 envs, 18 objects): median {:?} of 3 ({times:?})",
+        median(times.clone())
+    );
+
+    // 3. A drift sweep over 100 applied instances (one ConfigMap each).
+    let ns = "prov-bench-drift";
+    assert!(matches!(
+        admin(
+            "POST",
+            "/api/v1/namespaces",
+            Some(&json!({ "metadata": { "name": ns } }))
+        )
+        .0,
+        201 | 409
+    ));
+    for i in 0..100 {
+        let name = format!("drift{i:03}");
+        put(
+            &s,
+            &name,
+            "test",
+            vec![configmap(
+                ns,
+                &format!("cm-{i:03}"),
+                json!({ "i": i.to_string() }),
+            )],
+        )
+        .await;
+        apply_ok(&s, &name, &plan(&s, &name).await).await;
+    }
+    let engine = s.server.as_ref().unwrap().provisioning.clone();
+    let t = Instant::now();
+    let checked = engine.sweep().await.expect("sweep");
+    let took = t.elapsed();
+    assert!(checked >= 100, "{checked}");
+    println!(
+        "BENCH drift sweep over {checked} instances: {took:?} ({:?} per instance)",
+        took / checked as u32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_manager_conflict_is_reported_not_forced() {
+    let s = server().await;
+    let ns = "prov-conflict";
+    put(
+        &s,
+        "conflict",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "k": "1" }))],
+    )
+    .await;
+    apply_ok(&s, "conflict", &plan(&s, "conflict").await).await;
+    // Another tool takes the field over with its own server-side apply.
+    let env = kube_env::shared();
+    let theirs = json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "a", "namespace": ns }, "data": { "k": "theirs" } });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+        ])
+        .args(["-H", "Content-Type: application/apply-patch+yaml"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", env.admin_token))
+        .arg("--data-binary")
+        .arg(theirs.to_string())
+        .arg(format!(
+            "{}{}?fieldManager=other-team&force=true",
+            env.server,
+            configmap_path(ns, "a")
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    put(
+        &s,
+        "conflict",
+        "test",
+        vec![namespace(ns), configmap(ns, "a", json!({ "k": "2" }))],
+    )
+    .await;
+    let p = plan(&s, "conflict").await;
+    let a = p["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        a["conflicts"],
+        json!([{ "manager": "other-team", "field": ".data.k" }]),
+        "{a:#}"
+    );
+    let (status, body) = apply(&s, "conflict", &p, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "field-manager-conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("other-team"),
+        "{body}"
+    );
+    // Asking for force is not enough: the echo provisioner's grant has no `force = true`.
+    let (status, body) = apply(&s, "conflict", &p, json!({ "force": true })).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("outside_grant")),
+        "{body}"
+    );
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "a"), None).1["data"]["k"],
+        "theirs"
+    );
+}
