@@ -7,8 +7,8 @@ pub mod haproxy;
 pub mod kube_env;
 pub mod peers;
 pub mod procs;
-pub mod smtp;
 pub mod services;
+pub mod smtp;
 
 use std::path::{Path, PathBuf};
 

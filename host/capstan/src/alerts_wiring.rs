@@ -82,12 +82,11 @@ impl crate::alerts::Notifier for Notify {
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<String, crate::alerts::NotifyError>> {
         Box::pin(async move {
-            let (format, body) = plain(format, body).map_err(|message| {
-                crate::alerts::NotifyError {
+            let (format, body) =
+                plain(format, body).map_err(|message| crate::alerts::NotifyError {
                     message,
                     retryable: false,
-                }
-            })?;
+                })?;
             self.0
                 .notify(project, plugin, channel, format, &body, idempotency_key)
                 .await
