@@ -2,8 +2,8 @@
 //! build, SQLite in its data directory), driven over HTTP.
 //!
 //! - **throughput**: N runs of a 5-step chain of trivial steps (the test
-//!   guest `pipeline-step`, which records each call in kv: three kv writes
-//!   per step), all posted at once; durable runs per second from the first
+//!   guest `pipeline-step` with `quiet`: no capability call at all), all
+//!   posted at once; durable runs per second from the first
 //!   POST to the last run journaled as succeeded.
 //! - **scheduling latency**: per step after the first, the time from the
 //!   previous step's result being journaled to the next attempt starting
@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::Table;
 
-const CHAIN: &str = "name: chain5\nsteps:\n  - {id: s1, plugin: step, params: {}}\n  - {id: s2, plugin: step, needs: [s1], params: {}}\n  - {id: s3, plugin: step, needs: [s2], params: {}}\n  - {id: s4, plugin: step, needs: [s3], params: {}}\n  - {id: s5, plugin: step, needs: [s4], params: {}}\n";
+const CHAIN: &str = "name: chain5\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true}}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n  - {id: s4, plugin: step, needs: [s3], params: {quiet: true}}\n  - {id: s5, plugin: step, needs: [s4], params: {quiet: true}}\n";
 
 /// Runs `runs` runs of the chain and answers the two tables.
 pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
@@ -83,7 +83,7 @@ pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
 async fn resume(runs: usize) -> anyhow::Result<Table> {
     // s2 answers retry-after until its 3rd call, 1 s apart: every run is
     // parked there when the server dies.
-    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {}}\n  - {id: s2, plugin: step, needs: [s1], params: {wait_polls: 3, poll_ms: 1000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {}}\n";
+    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true, wait_polls: 3, poll_ms: 1000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n";
     // Every run in flight at once, none queued by the server's limit.
     let config = max_running_config(runs)?;
     let env = [
