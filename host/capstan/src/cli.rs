@@ -11,6 +11,8 @@ use crate::manifest::Role;
 
 #[path = "cli_alerts.rs"]
 mod alerts;
+#[path = "cli_notify.rs"]
+mod notify;
 #[path = "cli_pipelines.rs"]
 mod pipelines;
 #[path = "cli_provision.rs"]
@@ -54,6 +56,9 @@ enum Command {
     /// Alert groups received from Alertmanager, what handlers did, routes.
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
+    /// Notification channels, test-sends and delivery receipts.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// Provisioned instances: plan (with diffs), apply, status, destroy.
     #[command(subcommand)]
     Provision(provision::ProvisionCommand),
@@ -270,6 +275,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Run(cmd) => tokio::runtime::Runtime::new()?.block_on(pipelines::run(cmd)),
         Command::Alerts(cmd) => tokio::runtime::Runtime::new()?.block_on(alerts::alerts(cmd)),
+        Command::Notify(cmd) => tokio::runtime::Runtime::new()?.block_on(notify::notify(cmd)),
         Command::Provision(cmd) => {
             tokio::runtime::Runtime::new()?.block_on(provision::provision(cmd))
         }

@@ -333,3 +333,60 @@ async fn a_pipeline_is_stored_run_and_its_log_followed_from_the_cli() {
     assert!(!out.status.success());
     assert!(text(&out).contains("nosuch"), "{}", text(&out));
 }
+
+/// A test-send through a channel whose endpoint does not answer fails
+/// loudly (no "test OK but nothing arrived"), and its receipt is listed.
+#[tokio::test]
+async fn notify_channels_test_sends_and_receipts_from_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let client = common::client();
+    let proc = serve(data.path(), "http", &[], &[], &client).await;
+    let env = [("CAPSTAN_URL", proc.url.as_str()), ("CAPSTAN_TOKEN", TOKEN)];
+    // Nothing listens on this port: the webhook cannot be delivered.
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let r = client
+        .put(format!("{}/v1/secrets/hook-url", proc.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "value": dead }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let spec = data.path().join("hook.json");
+    std::fs::write(
+        &spec,
+        r#"{"name": "hook", "project": "default", "type": "webhook", "webhook_secret": "hook-url"}"#,
+    )
+    .unwrap();
+    let out = cli(
+        &["notify", "channel-put", "hook", spec.to_str().unwrap()],
+        &env,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["notify", "channels"], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"hook\""), "{}", text(&out));
+    assert!(
+        !text(&out).contains(&dead),
+        "the URL is a secret: {}",
+        text(&out)
+    );
+
+    let out = cli(&["notify", "test", "hook"], &env).await;
+    assert!(
+        !out.status.success(),
+        "a failed test-send fails: {}",
+        text(&out)
+    );
+    let out = cli(&["notify", "deliveries", "--channel", "hook"], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deliveries = listed["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{listed:#}");
+    assert_ne!(deliveries[0]["status"], "sent", "{listed:#}");
+    let id = deliveries[0]["id"].as_str().unwrap();
+    let out = cli(&["notify", "delivery", id], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("attempts"), "{}", text(&out));
+}
