@@ -32,7 +32,6 @@ use crate::alerts::model::Webhook;
 use crate::alerts::routes::Route;
 use crate::alerts::store::Ingested;
 use crate::alerts::store::history::{ActionRecord, GroupFilter, GroupSummary};
-use crate::capabilities::AuditRecord;
 
 impl From<AlertsError> for ApiError {
     fn from(e: AlertsError) -> Self {
@@ -84,7 +83,7 @@ pub async fn receive(
     let refuse = |e: ApiError, actor: &str, result: &str| {
         state.alerts.refused(result);
         let detail = serde_json::json!({ "receiver": receiver, "reason": e.message });
-        record(&state, actor, &path, false, e.status, detail);
+        super::audit::delivery(&state, actor, &path, false, e.status, detail);
         e.into_response()
     };
     let caller = presented(&headers).and_then(|secret| state.auth.tokens.authenticate(&secret));
@@ -140,13 +139,13 @@ pub async fn receive(
         Ok(stored) => {
             let detail = serde_json::json!({ "receiver": receiver, "group": stored.id,
                 "alerts": stored.alerts, "new_alerts": stored.new_alerts, "state": stored.state });
-            record(&state, &actor, &path, true, StatusCode::OK, detail);
+            super::audit::delivery(&state, &actor, &path, true, StatusCode::OK, detail);
             (StatusCode::OK, Json(stored)).into_response()
         }
         Err(e) => {
             let e = ApiError::from(e);
             let detail = serde_json::json!({ "receiver": receiver, "reason": e.message });
-            record(&state, &actor, &path, false, e.status, detail);
+            super::audit::delivery(&state, &actor, &path, false, e.status, detail);
             e.into_response()
         }
     }
@@ -169,30 +168,6 @@ fn presented(headers: &HeaderMap) -> Option<String> {
             .map(|(_, password)| password.to_string());
     }
     None
-}
-
-fn record(
-    state: &AppState,
-    actor: &str,
-    path: &str,
-    allowed: bool,
-    status: StatusCode,
-    detail: serde_json::Value,
-) {
-    state.registry.runtime().env().audit.record(AuditRecord {
-        id: 0,
-        at_ms: 0,
-        actor: actor.into(),
-        plugin: None,
-        version: None,
-        invocation: None,
-        capability: "api".into(),
-        target: path.into(),
-        verb: "POST".into(),
-        allowed,
-        outcome: status.as_u16().to_string(),
-        detail,
-    });
 }
 
 /// The routes the caller may see.

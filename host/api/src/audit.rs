@@ -40,3 +40,29 @@ pub async fn query(
         .map_err(|e| ApiError::internal(format!("reading the audit log: {e}")))?;
     Ok(Json(AuditList { records }))
 }
+
+/// Audits one webhook delivery (push or Alertmanager), accepted or refused,
+/// through the batched writer as the auth guard does for refusals.
+pub(crate) fn delivery(
+    state: &AppState,
+    actor: &str,
+    path: &str,
+    allowed: bool,
+    status: http::StatusCode,
+    detail: serde_json::Value,
+) {
+    state.registry.runtime().env().audit.record(AuditRecord {
+        id: 0,
+        at_ms: 0,
+        actor: actor.into(),
+        plugin: None,
+        version: None,
+        invocation: None,
+        capability: "api".into(),
+        target: path.into(),
+        verb: "POST".into(),
+        allowed,
+        outcome: status.as_u16().to_string(),
+        detail,
+    });
+}

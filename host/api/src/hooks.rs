@@ -19,7 +19,6 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::limits::RateKey;
 use super::listen::PeerAddr;
-use crate::capabilities::AuditRecord;
 use crate::pipelines::engine::{HookError, HookOutcome};
 use crate::pipelines::model::Provider;
 
@@ -94,7 +93,7 @@ pub async fn receive(
     let actor = format!("webhook:{provider}");
     let refuse = |e: ApiError, reason: String| {
         let detail = serde_json::json!({ "pipeline": pipeline, "reason": reason });
-        record(&state, &actor, &path, false, e.status, detail);
+        super::audit::delivery(&state, &actor, &path, false, e.status, detail);
         e.into_response()
     };
     let Some(kind) = Provider::parse(&provider) else {
@@ -182,32 +181,6 @@ pub async fn receive(
             return refuse(ApiError::from(e), m);
         }
     };
-    record(&state, &actor, &path, true, status, detail);
+    super::audit::delivery(&state, &actor, &path, true, status, detail);
     (status, answer).into_response()
-}
-
-/// Audits one delivery (through the batched writer, as the auth guard does
-/// for refusals; a started run also has its durable `run.start` record).
-fn record(
-    state: &AppState,
-    actor: &str,
-    path: &str,
-    allowed: bool,
-    status: StatusCode,
-    detail: serde_json::Value,
-) {
-    state.registry.runtime().env().audit.record(AuditRecord {
-        id: 0,
-        at_ms: 0,
-        actor: actor.into(),
-        plugin: None,
-        version: None,
-        invocation: None,
-        capability: "api".into(),
-        target: path.into(),
-        verb: "POST".into(),
-        allowed,
-        outcome: status.as_u16().to_string(),
-        detail,
-    });
 }
