@@ -165,17 +165,25 @@ fn a_push_to_main_runs_the_release_example_to_prod() -> Result<()> {
             "render",
             "deploy_test",
             "wait_test",
+            "smoke_test",
             "deploy_prod",
-            "wait_prod"
+            "wait_prod",
+            "notify"
         ]
     );
     let image = json!("registry.example.com/shop:4f2a9c1");
     assert_eq!(calls[0].1["image"], image, "the pushed commit is the tag");
+    assert_eq!(calls[1].1["cluster"], "test");
     assert_eq!(
-        calls[3].1["image"], image,
+        calls[4].1["image"], image,
         "prod gets the image tested in test"
     );
-    assert_eq!(calls[3].1["replicas"], json!(2));
+    assert_eq!(calls[4].1["cluster"], "prod");
+    assert_eq!(calls[4].1["replicas"], json!(2));
+    assert_eq!(
+        calls[6].1["json"]["text"],
+        "shop registry.example.com/shop:4f2a9c1 is live in prod"
+    );
     assert_eq!(run.steps["approve_prod"].approvals[0].user, "rita");
     assert!(run.locks.is_empty(), "both locks released: {:?}", run.locks);
     // prod's steps roll back on failure, and a rollback undoes test's steps
