@@ -21,8 +21,11 @@ pub struct Webhook {
     /// Key identifying the group (the same on every Alertmanager of an HA cluster).
     #[schema(min_length = 1)]
     pub group_key: String,
-    /// Alerts left out because of `max_alerts`.
+    /// Alerts left out because of `max_alerts`. (Documented as a 64-bit
+    /// integer with the u32 range: `u32` alone reads as `int32` to schema
+    /// checkers, whose maximum is half of it.)
     #[serde(default)]
+    #[schema(value_type = i64, minimum = 0, maximum = 4294967295_i64)]
     pub truncated_alerts: u32,
     /// `firing` if any alert fires, otherwise `resolved`.
     #[schema(pattern = "^(firing|resolved)$")]

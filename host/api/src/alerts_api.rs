@@ -275,7 +275,7 @@ pub struct GroupQuery {
     pub fingerprint: Option<String>,
     /// Received at or after (Unix ms).
     #[param(minimum = 0)]
-    pub since_ms: Option<u64>,
+    pub since_ms: Option<i64>,
     /// At most this many, newest first (default 50, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -300,13 +300,16 @@ pub async fn groups(
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::bad_request("limit must be 1 to 1000"));
     }
+    if q.since_ms.is_some_and(|s| s < 0) {
+        return Err(ApiError::bad_request("since_ms must be 0 or more"));
+    }
     let filter = GroupFilter {
         state: q.state,
         receiver: q.receiver,
         alertname: q.alertname,
         fingerprint: q.fingerprint,
         projects: None,
-        since_ms: q.since_ms.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+        since_ms: q.since_ms,
         limit: i64::from(q.limit.unwrap_or(50)),
     };
     Ok(Json(GroupList {

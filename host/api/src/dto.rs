@@ -127,8 +127,10 @@ pub struct AlertGroup {
     /// Group key.
     #[serde(default)]
     pub group_key: String,
-    /// Alerts left out.
+    /// Alerts left out (the u32 range, documented as a 64-bit integer: see
+    /// the alerts engine's `Webhook`).
     #[serde(default)]
+    #[schema(value_type = i64, minimum = 0, maximum = 4294967295_i64)]
     pub truncated_alerts: u32,
     /// `firing` or `resolved`.
     pub status: String,

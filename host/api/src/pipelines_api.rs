@@ -152,6 +152,7 @@ pub struct LogQuery {
     pub follow: Option<bool>,
     /// `text`: the whole log as a `text/plain` download, one line each:
     /// `<RFC 3339 time> <step> <source>: <message>`.
+    #[param(inline)]
     pub format: Option<LogFormat>,
 }
 
