@@ -6,10 +6,12 @@
 //! is in [`claims`].
 
 mod claims;
+mod journal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use capstan_store::leases::Lease;
 use capstan_store::sql::{Conn, DbError, Row};
 use capstan_store::{Store, StoreError, args, unix_millis, unix_secs};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,7 @@ use crate::machine::{Event, Run, RunStatus};
 use crate::model::LockPolicy;
 
 pub use claims::{Claim, CronMark};
+use journal::Journal;
 
 /// A plugin version a run pinned when it started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -91,6 +94,22 @@ impl LogLine {
     }
 }
 
+/// A run the driver should look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The run.
+    pub id: String,
+    /// Whether it waits to start.
+    pub queued: bool,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The pipeline revision it runs.
+    pub revision: i64,
+    /// Whether its inbox holds an event besides `start` (a cancel of a
+    /// queued run, say).
+    pub other_events: bool,
+}
+
 /// Runs to wake after a lock change.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct LockChange {
@@ -102,10 +121,29 @@ pub struct LockChange {
     pub superseded: Vec<String>,
 }
 
-/// The engine's view of the store.
+/// The engine's view of the store. A run's writes go through one
+/// group-commit journal ([`journal`]): each is durable before its caller
+/// goes on, and concurrent runs share a transaction.
 #[derive(Clone)]
 pub struct PipelineStore {
     store: Arc<Store>,
+    journal: Arc<Journal>,
+}
+
+/// What a finished attempt leaves: the plugin's own lines, the engine's
+/// summary line and the event for the run's inbox.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: String,
+    /// The plugin's log lines: (level, message, Unix ms).
+    pub plugin_lines: Vec<(String, String, i64)>,
+    /// The summary line (source `plugin`).
+    pub summary: String,
+    /// `StepFinished` or `RollbackFinished`.
+    pub event: Event,
 }
 
 const RUN_COLUMNS: &str = "record, revision, pins, created_ms, updated_ms";
@@ -113,7 +151,10 @@ const RUN_COLUMNS: &str = "record, revision, pins, created_ms, updated_ms";
 impl PipelineStore {
     /// Over `store`.
     pub fn new(store: Arc<Store>) -> PipelineStore {
-        PipelineStore { store }
+        PipelineStore {
+            journal: Arc::new(Journal::start(store.clone())),
+            store,
+        }
     }
 
     /// The underlying store.
@@ -206,20 +247,21 @@ impl PipelineStore {
     }
 
     /// Stores a new run with its `Start` event, in one transaction.
-    pub fn create_run(
+    pub async fn create_run(
         &self,
         run: &Run,
         revision: i64,
         pins: &BTreeMap<String, Pin>,
     ) -> Result<(), StoreError> {
         self.create_run_claimed(run, revision, pins, None)
+            .await
             .map(|_| ())
     }
 
     /// Stores a new run with its `Start` event and takes `claim`, in one
     /// transaction; `false` (and nothing stored) if the claim was taken
     /// already.
-    pub fn create_run_claimed(
+    pub async fn create_run_claimed(
         &self,
         run: &Run,
         revision: i64,
@@ -228,25 +270,31 @@ impl PipelineStore {
     ) -> Result<bool, StoreError> {
         let record = to_json(run)?;
         let pins = to_json(pins)?;
-        let now = unix_millis();
-        self.store.with(|c| {
-            c.tx(|c| {
-                if let Some(claim) = claim
+        let claim = claim.cloned();
+        let (id, pipeline, project, status) = (
+            run.id.clone(),
+            run.pipeline.clone(),
+            run.project.clone(),
+            run.status.name(),
+        );
+        self.journal
+            .write(move |c| {
+                if let Some(claim) = &claim
                     && !claims::take(c, claim)?
                 {
                     return Ok(false);
                 }
+                let now = unix_millis();
                 c.exec(
                     "INSERT INTO runs (id, pipeline, revision, project, status, record, pins, created_ms, updated_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                    args![&run.id, &run.pipeline, revision, &run.project, run.status.name(), record, pins, now],
+                    args![&id, &pipeline, revision, &project, status, &record, &pins, now],
                 )?;
-                push(c, &run.id, &Event::Start)?;
-                log(c, &run.id, None, "engine", "queued")?;
-                Ok::<bool, DbError>(true)
+                push(c, &id, &Event::Start)?;
+                log(c, &id, None, "engine", "queued")?;
+                Ok(true)
             })
-        })
-        .map_err(StoreError::from)
+            .await
     }
 
     /// One run.
@@ -316,19 +364,31 @@ impl PipelineStore {
 
     /// Runs that have events waiting, a wake-up due, or nobody driving them
     /// (no live lease: a replica died, or the server restarted), oldest first.
-    pub fn due(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+    pub fn due(&self, now_ms: i64) -> Result<Vec<Due>, StoreError> {
         self.store.with(|c| {
             c.rows(
-                "SELECT id FROM runs WHERE finished_ms IS NULL
+                "SELECT id, status, pipeline, revision,
+                        CAST(CASE WHEN EXISTS (SELECT 1 FROM run_inbox i WHERE i.run_id = runs.id
+                                                 AND i.event <> '{\"event\":\"start\"}')
+                             THEN 1 ELSE 0 END AS BIGINT)
+                 FROM runs WHERE finished_ms IS NULL
                    AND (wakeup_ms <= ?1
                         OR EXISTS (SELECT 1 FROM run_inbox i WHERE i.run_id = runs.id)
                         OR NOT EXISTS (SELECT 1 FROM leases l
                                        WHERE l.name = 'run/' || runs.id AND l.expires_at_ms > ?1))
-                 ORDER BY created_ms LIMIT 200",
+                 ORDER BY created_ms LIMIT 5000",
                 args![now_ms],
             )?
             .iter()
-            .map(|r| Ok(r.get(0)?))
+            .map(|r| {
+                Ok(Due {
+                    id: r.get(0)?,
+                    queued: r.get::<String>(1)? == RunStatus::Queued.name(),
+                    pipeline: r.get(2)?,
+                    revision: r.get(3)?,
+                    other_events: r.get::<i64>(4)? != 0,
+                })
+            })
             .collect()
         })
     }
@@ -365,39 +425,81 @@ impl PipelineStore {
         })
     }
 
-    /// Journals a transition: the new state, when to wake it next, the
-    /// inbox events it consumed and its log lines.
-    pub fn commit(
+    /// Journals a transition under the run's lease: the new state, when to
+    /// wake it next, the inbox events it consumed and its log lines. The
+    /// lease is checked in the same transaction (fencing): `false`, and
+    /// nothing written, when another replica holds the run now. A run that
+    /// ends gives its lease up in that transaction too.
+    pub async fn commit(
         &self,
         run: &Run,
         wakeup_ms: Option<u64>,
-        consumed: &[i64],
-        notes: &[(Option<String>, String)],
-    ) -> Result<(), StoreError> {
+        consumed: Vec<i64>,
+        notes: Vec<(Option<String>, String)>,
+        lease: &Lease,
+    ) -> Result<bool, StoreError> {
         let record = to_json(run)?;
-        let now = unix_millis();
-        let finished = run.status.is_terminal().then_some(now);
         let wakeup = wakeup_ms.map(|w| w.min(i64::MAX as u64) as i64);
-        self.store.with(|c| {
-            c.tx(|c| {
+        let (id, status, terminal) = (run.id.clone(), run.status.name(), run.status.is_terminal());
+        let lease = lease.clone();
+        self.journal
+            .write(move |c| {
+                let now = unix_millis();
+                let current = c.row(
+                    "SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at_ms > ?4",
+                    args![&lease.name, &lease.holder, lease.token, now],
+                )?;
+                if current.is_none() {
+                    return Ok(false);
+                }
+                let finished = terminal.then_some(now);
                 c.exec(
                     "UPDATE runs SET status = ?2, record = ?3, wakeup_ms = ?4, updated_ms = ?5,
                          finished_ms = COALESCE(finished_ms, ?6)
                      WHERE id = ?1",
-                    args![&run.id, run.status.name(), record, wakeup, now, finished],
+                    args![&id, status, &record, wakeup, now, finished],
                 )?;
-                for id in consumed {
+                for n in &consumed {
                     c.exec(
                         "DELETE FROM run_inbox WHERE run_id = ?1 AND id = ?2",
-                        args![&run.id, *id],
+                        args![&id, *n],
                     )?;
                 }
-                for (step, message) in notes {
-                    log(c, &run.id, step.as_deref(), "engine", message)?;
+                for (step, message) in &notes {
+                    log(c, &id, step.as_deref(), "engine", message)?;
                 }
+                if terminal {
+                    c.exec(
+                        "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                        args![&lease.name, &lease.holder, lease.token],
+                    )?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Journals a finished attempt: the plugin's lines, the summary line,
+    /// and its event in the run's inbox, in one transaction.
+    pub async fn attempt_finished(&self, result: AttemptResult) -> Result<(), StoreError> {
+        let event = serde_json::to_string(&result.event).map_err(|e| decode("encoding", e))?;
+        self.journal
+            .write(move |c| {
+                let r = &result;
+                for (level, message, at_ms) in &r.plugin_lines {
+                    c.exec(
+                        "INSERT INTO run_log (run_id, step, source, message, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        args![&r.run, &r.step, format!("plugin:{level}"), message, *at_ms],
+                    )?;
+                }
+                log(c, &r.run, Some(&r.step), "plugin", &r.summary)?;
+                c.exec(
+                    "INSERT INTO run_inbox (run_id, event, at_ms) VALUES (?1, ?2, ?3)",
+                    args![&r.run, &event, unix_millis()],
+                )?;
                 Ok(())
             })
-        })
+            .await
     }
 
     /// Appends a line to a run's log.
@@ -409,30 +511,6 @@ impl PipelineStore {
         message: &str,
     ) -> Result<(), StoreError> {
         Ok(self.store.with(|c| log(c, id, step, source, message))?)
-    }
-
-    /// Appends what a plugin logged during one attempt, in one
-    /// transaction: `(level, message, at_ms)`, with source `plugin:<level>`.
-    pub fn log_plugin_lines(
-        &self,
-        id: &str,
-        step: &str,
-        lines: &[(&str, &str, i64)],
-    ) -> Result<(), StoreError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        Ok(self.store.with(|c| {
-            c.tx(|c| {
-                for (level, message, at_ms) in lines {
-                    c.exec(
-                        "INSERT INTO run_log (run_id, step, source, message, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        args![id, step, format!("plugin:{level}"), *message, *at_ms],
-                    )?;
-                }
-                Ok::<_, DbError>(())
-            })
-        })?)
     }
 
     /// A run's log lines after `after` (0: from the start).

@@ -87,6 +87,33 @@ impl Store {
         }))
     }
 
+    /// [`Store::renew_lease`] for many leases in one transaction (an engine
+    /// holding a lease per run renews them together); answers in order.
+    pub fn renew_leases(
+        &self,
+        leases: &[Lease],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Lease>>, StoreError> {
+        let expires = now_ms() + ttl.as_millis() as i64;
+        self.with(|c| {
+            c.tx(|c| {
+                let mut out = Vec::with_capacity(leases.len());
+                for lease in leases {
+                    let n = c.exec(
+                        "UPDATE leases SET expires_at_ms = ?4
+                         WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                        args![&lease.name, &lease.holder, lease.token, expires],
+                    )?;
+                    out.push((n == 1).then(|| Lease {
+                        expires_at_ms: expires,
+                        ..lease.clone()
+                    }));
+                }
+                Ok(out)
+            })
+        })
+    }
+
     /// Whether `lease` is still the current one (same holder and token, not
     /// expired): check it before each effect done under the lease.
     pub fn lease_is_current(&self, lease: &Lease) -> Result<bool, StoreError> {

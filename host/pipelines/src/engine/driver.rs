@@ -2,7 +2,8 @@
 //! through its lease, applies the events to the machine, journals the new
 //! state (one transaction), and only then carries out the actions.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use capstan_registry::trust::Role;
@@ -13,7 +14,7 @@ use capstan_store::unix_millis;
 use super::{APPROVAL_KIND, Engine, EngineError};
 use crate::machine::{Action, Decision, Event, Machine, RoleGrant, Run, RunStatus};
 use crate::model::Pipeline;
-use crate::store::{LockChange, Pin};
+use crate::store::{Due, LockChange, Pin};
 
 /// The driver loop; ends when the engine is dropped.
 pub(super) async fn run(engine: Weak<Engine>) {
@@ -34,7 +35,8 @@ pub(super) async fn run(engine: Weak<Engine>) {
 }
 
 /// Renews the leases of the runs this replica drives, at a third of their
-/// TTL; a lease lost (this replica stalled past its TTL) stops its attempts.
+/// TTL, all in one transaction; a lease lost (this replica stalled past its
+/// TTL) stops its attempts.
 pub(super) async fn renew(engine: Weak<Engine>) {
     loop {
         let Some(e) = engine.upgrade() else { return };
@@ -46,20 +48,10 @@ pub(super) async fn renew(engine: Weak<Engine>) {
             .values()
             .cloned()
             .collect();
-        for lease in held {
-            let run = lease.name.trim_start_matches("run/").to_string();
-            match e.db.store().renew_lease(&lease, ttl) {
-                Ok(Some(l)) => {
-                    e.held
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(run, l);
-                }
-                Ok(None) => {
-                    tracing::warn!(%run, "lost the lease of a run; another replica drives it now");
-                    e.forget(&run);
-                }
-                Err(err) => tracing::warn!(%run, "renewing a run lease: {err}"),
+        if !held.is_empty() {
+            match e.db.store().renew_leases(&held, ttl) {
+                Ok(answers) => e.renewed(&held, answers),
+                Err(err) => tracing::warn!("renewing {} run leases: {err}", held.len()),
             }
         }
         drop(e);
@@ -67,7 +59,32 @@ pub(super) async fn renew(engine: Weak<Engine>) {
     }
 }
 
+/// Runs driven at once by one replica.
+const DRIVE_CONCURRENCY: usize = 64;
+
 impl Engine {
+    /// Keeps the renewed leases; stops driving the runs whose lease is lost.
+    fn renewed(&self, held: &[Lease], answers: Vec<Option<Lease>>) {
+        for (lease, answer) in held.iter().zip(answers) {
+            let run = lease.name.trim_start_matches("run/");
+            let Some(l) = answer else {
+                tracing::warn!(%run, "lost the lease of a run; another replica drives it now");
+                self.forget(run);
+                continue;
+            };
+            let mut map = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            // Not if the run ended (or changed hands) meanwhile.
+            if let Some(h) = map.get_mut(run)
+                && h.token == l.token
+            {
+                *h = l;
+            }
+        }
+    }
+
+    /// One turn: every due run, driven concurrently (each run by one task;
+    /// a turn ends when all of them did). Queued runs are admitted first,
+    /// oldest first, within the concurrency limits.
     async fn drive_due(self: &Arc<Self>) -> Result<(), EngineError> {
         let now = unix_millis();
         if now - self.depths_at.load(std::sync::atomic::Ordering::Relaxed) >= 2000 {
@@ -76,16 +93,73 @@ impl Engine {
             let (queued, waiting) = self.db.depths()?;
             self.metrics.set_depths(queued, waiting);
         }
-        for id in self.db.due(now)? {
-            if let Err(err) = self.drive(&id).await {
-                tracing::error!(run = %id, "driving a run: {err}");
+        let due = self.db.due(now)?;
+        let admitted = self.admit(&due)?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(DRIVE_CONCURRENCY));
+        let mut turns = tokio::task::JoinSet::new();
+        for d in due {
+            let start = admitted.contains(&d.id);
+            // A queued run that may not start yet has nothing to do.
+            if d.queued && !start && !d.other_events {
+                continue;
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let engine = self.clone();
+            turns.spawn(async move {
+                let _slot = slot;
+                if let Err(err) = engine.drive(&d.id, start).await {
+                    tracing::error!(run = %d.id, "driving a run: {err}");
+                }
+            });
+        }
+        while let Some(done) = turns.join_next().await {
+            if let Err(e) = done {
+                tracing::error!("a run's turn panicked: {e}");
             }
         }
         Ok(())
     }
 
+    /// Which queued runs may start now: oldest first, while the pipeline's
+    /// and the server's limits of started runs allow.
+    fn admit(&self, due: &[Due]) -> Result<HashSet<String>, EngineError> {
+        let mut admitted = HashSet::new();
+        if !due.iter().any(|d| d.queued) {
+            return Ok(admitted);
+        }
+        let mut all = self.db.started_runs_all()?;
+        let mut of_pipeline: HashMap<String, i64> = HashMap::new();
+        for d in due.iter().filter(|d| d.queued) {
+            if all >= self.config.max_running {
+                break;
+            }
+            let limit = match self.pipeline_at(&d.pipeline, d.revision) {
+                Ok(p) => p.concurrency,
+                Err(err) => {
+                    tracing::error!(run = %d.id, "loading its pipeline: {err}");
+                    continue;
+                }
+            };
+            let n = match of_pipeline.entry(d.pipeline.clone()) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(self.db.started_runs(&d.pipeline)?),
+            };
+            if limit.is_some_and(|c| *n >= i64::from(c)) {
+                continue;
+            }
+            *n += 1;
+            all += 1;
+            admitted.insert(d.id.clone());
+        }
+        Ok(admitted)
+    }
+
     /// Claims run `id`; `Some(fresh)` when this replica holds its lease,
-    /// `fresh` if it did not hold it before (it then resumes the run).
+    /// `fresh` if it did not hold it before (it then resumes the run). A
+    /// lease held with time to spare is used as it is: the journal checks
+    /// it again in the transaction that commits the turn.
     fn claim(&self, id: &str) -> Result<Option<(Lease, bool)>, EngineError> {
         let name = format!("run/{id}");
         let had = self
@@ -94,6 +168,12 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
+        let spare = (self.config.lease_ttl / 3).as_millis() as i64;
+        if let Some(h) = &had
+            && h.expires_at_ms - unix_millis() > spare
+        {
+            return Ok(Some((h.clone(), false)));
+        }
         let Some(lease) =
             self.db
                 .store()
@@ -126,7 +206,10 @@ impl Engine {
             });
     }
 
-    async fn drive(self: &Arc<Self>, id: &str) -> Result<(), EngineError> {
+    /// One turn of run `id`: its events applied to the machine, the result
+    /// journaled, then its actions carried out. `may_start`: the run was
+    /// admitted this turn (see [`Engine::admit`]).
+    async fn drive(self: &Arc<Self>, id: &str, may_start: bool) -> Result<(), EngineError> {
         let Some((lease, fresh)) = self.claim(id)? else {
             return Ok(());
         };
@@ -147,10 +230,10 @@ impl Engine {
             pipeline: &pipeline,
             limits: self.limits,
         };
-        let (mut run, mut actions, mut consumed, mut notes) =
-            (row.run, Vec::new(), Vec::new(), Vec::new());
+        let (mut run, mut actions, mut consumed) = (row.run, Vec::new(), Vec::new());
+        let mut notes = Vec::new();
         for (inbox_id, event) in events {
-            if event == Event::Start && !self.may_start(&pipeline)? {
+            if event == Event::Start && !may_start {
                 continue;
             }
             match machine.apply(&run, event.clone(), now) {
@@ -162,42 +245,28 @@ impl Engine {
             }
             consumed.extend(inbox_id);
         }
-        for a in &actions {
-            if let Action::Note { step, message } = a {
-                notes.push((step.clone(), message.clone()));
-            }
-            if let Action::FinishRun { status, reason } = a {
-                notes.push((None, format!("finished: {} ({reason})", status.name())));
-                self.metrics.run_finished(&run.pipeline, status.name());
-            }
-        }
+        notes.extend(actions.iter().filter_map(note_of));
         let timer = actions.iter().filter_map(|a| match a {
             Action::ScheduleTimer { at_ms } => Some(*at_ms),
             _ => None,
         });
         let wakeup = timer.chain(run.next_wakeup()).min();
-        if !self.db.store().lease_is_current(&lease)? {
+        if !self.db.commit(&run, wakeup, consumed, notes, &lease).await? {
+            // Another replica holds the run now.
+            self.forget(id);
             return Ok(());
         }
-        self.db.commit(&run, wakeup, &consumed, &notes)?;
+        if run.status.is_terminal() {
+            self.metrics.run_finished(&run.pipeline, run.status.name());
+        }
         for action in actions {
             self.carry(&run, &pipeline, &row.pins, action).await;
         }
         if run.status.is_terminal() {
+            // Its lease was given up with the final state.
             self.forget(id);
-            let _ = self.db.store().release_lease(&lease);
         }
         Ok(())
-    }
-
-    /// Whether one more run may start (the pipeline's and the server's
-    /// concurrency limits); a run that may not waits, queued.
-    fn may_start(&self, p: &Pipeline) -> Result<bool, EngineError> {
-        let of_pipeline = self.db.started_runs(&p.name)?;
-        if p.concurrency.is_some_and(|c| of_pipeline >= i64::from(c)) {
-            return Ok(false);
-        }
-        Ok(self.db.started_runs_all()? < self.config.max_running)
     }
 
     async fn carry(
@@ -354,4 +423,25 @@ fn event_name(e: &Event) -> String {
         .ok()
         .and_then(|v| v.get("event").and_then(|s| s.as_str()).map(str::to_string))
         .unwrap_or_else(|| "event".into())
+}
+
+/// The log line an action leaves with the state that issues it. An attempt
+/// is logged as started there: it is spawned as soon as that state is
+/// durable.
+fn note_of(a: &Action) -> Option<(Option<String>, String)> {
+    match a {
+        Action::Note { step, message } => Some((step.clone(), message.clone())),
+        Action::FinishRun { status, reason } => {
+            Some((None, format!("finished: {} ({reason})", status.name())))
+        }
+        Action::StartStep(inv) => Some((
+            Some(inv.step.clone()),
+            format!("attempt {} started", inv.attempt),
+        )),
+        Action::StartRollback(inv) => Some((
+            Some(inv.step.clone()),
+            format!("rollback {} started", inv.attempt),
+        )),
+        _ => None,
+    }
 }

@@ -273,7 +273,8 @@ impl Engine {
         let run = Run::new(&p, &ids::new_id(), trigger, params, Some(started_by));
         if !self
             .db
-            .create_run_claimed(&run, row.revision, &pins, claim)?
+            .create_run_claimed(&run, row.revision, &pins, claim)
+            .await?
         {
             return Ok(None);
         }
@@ -353,7 +354,7 @@ impl Engine {
             .rerun_from(&prev.run, from_step, &ids::new_id(), Some(&who.actor))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let pins = self.pin(&p)?;
-        self.db.create_run(&run, prev.revision, &pins)?;
+        self.db.create_run(&run, prev.revision, &pins).await?;
         self.wake.notify_one();
         let detail = serde_json::json!({ "run": run.id, "rerun_of": id, "from": from_step });
         self.registry

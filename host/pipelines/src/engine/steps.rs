@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::Engine;
 use crate::machine::{Event, Invocation, Outcome, Run};
 use crate::model::ErrorKind;
-use crate::store::Pin;
+use crate::store::{AttemptResult, Pin};
 
 /// How soon an attempt the server had no room for is tried again.
 const OVERLOADED_RETRY_MS: u64 = 200;
@@ -38,15 +38,8 @@ impl Engine {
         let pin = pins.get(&inv.plugin.name).cloned();
         let task = tokio::spawn(async move {
             let (step, attempt) = (inv.step.clone(), inv.attempt);
-            let verb = if rollback { "rollback" } else { "attempt" };
-            let _ = engine.db.log(
-                &run_id,
-                Some(&step),
-                "engine",
-                &format!("{verb} {attempt} started"),
-            );
             let started = std::time::Instant::now();
-            let outcome = engine
+            let (outcome, plugin_lines) = engine
                 .attempt(&pipeline, &run_id, pin, &inv, rollback)
                 .await;
             let label = match (&outcome, rollback) {
@@ -58,23 +51,28 @@ impl Engine {
             engine
                 .metrics
                 .step(&pipeline, &step, &label, started.elapsed().as_secs_f64());
-            let _ = engine
-                .db
-                .log(&run_id, Some(&step), "plugin", &summary(&outcome));
+            let summary = summary(&outcome);
             let event = if rollback {
                 Event::RollbackFinished {
-                    step,
+                    step: step.clone(),
                     attempt,
                     outcome,
                 }
             } else {
                 Event::StepFinished {
-                    step,
+                    step: step.clone(),
                     attempt,
                     outcome,
                 }
             };
-            if let Err(e) = engine.db.push(&run_id, &event) {
+            let result = AttemptResult {
+                run: run_id.clone(),
+                step,
+                plugin_lines,
+                summary,
+                event,
+            };
+            if let Err(e) = engine.db.attempt_finished(result).await {
                 // Journaled as running: a resumed run runs it again as the next attempt.
                 tracing::error!(run = %run_id, "recording a step result: {e}");
             }
@@ -99,12 +97,10 @@ impl Engine {
         pin: Option<Pin>,
         inv: &Invocation,
         rollback: bool,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<(String, String, i64)>) {
         let Some(pin) = pin else {
-            return failed(
-                ErrorKind::NotFound,
-                format!("plugin `{}` was not pinned by this run", inv.plugin.name),
-            );
+            let why = format!("plugin `{}` was not pinned by this run", inv.plugin.name);
+            return (failed(ErrorKind::NotFound, why), Vec::new());
         };
         let ctx = deploy_step::Context {
             pipeline: pipeline.to_string(),
@@ -134,17 +130,13 @@ impl Engine {
         let (result, account) =
             match tokio::time::timeout(Duration::from_millis(left), invoke).await {
                 Err(_) => {
-                    return failed(
-                        ErrorKind::Timeout,
-                        format!("the attempt ran past its timeout ({left} ms left at start)"),
-                    );
+                    let why = format!("the attempt ran past its timeout ({left} ms left at start)");
+                    return (failed(ErrorKind::Timeout, why), Vec::new());
                 }
                 Ok(done) => done,
             };
-        if let Some(account) = account {
-            self.keep_plugin_lines(run_id, &inv.step, &account);
-        }
-        match result {
+        let lines = account.as_ref().map(plugin_lines).unwrap_or_default();
+        let outcome = match result {
             Ok(Output::Step(r)) => outcome_of(r),
             Ok(other) => failed(
                 ErrorKind::Failed,
@@ -157,26 +149,25 @@ impl Engine {
                 message: format!("not started: {e}"),
             },
             Err(e) => failed(kind_of(&e), e.to_string()),
-        }
+        };
+        (outcome, lines)
     }
+}
 
-    /// The plugin's own log lines (secrets already masked by the runtime)
-    /// join the step's log.
-    fn keep_plugin_lines(&self, run_id: &str, step: &str, account: &Accounting) {
-        let mut lines: Vec<(&str, &str, i64)> = account
-            .logs
-            .iter()
-            .map(|l| (l.level, l.message.as_str(), l.at_ms))
-            .collect();
-        let dropped;
-        if account.logs_dropped > 0 {
-            dropped = format!("{} more lines not kept", account.logs_dropped);
-            lines.push(("warn", dropped.as_str(), unix_millis()));
-        }
-        if let Err(e) = self.db.log_plugin_lines(run_id, step, &lines) {
-            tracing::warn!(run = %run_id, step = %step, "keeping the plugin's log lines: {e}");
-        }
+/// The plugin's own log lines (secrets already masked by the runtime),
+/// for the step's log: (level, message, Unix ms), with a count of those
+/// not kept.
+fn plugin_lines(account: &Accounting) -> Vec<(String, String, i64)> {
+    let mut lines: Vec<(String, String, i64)> = account
+        .logs
+        .iter()
+        .map(|l| (l.level.to_string(), l.message.clone(), l.at_ms))
+        .collect();
+    if account.logs_dropped > 0 {
+        let dropped = format!("{} more lines not kept", account.logs_dropped);
+        lines.push(("warn".into(), dropped, unix_millis()));
     }
+    lines
 }
 
 fn key_of(run: &str, inv: &Invocation) -> (String, String, u32) {

@@ -1,6 +1,7 @@
 //! Rerun from a step: a new run that reuses the outputs of the steps that
 //! succeeded before and do not depend on the chosen step, and records where
-//! it came from.
+//! it came from. An approval is never reused: a rerun that passes a gate
+//! waits for a new decision, as a first run does.
 
 use super::record::StepRecord;
 use super::{Lineage, MachineError, Phase, Run, StepState};
@@ -32,7 +33,7 @@ pub(super) fn rerun_from(
     let mut reused: Vec<(u64, String)> = p
         .steps
         .iter()
-        .filter(|s| s.id != from_step && !again.contains(&s.id))
+        .filter(|s| s.id != from_step && !again.contains(&s.id) && s.approval.is_none())
         .filter_map(|s| {
             let r = previous.steps.get(&s.id)?;
             (r.state == StepState::Succeeded).then(|| (r.completed.unwrap_or(0), s.id.clone()))

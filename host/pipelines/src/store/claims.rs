@@ -160,8 +160,8 @@ mod tests {
 
     /// Two replicas over one database read the same mark and race to fire
     /// the same due time: one run is stored, and the loser stores nothing.
-    #[test]
-    fn a_cron_due_time_and_a_delivery_start_one_run_across_replicas() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cron_due_time_and_a_delivery_start_one_run_across_replicas() {
         for t in capstan_store::testing::backends() {
             let (a, b) = (
                 PipelineStore::new(t.store.clone()),
@@ -183,10 +183,12 @@ mod tests {
             let pins = BTreeMap::new();
             assert!(
                 a.create_run_claimed(&run("r1"), 1, &pins, Some(&claim(2_000)))
+                    .await
                     .unwrap()
             );
             assert!(
                 !b.create_run_claimed(&run("r2"), 1, &pins, Some(&claim(2_100)))
+                    .await
                     .unwrap()
             );
             assert_eq!(runs(&a), 1, "{:?}", t.backend());
@@ -199,10 +201,12 @@ mod tests {
             };
             assert!(
                 b.create_run_claimed(&run("r3"), 1, &pins, Some(&delivery))
+                    .await
                     .unwrap()
             );
             assert!(
                 !a.create_run_claimed(&run("r4"), 1, &pins, Some(&delivery))
+                    .await
                     .unwrap()
             );
             assert!(!a.first_delivery("github", "nightly/72d3162e").unwrap());

@@ -147,3 +147,37 @@ fn self_approval_when_allowed_and_decisions_on_other_steps_are_refused() {
     ));
     assert_eq!(h.status("gate"), "succeeded");
 }
+
+#[test]
+fn a_rerun_past_a_gate_asks_for_a_new_approval() {
+    let mut h = at_gate();
+    h.apply(decision("bob", &["release"], true, "lgtm"));
+    h.apply(decision("carol", &["release"], true, "ok"));
+    h.fail("prod", ErrorKind::Failed);
+    assert_eq!(h.run.status, RunStatus::Failed);
+
+    let run = Machine::new(&h.p)
+        .rerun_from(&h.run, "prod", "run2", Some("alice"))
+        .expect("rerun");
+    assert_eq!(
+        run.lineage.as_ref().map(|l| l.reused.clone()),
+        Some(vec!["build".to_string()]),
+        "build's outputs are reused, the gate's decisions are not"
+    );
+    let mut h = Harness { run, ..h };
+    let actions = h.start();
+    assert!(
+        started(&actions).is_empty(),
+        "prod waits for the gate again: {actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::RequestApproval { step, .. } if step == "gate")),
+        "{actions:?}"
+    );
+    assert_eq!(h.status("gate"), "waiting-approval");
+    h.apply(decision("bob", &["release"], true, "again"));
+    let actions = h.apply(decision("dave", &["release"], true, ""));
+    assert_eq!(started_ids(&actions), ["prod"]);
+}
