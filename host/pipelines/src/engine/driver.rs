@@ -251,7 +251,11 @@ impl Engine {
             _ => None,
         });
         let wakeup = timer.chain(run.next_wakeup()).min();
-        if !self.db.commit(&run, wakeup, consumed, notes, &lease).await? {
+        if !self
+            .db
+            .commit(&run, wakeup, consumed, notes, &lease)
+            .await?
+        {
             // Another replica holds the run now.
             self.forget(id);
             return Ok(());
