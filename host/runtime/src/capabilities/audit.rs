@@ -9,7 +9,12 @@
 //! when it is full a record is counted as dropped
 //! (`capstan_audit_records_dropped_total`) instead of growing memory. A batch
 //! the database refuses is retried with backoff until it is stored, never
-//! dropped. Retention ([`Retention`]) deletes old records in bounded chunks.
+//! dropped. Records of mutations ([`Audit::record_durable`]) join the next
+//! batch without lingering, and their caller waits for its commit: many
+//! API changes share one sync. If that batch fails, each durable record is
+//! tried alone once and its caller gets the database's answer; while the
+//! writer is retrying a refused batch, durable records bypass it.
+//! Retention ([`Retention`]) deletes old records in bounded chunks.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel};
@@ -108,8 +113,16 @@ const BATCH: usize = 512;
 /// How long the writer lets records gather after the first one of a batch.
 /// Readers never wait for it: [`Audit::flush`] wakes the writer at once.
 pub const LINGER: Duration = Duration::from_millis(10);
+/// How long a durable record waits for the writer before the caller is
+/// told it is not stored yet.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
 enum Msg {
     Record(Box<AuditRecord>),
+    /// Stored in the next batch, at once (no linger); answered once committed.
+    Durable(
+        Box<AuditRecord>,
+        tokio::sync::oneshot::Sender<Result<(), DbError>>,
+    ),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -130,6 +143,10 @@ pub struct Audit {
     writer: std::thread::Thread,
     store: Arc<Store>,
     stats: AuditStats,
+    /// Set while the writer retries a batch the database refused: durable
+    /// records then go to the database directly, so that their callers get
+    /// the database's answer instead of waiting behind the retries.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Audit {
@@ -137,10 +154,12 @@ impl Audit {
     pub fn start(store: Arc<Store>) -> Audit {
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let stats = AuditStats::default();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (writer_store, writer_stats) = (store.clone(), stats.clone());
+        let writer_failing = failing.clone();
         let writer = std::thread::Builder::new()
             .name("capstan-audit".into())
-            .spawn(move || writer(writer_store, rx, writer_stats))
+            .spawn(move || writer(writer_store, rx, writer_stats, &writer_failing))
             .expect("spawn audit writer")
             .thread()
             .clone();
@@ -149,6 +168,7 @@ impl Audit {
             writer,
             store,
             stats,
+            failing,
         }
     }
 
@@ -184,6 +204,30 @@ impl Audit {
     pub async fn record_durable(&self, mut r: AuditRecord) -> Result<(), AuditError> {
         r.at_ms = now_ms();
         tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
+        if !self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            // Group commit with whatever else is being stored right now.
+            let (done, answer) = tokio::sync::oneshot::channel();
+            match self.tx.try_send(Msg::Durable(Box::new(r), done)) {
+                Ok(()) => {
+                    self.writer.unpark();
+                    return match tokio::time::timeout(DURABLE_WAIT, answer).await {
+                        Ok(Ok(stored)) => Ok(stored?),
+                        Ok(Err(_)) => Err(AuditError(DbError::Unavailable(
+                            "the audit writer stopped".into(),
+                        ))),
+                        Err(_) => Err(AuditError(DbError::Unavailable(format!(
+                            "the audit writer did not store the record within {DURABLE_WAIT:?}"
+                        )))),
+                    };
+                }
+                Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => {
+                    let Msg::Durable(back, _) = m else {
+                        unreachable!("sent a durable record")
+                    };
+                    r = *back;
+                }
+            }
+        }
         let store = self.store.clone();
         Ok(store.run(move |c| insert(c, &r)).await?)
     }
@@ -242,34 +286,79 @@ fn query(c: &mut Conn, q: &AuditQuery) -> Result<Vec<AuditRecord>, DbError> {
         .collect()
 }
 
-fn writer(store: Arc<Store>, rx: Receiver<Msg>, stats: AuditStats) {
+fn writer(
+    store: Arc<Store>,
+    rx: Receiver<Msg>,
+    stats: AuditStats,
+    failing: &std::sync::atomic::AtomicBool,
+) {
     while let Ok(first) = rx.recv() {
         if matches!(first, Msg::Record(_)) {
             // Group commit: records sent meanwhile wait in the queue without
-            // waking this thread; a flush unparks it.
+            // waking this thread; a flush or a durable record unparks it.
             std::thread::park_timeout(LINGER);
         }
-        let (mut records, mut waiters) = (Vec::new(), Vec::new());
+        let (mut records, mut durable, mut waiters) = (Vec::new(), Vec::new(), Vec::new());
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(r) => records.push(*r),
+                Msg::Durable(r, done) => durable.push((*r, done)),
                 Msg::Flush(done) => waiters.push(done),
             }
-            if records.len() < BATCH {
+            if records.len() + durable.len() < BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        store_with_retry(&store, &records, &stats);
+        store_durable(&store, &mut records, durable);
+        store_with_retry(&store, &records, &stats, failing);
         for w in waiters {
             let _ = w.send(());
         }
     }
 }
 
+type Durable = (
+    AuditRecord,
+    tokio::sync::oneshot::Sender<Result<(), DbError>>,
+);
+
+/// Stores the durable records together with `records` in one transaction
+/// and answers their callers; `records` is then empty. If that transaction
+/// fails, each durable record is tried once alone and its caller gets that
+/// answer, and `records` are left for [`store_with_retry`].
+fn store_durable(store: &Store, records: &mut Vec<AuditRecord>, durable: Vec<Durable>) {
+    if durable.is_empty() {
+        return;
+    }
+    let together = store.with(|c| {
+        c.tx(|c| {
+            for r in records.iter().chain(durable.iter().map(|(r, _)| r)) {
+                insert(c, r)?;
+            }
+            Ok::<_, DbError>(())
+        })
+    });
+    if together.is_ok() {
+        records.clear();
+        for (_, done) in durable {
+            let _ = done.send(Ok(()));
+        }
+        return;
+    }
+    for (r, done) in durable {
+        let _ = done.send(store.with(|c| insert(c, &r)));
+    }
+}
+
 /// Stores `records` in one transaction, retrying with exponential backoff
 /// (jittered, at most 5 s apart) until the database takes them.
-fn store_with_retry(store: &Store, records: &[AuditRecord], stats: &AuditStats) {
+fn store_with_retry(
+    store: &Store,
+    records: &[AuditRecord],
+    stats: &AuditStats,
+    failing: &std::sync::atomic::AtomicBool,
+) {
     if records.is_empty() {
         return;
     }
@@ -288,7 +377,11 @@ fn store_with_retry(store: &Store, records: &[AuditRecord], stats: &AuditStats) 
                 Ok::<_, DbError>(())
             })
         });
-        let Err(e) = result else { return };
+        let Err(e) = result else {
+            failing.store(false, std::sync::atomic::Ordering::Relaxed);
+            return;
+        };
+        failing.store(true, std::sync::atomic::Ordering::Relaxed);
         stats.write_failures.inc();
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tracing::error!(
@@ -378,6 +471,39 @@ mod tests {
         let targets: Vec<_> = got.iter().map(|r| r.target.as_str()).collect();
         assert_eq!(targets, ["r2", "r1", "r0"], "{b:?}");
         assert_eq!(audit.stats().dropped.get(), 0, "{b:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_records_share_a_commit_and_a_refused_one_fails_without_hanging() {
+        for t in crate::store::testing::backends() {
+            let (store, b) = (t.store.clone(), t.store.backend());
+            let audit = Audit::start(store.clone());
+            let mut calls = tokio::task::JoinSet::new();
+            for i in 0..100 {
+                let audit = audit.clone();
+                calls.spawn(async move { audit.record_durable(rec(&format!("d{i}"))).await });
+            }
+            while let Some(done) = calls.join_next().await {
+                done.unwrap().expect("stored");
+            }
+            // Answered means stored: another connection sees all of them.
+            assert_eq!(count(&t.reopen()), 100, "{b:?}");
+
+            store
+                .with(|c| c.batch("ALTER TABLE audit RENAME TO audit_away"))
+                .unwrap();
+            let refused = audit.record_durable(rec("lost")).await;
+            let err = refused.expect_err("no audit table").to_string();
+            assert!(err.contains("audit"), "{b:?}: {err}");
+            store
+                .with(|c| c.batch("ALTER TABLE audit_away RENAME TO audit"))
+                .unwrap();
+            audit
+                .record_durable(rec("after"))
+                .await
+                .expect("stored again");
+            assert_eq!(count(&store), 101, "{b:?}");
+        }
     }
 
     #[tokio::test]
