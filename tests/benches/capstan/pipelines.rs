@@ -22,6 +22,9 @@ use super::Table;
 
 const CHAIN: &str = "name: chain5\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true}}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n  - {id: s4, plugin: step, needs: [s3], params: {quiet: true}}\n  - {id: s5, plugin: step, needs: [s4], params: {quiet: true}}\n";
 
+/// Requests starting runs in flight at once.
+const POSTING: usize = 32;
+
 /// Runs `runs` runs of the chain and answers the two tables.
 pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
     let runs = if quick { 50 } else { 1000 };
@@ -40,7 +43,7 @@ pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
     procs::step_and_pipeline(&server.url(), "chain5", CHAIN).await;
 
     let started = Instant::now();
-    let ids = post_runs(&server.url(), "chain5", runs, 16).await?;
+    let ids = post_runs(&server.url(), "chain5", runs, POSTING).await?;
     let posted = started.elapsed();
     wait_all_done(&server.url(), &ids, Duration::from_secs(600)).await?;
     let elapsed = started.elapsed();
@@ -96,7 +99,7 @@ async fn resume(runs: usize) -> anyhow::Result<Table> {
     let mut server = Capstan::start(None, &env);
     server.wait_ready().await;
     procs::step_and_pipeline(&server.url(), "parked", yaml).await;
-    let ids = post_runs(&server.url(), "parked", runs, 16).await?;
+    let ids = post_runs(&server.url(), "parked", runs, POSTING).await?;
     // Wait until every run is past s1 (parked in s2's wait).
     for id in &ids {
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -139,41 +142,37 @@ async fn resume(runs: usize) -> anyhow::Result<Table> {
     Ok(t)
 }
 
-/// Posts `n` runs over `conns` concurrent requests; their ids, in order.
+/// Posts `n` runs, `conns` requests in flight at a time (a new one as
+/// soon as one is answered); their ids, in order.
 async fn post_runs(
     base: &str,
     pipeline: &str,
     n: usize,
     conns: usize,
 ) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt as _;
     let client = capstan_tests::client();
     let url = format!("{base}/v1/pipelines/{pipeline}/runs");
-    let mut ids = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(conns) {
-        let mut posts = tokio::task::JoinSet::new();
-        for (i, _) in chunk.iter().enumerate() {
+    let answers: Vec<anyhow::Result<String>> = futures::stream::iter(0..n)
+        .map(|_| {
             let rb = client
                 .post(&url)
                 .bearer_auth(TOKEN)
                 .json(&json!({ "params": {} }));
-            posts.spawn(async move {
+            async move {
                 let r = rb.send().await?;
                 let status = r.status();
                 let body: Value = r.json().await?;
-                anyhow::Ok((i, status, body))
-            });
-        }
-        let mut answers = posts.join_all().await;
-        answers.sort_by_key(|a| a.as_ref().map_or(0, |(i, _, _)| *i));
-        for answer in answers {
-            let (_, status, body) = answer?;
-            if status != 201 {
-                bail!("starting a run: {status} {body}");
+                if status != 201 {
+                    bail!("starting a run: {status} {body}");
+                }
+                Ok(body["run"]["id"].as_str().context("run id")?.to_string())
             }
-            ids.push(body["run"]["id"].as_str().context("run id")?.to_string());
-        }
-    }
-    Ok(ids)
+        })
+        .buffered(conns)
+        .collect()
+        .await;
+    answers.into_iter().collect()
 }
 
 /// Waits until every run in `ids` succeeded (fails on any other ending).
