@@ -79,6 +79,40 @@ impl Capstan {
         get_json(&self.url(), path).await
     }
 
+    /// `method path` with the admin token and an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut rb = crate::client()
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        crate::status_json(rb.send().await.expect("request")).await
+    }
+
+    /// Uploads a plugin version (multipart: manifest + component).
+    pub async fn upload(&self, manifest: &str, component: &[u8]) -> (u16, serde_json::Value) {
+        let form = reqwest::multipart::Form::new()
+            .text("manifest", manifest.to_string())
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(component.to_vec()),
+            );
+        let r = crate::client()
+            .post(format!("{}/v1/plugins", self.url()))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        crate::status_json(r).await
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         self.dir

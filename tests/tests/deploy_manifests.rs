@@ -449,3 +449,29 @@ async fn the_manifests_agree_with_each_other_and_the_binary() {
         );
     }
 }
+
+/// `deploy/prometheus/capstan-rules.yaml` is valid for Prometheus's own
+/// checker, and its unit tests (`capstan-rules.test.yaml`: the drift alert
+/// fires after 15 min of drift, on one replica's gauge, labelled by the
+/// provisioned instance) pass under `promtool test rules`.
+#[test]
+fn the_prometheus_rules_check_and_pass_their_unit_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        ["check", "rules", "capstan-rules.yaml"],
+        ["test", "rules", "capstan-rules.test.yaml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus package; tests/run.sh installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use capstan::capabilities::kube::ClusterConfig;
 use capstan_tests::kube_env;
+use capstan_tests::procs::Capstan;
 use capstan_tests::{TestServer, guest, guests, manifest};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -134,7 +135,7 @@ verbs = ["get", "list", "apply", "delete"]
 cluster_scoped = ["Namespace"]
 "#;
 
-async fn server_in(dir: tempfile::TempDir, fault_before_prune: bool) -> TestServer {
+async fn server_in(dir: tempfile::TempDir) -> TestServer {
     let kubeconfig = kube_env::shared().kubeconfig.clone();
     TestServer::start_in(dir, move |c| {
         c.kube.clusters = ["test", "prod"]
@@ -148,7 +149,6 @@ async fn server_in(dir: tempfile::TempDir, fault_before_prune: bool) -> TestServ
         c.limits.default_deadline_ms = 10_000;
         c.provisioning.wait_timeout_secs = 4;
         c.provisioning.drift_interval_secs = 0;
-        c.provisioning.fault_before_prune = fault_before_prune;
     })
     .await
 }
@@ -156,7 +156,7 @@ async fn server_in(dir: tempfile::TempDir, fault_before_prune: bool) -> TestServ
 /// A server with the cluster `test` (and `prod`, which needs approvals) and
 /// the echo provisioner installed.
 async fn server() -> TestServer {
-    let s = server_in(tempfile::tempdir().expect("tempdir"), false).await;
+    let s = server_in(tempfile::tempdir().expect("tempdir")).await;
     s.install(
         &manifest("echo", "1.0.0", "provisioner", ECHO_GRANTS),
         &guest(guests::ECHO_PROVISIONER),
@@ -166,9 +166,14 @@ async fn server() -> TestServer {
 }
 
 /// Creates or updates an instance of the echo provisioner with `objects`.
+/// The request body of an echo-provisioner instance with `objects`.
+fn instance(name: &str, cluster: &str, objects: Vec<Value>) -> Value {
+    json!({ "name": name, "plugin": "echo", "cluster": cluster, "project": "default",
+        "spec": { "objects": objects, "labels": { "capstan.dev/instance": name } } })
+}
+
 async fn put(s: &TestServer, name: &str, cluster: &str, objects: Vec<Value>) -> Value {
-    let body = json!({ "name": name, "plugin": "echo", "cluster": cluster, "project": "default",
-        "spec": { "objects": objects, "labels": { "capstan.dev/instance": name } } });
+    let body = instance(name, cluster, objects);
     let (status, body) = s.send(Method::POST, "/v1/provisions", Some(body)).await;
     assert!(
         status == 200 || status == 201,
@@ -493,82 +498,154 @@ async fn a_recreated_object_is_not_deleted() {
     );
 }
 
+/// A real crash: the `capstan` process is killed with kill -9 after the
+/// plan's objects are applied and before its prune, then restarted on the
+/// same data. The restarted job resumes and prunes what the set dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_apply_and_prune_still_prunes() {
+    let pg = capstan_tests::on_postgres()
+        .then(capstan::store::testing::PgDatabase::create)
+        .flatten();
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = server_in(dir, true).await;
-    s.install(
-        &manifest("echo", "1.0.0", "provisioner", ECHO_GRANTS),
-        &guest(guests::ECHO_PROVISIONER),
+    let config = dir.path().join("capstan.toml");
+    let kubeconfig = kube_env::shared().kubeconfig.display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "[[kube.clusters]]\nname = \"test\"\nkubeconfig = \"{kubeconfig}\"\n\
+             [[kube.clusters]]\nname = \"prod\"\nkubeconfig = \"{kubeconfig}\"\n\
+             [provisioning]\nwait_timeout_secs = 120\ndrift_interval_secs = 0\n"
+        ),
     )
-    .await;
+    .expect("config");
+    let config = config.display().to_string();
+    let mut env = vec![("CAPSTAN_CONFIG", config.as_str())];
+    if let Some(db) = &pg {
+        env.push(("CAPSTAN_DATABASE", db.url.as_str()));
+    }
+    let mut p = Capstan::start(Some(dir), &env);
+    p.wait_ready().await;
+    let (status, body) = p
+        .upload(
+            &manifest("echo", "1.0.0", "provisioner", ECHO_GRANTS),
+            &guest(guests::ECHO_PROVISIONER),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
     let ns = "prov-crash";
-    put(
-        &s,
-        "crash",
-        "test",
-        vec![
-            namespace(ns),
-            configmap(ns, "a", json!({})),
-            configmap(ns, "b", json!({})),
-        ],
+    let v1 = vec![
+        namespace(ns),
+        configmap(ns, "a", json!({})),
+        configmap(ns, "b", json!({})),
+    ];
+    p.call(
+        Method::POST,
+        "/v1/provisions",
+        Some(instance("crash", "test", v1)),
     )
     .await;
-    apply_ok(&s, "crash", &plan(&s, "crash").await).await;
-    put(
-        &s,
-        "crash",
-        "test",
-        vec![namespace(ns), configmap(ns, "a", json!({ "v": "2" }))],
-    )
-    .await;
-    let p = plan(&s, "crash").await;
-    assert_eq!(verdict_of(&p, "ConfigMap", "b"), "prune");
-    let (status, job) = apply(&s, "crash", &p, json!({ "wait_ms": 15000 })).await;
-    // The replica "dies" after applying and before pruning: the job stays running.
+    let (_, plan1) = p
+        .call(Method::POST, "/v1/provisions/crash/plans", None)
+        .await;
+    let apply = |id: &str| format!("/v1/provisions/crash/plans/{id}/apply");
+    let (status, job) = p
+        .call(
+            Method::POST,
+            &apply(plan1["id"].as_str().unwrap()),
+            Some(json!({ "wait_ms": 30000 })),
+        )
+        .await;
     assert_eq!(
         (status, job["state"].as_str()),
-        (202, Some("running")),
+        (200, Some("done")),
         "{job:#}"
     );
-    assert!(
-        job["progress"]
+
+    // The set drops `b` and gains a quota in wave 2, which no quota
+    // controller makes ready: the job waits there, applied but not pruned.
+    let quota = json!({ "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": { "name": "q", "namespace": ns }, "spec": { "hard": { "pods": "10" } } });
+    let v2 = vec![
+        namespace(ns),
+        configmap(ns, "a", json!({ "v": "2" })),
+        json!({ "wave": 2, "manifest": quota }),
+    ];
+    p.call(
+        Method::POST,
+        "/v1/provisions",
+        Some(instance("crash", "test", v2)),
+    )
+    .await;
+    let (_, plan2) = p
+        .call(Method::POST, "/v1/provisions/crash/plans", None)
+        .await;
+    assert_eq!(verdict_of(&plan2, "ConfigMap", "b"), "prune", "{plan2:#}");
+    let id = plan2["id"].as_str().unwrap().to_string();
+    let (status, _) = p
+        .call(Method::POST, &apply(&id), Some(json!({ "wait_ms": 0 })))
+        .await;
+    assert_eq!(status, 202);
+    let view_path = format!("/v1/provisions/crash/plans/{id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, view) = p.call(Method::GET, &view_path, None).await;
+        let lines = view["job"]["progress"]
             .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["message"].as_str().unwrap().contains("fault injection")),
-        "{job:#}"
-    );
+            .cloned()
+            .unwrap_or_default();
+        if lines.iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("wave 2 (quotas): applied"))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quota was never applied: {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = p.kill_9();
     assert_eq!(
         admin("GET", &configmap_path(ns, "a"), None).1["data"]["v"],
         "2"
     );
-    assert_eq!(admin("GET", &configmap_path(ns, "b"), None).0, 200);
-    // The parent already records every kind of the old and new set.
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "b"), None).0,
+        200,
+        "pruned before the crash"
+    );
+    // The parent recorded every kind of the old and new set before any prune.
     let (_, parent) = admin("GET", &configmap_path(ns, "capstan-applyset-crash"), None);
     assert_eq!(
         parent["metadata"]["annotations"]["applyset.kubernetes.io/contains-group-kinds"],
-        "ConfigMap,Namespace"
+        "ConfigMap,Namespace,ResourceQuota"
     );
 
-    let dir = s.stop().await;
-    let s = server_in(dir, false).await;
-    let path = format!("/v1/provisions/crash/plans/{}", p["id"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let quotas = quota_controller(vec![ns.to_string()]);
+    let p = Capstan::start(Some(dir), &env);
+    p.wait_ready().await;
+    // The same data directory is the same replica (`replica-id`): it takes
+    // its own job lease back at once and resumes after the last journaled step.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let view = loop {
-        let (_, view) = s.get(&path).await;
+        let (_, view) = p.call(Method::GET, &view_path, None).await;
         if view["job"]["state"] == "done" || Instant::now() > deadline {
             break view;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(view["job"]["state"], "done", "{view:#}");
+    quotas.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(view["job"]["state"], "done", "{view:#}\n{}", p.log());
     assert!(
         view["job"]["done"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d == "prune")
+            .any(|d| d == "prune"),
+        "{view:#}"
     );
     assert_eq!(
         admin("GET", &configmap_path(ns, "b"), None).0,
@@ -853,7 +930,7 @@ async fn objects_outside_the_grant_are_refused_before_anything_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prod_plans_wait_for_an_approval() {
+async fn prod_applies_and_destroys_wait_for_an_approval() {
     let mut s = server().await;
     let ns = "prov-approval";
     put(&s, "approval", "prod", vec![namespace(ns)]).await;
@@ -884,17 +961,8 @@ async fn prod_plans_wait_for_an_approval() {
         )
         .await;
     assert_eq!(status, 403);
-    let (status, token) = s
-        .send(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({ "name": "approver", "role": "admin" })),
-        )
-        .await;
-    assert!(status == 201 || status == 200, "{token}");
-    let admin_token = s
-        .token
-        .replace(token["token"].as_str().expect("token").to_string());
+    let approver = approver_token(&s).await;
+    let admin_token = s.token.replace(approver.clone());
     let (status, body) = s
         .send(
             Method::POST,
@@ -920,6 +988,61 @@ async fn prod_plans_wait_for_an_approval() {
         admin("GET", &format!("/api/v1/namespaces/{ns}"), None).0,
         200
     );
+
+    // Destroying it waits for an approval too; nothing is deleted before.
+    let (status, job) = s
+        .send(
+            Method::POST,
+            "/v1/provisions/approval/destroy",
+            Some(json!({ "wait_ms": 2000 })),
+        )
+        .await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (202, Some("awaiting-approval")),
+        "{job:#}"
+    );
+    let (_, live) = admin("GET", &format!("/api/v1/namespaces/{ns}"), None);
+    assert!(live["metadata"]["deletionTimestamp"].is_null(), "{live:#}");
+    let approval = job["result"]["approval"].as_str().expect("approval id");
+    let (_, pending) = s.get(&format!("/v1/approvals/{approval}")).await;
+    assert_eq!(pending["kind"], "provision-destroy", "{pending:#}");
+    let requester = s.token.replace(approver);
+    let (status, body) = s
+        .send(
+            Method::POST,
+            &format!("/v1/approvals/{approval}/approve"),
+            Some(json!({ "comment": "decommissioned" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.token = requester;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let (_, live) = admin("GET", &format!("/api/v1/namespaces/{ns}"), None);
+        if !live["metadata"]["deletionTimestamp"].is_null() || Instant::now() > deadline {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Terminating: no namespace controller runs here to finish it.
+    assert!(
+        !live["metadata"]["deletionTimestamp"].is_null(),
+        "approved destroy did not delete: {live:#}"
+    );
+}
+
+/// A new admin token: another actor than the requester.
+async fn approver_token(s: &TestServer) -> String {
+    let (status, token) = s
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({ "name": "approver", "role": "admin" })),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{token}");
+    token["token"].as_str().expect("token").to_string()
 }
 
 /// The bundled provisioner's grants, as its `capstan.toml` documents them.
@@ -1043,7 +1166,7 @@ async fn the_bundled_project_applies_with_a_pvc_on_a_wffc_class() {
         metrics
             .as_str()
             .unwrap_or("")
-            .contains("capstan_provision_drifted{instance=\"shop1\"} 1"),
+            .contains("capstan_provision_drifted{provision=\"shop1\"} 1"),
         "{metrics}"
     );
 }
@@ -1228,4 +1351,120 @@ async fn a_field_manager_conflict_is_reported_not_forced() {
         admin("GET", &configmap_path(ns, "a"), None).1["data"]["k"],
         "theirs"
     );
+}
+
+/// Runs the `capstan` CLI against `s` with its token; (exit ok, stdout+stderr).
+async fn capstan_cli(s: &TestServer, args: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(capstan_tests::procs::capstan_bin());
+    cmd.args(args)
+        .env("CAPSTAN_URL", &s.url)
+        .env("CAPSTAN_TOKEN", s.token.as_deref().unwrap_or_default());
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("capstan runs"))
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `capstan provision plan|apply|status|destroy` as a user runs them: the
+/// plan as `kubectl diff` shows it, apply's progress per wave, the status,
+/// a clear error for a used plan, and destroy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_plans_applies_shows_and_destroys() {
+    let s = server().await;
+    let ns = "prov-cli";
+    let (status, _) = admin(
+        "POST",
+        "/api/v1/namespaces",
+        Some(&namespace(ns)["manifest"]),
+    );
+    assert!(status == 201 || status == 409, "namespace: {status}");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    let objects = [
+        configmap(ns, "a", json!({ "k": "v" })),
+        configmap(ns, "b", json!({})),
+    ];
+    std::fs::write(&spec, json!({ "objects": objects }).to_string()).unwrap();
+    let spec = spec.display().to_string();
+
+    let plan_args = [
+        "provision",
+        "plan",
+        "cli",
+        "--plugin",
+        "echo",
+        "--cluster",
+        "test",
+    ];
+    let (ok, out) = capstan_cli(
+        &s,
+        &[&plan_args[..], &["--spec", &spec, "--project", "default"]].concat(),
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("# v1/ConfigMap {ns}/a: create")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "diff -u -N live/v1/ConfigMap {ns}/a merged/v1/ConfigMap {ns}/a"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with('+') && l.contains("k: v")),
+        "{out}"
+    );
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains(": 2 create"), "{out}");
+    let plan_id = last
+        .strip_prefix("plan ")
+        .and_then(|l| l.split(':').next())
+        .expect("plan id")
+        .to_string();
+
+    let (ok, out) = capstan_cli(&s, &["provision", "apply", "cli", &plan_id]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("wave 1 (the rest): applied 2 object(s)"),
+        "{out}"
+    );
+    assert!(out.contains("wave 1 (the rest): ready"), "{out}");
+    assert_eq!(
+        admin("GET", &configmap_path(ns, "a"), None).1["data"]["k"],
+        "v"
+    );
+
+    // A plan is applied once; the error says what to do.
+    let (ok, out) = capstan_cli(&s, &["provision", "apply", "cli", &plan_id]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("server answered 409") && out.contains("make a new plan"),
+        "{out}"
+    );
+
+    let (ok, out) = capstan_cli(&s, &["provision", "status", "cli"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("cli: applied on test (plugin echo, project default"),
+        "{out}"
+    );
+    assert!(out.contains("last apply (done):"), "{out}");
+
+    let (ok, out) = capstan_cli(&s, &["provision", "destroy", "cli"]).await;
+    assert!(ok, "{out}");
+    for name in ["a", "b", "capstan-applyset-cli"] {
+        assert_eq!(
+            admin("GET", &configmap_path(ns, name), None).0,
+            404,
+            "{name}: {out}"
+        );
+    }
 }

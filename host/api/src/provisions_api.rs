@@ -1,7 +1,7 @@
 //! `/v1/provisions`: instances of provisioner plugins, their plans (verdict
 //! and diff per object), applies of a reviewed plan, destroy and drift.
-//! Approvals of plans on clusters that need them are decided through
-//! `/v1/approvals` (kind `provision-plan`).
+//! Approvals of plans and destroys on clusters that need them are decided
+//! through `/v1/approvals` (kinds `provision-plan`, `provision-destroy`).
 
 use std::time::Duration;
 
@@ -241,7 +241,9 @@ pub async fn apply(
 }
 
 /// Destroys the instance's objects in reverse wave order; 202 while
-/// objects (a Namespace) are still terminating, with what they wait on.
+/// objects (a Namespace) are still terminating, with what they wait on, or
+/// while the destroy awaits an approval (clusters that need one; the
+/// approval's id in `result.approval`).
 #[utoipa::path(post, path = "/v1/provisions/{name}/destroy", tag = "provisioning",
     params(("name" = String, Path)), request_body = DestroyRequest,
     responses((status = 200, body = Job), (status = 202, body = Job), (status = 400, body = ErrorBody),

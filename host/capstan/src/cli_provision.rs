@@ -307,6 +307,13 @@ pub(super) async fn provision(cmd: ProvisionCommand) -> anyhow::Result<()> {
             if !(200..300).contains(&status) {
                 return Err(fail(status, &job));
             }
+            if job["state"] == "awaiting-approval" {
+                println!(
+                    "destroy of {name} awaits approval {}: see `capstan approvals` (kind provision-destroy)",
+                    job["result"]["approval"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
             let done = follow(&remote, job, |_| format!("/v1/provisions/{name}")).await?;
             match done["state"].as_str() {
                 Some("done") => Ok(()),

@@ -216,9 +216,6 @@ pub struct ProvisioningConfig {
     pub wait_timeout_secs: u64,
     /// How often applied instances are re-planned for drift, seconds (0: never).
     pub drift_interval_secs: u64,
-    /// Fault injection for tests: applies stop before their prune step.
-    #[serde(skip)]
-    pub fault_before_prune: bool,
 }
 
 impl Default for ProvisioningConfig {
@@ -228,7 +225,6 @@ impl Default for ProvisioningConfig {
             approvals_required: 1,
             wait_timeout_secs: 60,
             drift_interval_secs: 300,
-            fault_before_prune: false,
         }
     }
 }

@@ -140,7 +140,6 @@ impl Server {
                 approvals_required: p.approvals_required,
                 wait_timeout: std::time::Duration::from_secs(p.wait_timeout_secs),
                 drift_interval: std::time::Duration::from_secs(p.drift_interval_secs),
-                fault_before_prune: p.fault_before_prune,
                 ..Default::default()
             },
             provision_metrics,

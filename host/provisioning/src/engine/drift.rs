@@ -1,8 +1,10 @@
 //! Drift: applied instances re-planned periodically by one replica at a
 //! time (lease `provision-drift`). An instance whose plan would create,
 //! update or prune anything is `drifted`; one whose plan fails is `failed`;
-//! otherwise `in-sync`. Exposed as `capstan_provision_drifted{instance}`
-//! (1 drifted, 0 not), which an alert rule can watch.
+//! otherwise `in-sync`. Exposed as `capstan_provision_drifted{provision}`
+//! (1 drifted, 0 not), which an alert rule can watch (see
+//! `deploy/prometheus/capstan-rules.yaml`). The label is not `instance`:
+//! Prometheus gives that one to every scraped target.
 
 use std::sync::Weak;
 
@@ -16,7 +18,7 @@ use crate::model::Verdict;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
-    instance: String,
+    provision: String,
 }
 
 /// Handles on the engine's metrics (cheap to clone).
@@ -30,7 +32,7 @@ impl ProvisionMetrics {
     pub fn register(&self, metrics: &mut capstan_registry::metrics::Metrics) {
         metrics.register(
             "provision_drifted",
-            "Whether a provisioned instance has drifted from its spec (1) or not (0), by instance",
+            "Whether a provisioned instance has drifted from its spec (1) or not (0), by provisioned instance",
             self.drifted.clone(),
         );
     }
@@ -38,7 +40,7 @@ impl ProvisionMetrics {
     pub(super) fn drifted(&self, instance: &str, drifted: bool) {
         self.drifted
             .get_or_create(&InstanceLabels {
-                instance: instance.into(),
+                provision: instance.into(),
             })
             .set(i64::from(drifted));
     }

@@ -29,8 +29,6 @@ use crate::store::{Job, Member};
 pub(super) enum Stop {
     /// It failed; recorded as the job's result.
     Failed(ProvisionError),
-    /// Fault injection or a lost lease: left `running` for the next holder.
-    Abandoned,
 }
 
 impl From<ProvisionError> for Stop {
@@ -142,10 +140,6 @@ impl Engine {
                     "failed"
                 };
                 let _ = self.db.set_state(&job.name, state, &e.to_string());
-            }
-            Err(Stop::Abandoned) => {
-                // As if the replica died: the lease runs out, the job stays `running`.
-                return;
             }
         }
         let _ = self.db_store().release_lease(&lease);
@@ -282,15 +276,6 @@ impl Engine {
             self.mark(job, &key)?;
         }
         self.ensure_parent(&g, &plan, job, false).await?;
-        let prunes = plan.objects.iter().any(|o| o.verdict == Verdict::Prune);
-        if self.config.fault_before_prune && prunes && !job.done.iter().any(|d| d == "prune") {
-            self.progress(
-                job,
-                "prune",
-                "fault injection: stopping before prune".into(),
-            );
-            return Err(Stop::Abandoned);
-        }
         if !job.done.iter().any(|d| d == "prune") {
             let mut pruned = 0;
             for o in plan.objects.iter().filter(|o| o.verdict == Verdict::Prune) {

@@ -30,6 +30,8 @@ use crate::store::{ApplyOptions, Job, ProvisionStore};
 
 /// The approval kind of plans in the shared gate; the subject is the plan id.
 pub const APPROVAL_KIND: &str = "provision-plan";
+/// The approval kind of destroys in the shared gate; the subject is the job id.
+pub const DESTROY_APPROVAL_KIND: &str = "provision-destroy";
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -49,9 +51,6 @@ pub struct EngineConfig {
     pub approvals_required: u32,
     /// How often applied instances are re-planned for drift (zero: never).
     pub drift_interval: Duration,
-    /// Fault injection for tests: an apply stops (as if the replica died)
-    /// after its waves and before it prunes.
-    pub fault_before_prune: bool,
 }
 
 impl Default for EngineConfig {
@@ -64,7 +63,6 @@ impl Default for EngineConfig {
             approval_clusters: vec!["prod".into()],
             approvals_required: 1,
             drift_interval: Duration::from_secs(300),
-            fault_before_prune: false,
         }
     }
 }
@@ -164,7 +162,7 @@ pub struct Engine {
     config: EngineConfig,
     kinds: KindCache,
     wake: tokio::sync::Notify,
-    /// Jobs this replica runs (or abandoned through fault injection).
+    /// Jobs this replica runs.
     local: Mutex<HashSet<String>>,
     metrics: ProvisionMetrics,
 }
@@ -401,7 +399,7 @@ impl Engine {
     ) -> Result<Job, ProvisionError> {
         let (instance, _) = self.get_instance(name)?;
         require(who, &instance.project, Role::Admin, "destroy provisions")?;
-        let job = Job {
+        let mut job = Job {
             id: ids::new_id(),
             name: name.into(),
             kind: "destroy".into(),
@@ -414,6 +412,29 @@ impl Engine {
             created_ms: unix_millis(),
             updated_ms: unix_millis(),
         };
+        if self.config.approval_clusters.contains(&instance.cluster) {
+            let approval = self
+                .registry
+                .gate()
+                .approvals()
+                .request(NewApproval {
+                    kind: DESTROY_APPROVAL_KIND.into(),
+                    subject: job.id.clone(),
+                    project: instance.project.clone(),
+                    requested_by: who.actor.clone(),
+                    approver_role: Role::Admin,
+                    approver_scope: ApproverScope::Project,
+                    required: self.config.approvals_required,
+                    reasons: vec![format!(
+                        "cluster `{}` requires an approval to destroy an instance",
+                        instance.cluster
+                    )],
+                    detail: json!({ "instance": name, "job": job.id }),
+                })
+                .map_err(|e| ProvisionError::Failed(e.to_string()))?;
+            job.state = "awaiting-approval".into();
+            job.result = json!({ "approval": approval.id });
+        }
         self.db.create_job(&job)?;
         self.registry
             .audit_change(
@@ -511,20 +532,30 @@ struct Gatekeeper(Weak<Engine>);
 
 impl ApprovalListener for Gatekeeper {
     fn decided(&self, approval: &Approval, _who: &Authority, _approve: bool, _comment: &str) {
-        if approval.kind != APPROVAL_KIND || approval.state == ApprovalState::Pending {
+        let destroy = approval.kind == DESTROY_APPROVAL_KIND;
+        if !(destroy || approval.kind == APPROVAL_KIND) || approval.state == ApprovalState::Pending
+        {
             return;
         }
         let Some(engine) = self.0.upgrade() else {
             return;
         };
         let result = (|| -> Result<(), ProvisionError> {
-            let Some(mut job) = engine.db.job_of_plan(&approval.subject)? else {
+            let job = if destroy {
+                engine.db.job(&approval.subject)?
+            } else {
+                engine.db.job_of_plan(&approval.subject)?
+            };
+            let Some(mut job) = job else {
                 return Ok(());
             };
             if job.state != "awaiting-approval" {
                 return Ok(());
             }
-            let mut plan = engine.db.plan(&approval.subject)?;
+            let mut plan = match destroy {
+                true => None,
+                false => engine.db.plan(&approval.subject)?,
+            };
             if approval.state == ApprovalState::Approved {
                 job.state = "queued".into();
                 if let Some(p) = plan.as_mut() {
