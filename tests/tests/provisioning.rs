@@ -1468,3 +1468,80 @@ async fn the_cli_plans_applies_shows_and_destroys() {
         );
     }
 }
+
+/// A CustomResourceDefinition and a resource of its kind in one plan: the
+/// resource cannot be validated before the CRD exists, so the plan says so,
+/// and the apply creates the CRD, waits for it to be established, then
+/// creates the resource (the discovery cache does not keep the kind unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_and_its_resource_in_one_plan() {
+    let s = server().await;
+    let grants = r#"
+[limits]
+deadline_ms = 10000
+[[grants.kube]]
+cluster = "test"
+namespaces = ["*"]
+resources = ["*"]
+verbs = ["get", "list", "apply", "delete"]
+cluster_scoped = ["Namespace", "apiextensions.k8s.io/CustomResourceDefinition"]
+"#;
+    s.install(
+        &manifest("echo-crd", "1.0.0", "provisioner", grants),
+        &guest(guests::ECHO_PROVISIONER),
+    )
+    .await;
+    let ns = "prov-crd";
+    let crd = json!({ "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": { "name": "widgets.crdtest.capstan.dev" },
+        "spec": { "group": "crdtest.capstan.dev", "scope": "Namespaced",
+            "names": { "plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList" },
+            "versions": [{ "name": "v1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object",
+                    "properties": { "spec": { "type": "object",
+                        "properties": { "size": { "type": "integer" } } } } } } }] } });
+    let widget = json!({ "apiVersion": "crdtest.capstan.dev/v1", "kind": "Widget",
+        "metadata": { "name": "w1", "namespace": ns }, "spec": { "size": 3 } });
+    let mut body = instance(
+        "crd",
+        "test",
+        vec![
+            namespace(ns),
+            json!({ "wave": 0, "manifest": crd }),
+            json!({ "wave": 1, "manifest": widget }),
+        ],
+    );
+    body["plugin"] = json!("echo-crd");
+    let (status, body) = s.send(Method::POST, "/v1/provisions", Some(body)).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let p = plan(&s, "crd").await;
+    assert_eq!(
+        verdict_of(
+            &p,
+            "CustomResourceDefinition",
+            "widgets.crdtest.capstan.dev"
+        ),
+        "create",
+        "{p:#}"
+    );
+    assert_eq!(
+        verdict_of(&p, "Widget", "w1"),
+        "cannot-validate-yet",
+        "{p:#}"
+    );
+    let job = apply_ok(&s, "crd", &p).await;
+    assert_eq!(job["state"], "done", "{job:#}");
+    let (status, live) = admin(
+        "GET",
+        &format!("/apis/crdtest.capstan.dev/v1/namespaces/{ns}/widgets/w1"),
+        None,
+    );
+    assert_eq!(
+        (status, &live["spec"]["size"]),
+        (200, &json!(3)),
+        "{live:#}"
+    );
+    // Planned again, everything is known and unchanged.
+    let p = plan(&s, "crd").await;
+    assert_eq!(verdict_of(&p, "Widget", "w1"), "unchanged", "{p:#}");
+}

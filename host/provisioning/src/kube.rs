@@ -342,6 +342,9 @@ fn error_of(e: kube::Error) -> KubeError {
                 _ => KubeError::Failed(msg),
             }
         }
+        // Discovery answered, without the group or kind (e.g. a CRD not
+        // yet created or not yet established).
+        kube::Error::Discovery(d) => KubeError::NotFound(format!("not served: {d}")),
         other => KubeError::Failed(format!("Kubernetes API unreachable: {other}")),
     }
 }

@@ -10,7 +10,7 @@ use capstan_runtime::capabilities::kube::Verb;
 use serde_json::{Value, json};
 
 use super::{Engine, ProvisionError};
-use crate::kube::Granted;
+use crate::kube::{Granted, KubeError};
 use crate::model::{Instance, ObjectRef, Plan, Verdict};
 use crate::store::ApplyOptions;
 
@@ -135,7 +135,12 @@ impl Engine {
 pub(super) async fn stale_objects(g: &Granted, plan: &Plan) -> Result<Vec<Value>, ProvisionError> {
     let mut stale = Vec::new();
     for o in &plan.objects {
-        let live = g.get(&o.object).await?;
+        let live = match g.get(&o.object).await {
+            Ok(live) => live,
+            // A kind whose CRD this plan creates: none can exist yet.
+            Err(KubeError::NotFound(_)) if o.verdict == Verdict::CannotValidateYet => None,
+            Err(e) => return Err(e.into()),
+        };
         let rv = live
             .as_ref()
             .and_then(|l| l.pointer("/metadata/resourceVersion"))
