@@ -6,12 +6,14 @@
 //! and new group-kinds and namespaces before members are applied (after the
 //! step that creates its namespace), then each step is applied and waited
 //! on, then the prune, then the parent is rewritten with the new set only.
+//! The lease is kept by the shared [`LeaseKeeper`]; a job whose lease is
+//! lost (another replica took it) stops at once, journal intact.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use capstan_store::leases::Lease;
+use capstan_store::leases::LeaseKeeper;
 use capstan_store::unix_millis;
 use serde_json::{Value, json};
 
@@ -56,7 +58,7 @@ pub(super) async fn worker(engine: Weak<Engine>) {
         let poll = e.config.poll;
         // Jobs call the provisioner again: not before the stored plugins are loaded.
         if e.registry.is_ready()
-            && let Err(err) = e.claim_jobs()
+            && let Err(err) = e.claim_jobs().await
         {
             tracing::warn!("provisioning jobs: {err}");
         }
@@ -66,7 +68,7 @@ pub(super) async fn worker(engine: Weak<Engine>) {
 }
 
 impl Engine {
-    fn claim_jobs(self: &Arc<Self>) -> Result<(), ProvisionError> {
+    async fn claim_jobs(self: &Arc<Self>) -> Result<(), ProvisionError> {
         for job in self.db.runnable()? {
             if self
                 .local
@@ -77,11 +79,13 @@ impl Engine {
                 continue;
             }
             let lease_name = format!("provision/{}", job.name);
-            let Some(lease) = self.db_store().acquire_lease(
+            let Some(keeper) = LeaseKeeper::acquire(
+                self.db_store().clone(),
                 &lease_name,
                 &self.config.replica,
                 self.config.lease_ttl,
-            )?
+            )
+            .await?
             else {
                 continue;
             };
@@ -90,7 +94,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(job.id.clone());
             let engine = self.clone();
-            tokio::spawn(async move { engine.run_job(job, lease).await });
+            tokio::spawn(async move { engine.run_job(job, keeper).await });
         }
         Ok(())
     }
@@ -99,28 +103,27 @@ impl Engine {
         self.registry.store()
     }
 
-    async fn run_job(self: Arc<Self>, mut job: Job, lease: Lease) {
-        let keeper = self.clone();
-        let renew_lease = lease.clone();
-        let ttl = self.config.lease_ttl;
-        let renew = tokio::spawn(async move {
-            let mut held = renew_lease;
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                match keeper.db_store().renew_lease(&held, ttl) {
-                    Ok(Some(l)) => held = l,
-                    _ => return,
-                }
-            }
-        });
+    async fn run_job(self: Arc<Self>, mut job: Job, mut keeper: LeaseKeeper) {
         job.state = "running".into();
         let _ = self.db.save_job(&job);
-        let outcome = if job.kind == "destroy" {
-            self.run_destroy(&mut job).await
-        } else {
-            self.run_apply(&mut job).await
+        let id = job.id.clone();
+        let work = async {
+            if job.kind == "destroy" {
+                self.run_destroy(&mut job).await
+            } else {
+                self.run_apply(&mut job).await
+            }
         };
-        renew.abort();
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = keeper.lost() => {
+                // Another replica may hold it now: stop here and leave the
+                // job `running` for whoever holds the lease next.
+                tracing::warn!(job = %id, "provisioning job stopped: its lease was lost");
+                self.local.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                return;
+            }
+        };
         match outcome {
             Ok(()) => {
                 job.state = "done".into();
@@ -142,7 +145,9 @@ impl Engine {
                 let _ = self.db.set_state(&job.name, state, &e.to_string());
             }
         }
-        let _ = self.db_store().release_lease(&lease);
+        if let Err(e) = keeper.release().await {
+            tracing::warn!(job = %job.id, "releasing the job's lease: {e}");
+        }
         self.local
             .lock()
             .unwrap_or_else(|e| e.into_inner())
