@@ -34,7 +34,19 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// For an https response: the earliest expiry (`notAfter`, Unix
+    /// seconds) among the certificates the server presented. The host
+    /// reads them during its TLS handshake and says so in the
+    /// [`TLS_EXPIRY_HEADER`] header (a server cannot set it).
+    pub fn tls_earliest_cert_expiry(&self) -> Option<u64> {
+        self.header(TLS_EXPIRY_HEADER)?.parse().ok()
+    }
 }
+
+/// The response header in which the host gives the earliest certificate
+/// expiry of an https server (see [`Response::tls_earliest_cert_expiry`]).
+pub const TLS_EXPIRY_HEADER: &str = "capstan-tls-earliest-cert-expiry";
 
 /// `GET url`, following redirects.
 pub fn get(url: &str) -> Result<Response, Error> {

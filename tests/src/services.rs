@@ -1,6 +1,6 @@
 //! Real Redis and MariaDB servers (Debian packages `redis-server`,
-//! `mariadb-server`) started on loopback ports with temporary directories,
-//! no systemd, and killed on drop.
+//! `mariadb-server`) and an `openssl s_server`, started on loopback ports
+//! with temporary directories, no systemd, and killed on drop.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -134,4 +134,77 @@ pub async fn mariadb() -> Result<Service> {
         .await
         .with_context(|| format!("mariadbd: {}", s.log()))?;
     Ok(s)
+}
+
+/// An `openssl s_server -www` on 127.0.0.1 with a self-signed certificate
+/// for `localhost` (valid 2 days); killed on drop.
+pub struct TlsServer {
+    child: Child,
+    /// Its loopback port.
+    pub port: u16,
+    /// The certificate it presents (PEM), e.g. to trust it.
+    pub cert: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsServer {
+    /// The certificate's `notAfter` as Unix seconds (read by `openssl x509`).
+    pub fn not_after(&self) -> u64 {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+            .arg(&self.cert)
+            .output()
+            .expect("openssl x509");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let date = text.trim().trim_start_matches("notAfter=");
+        let out = Command::new("date")
+            .args(["-u", "-d", date, "+%s"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("notAfter `{date}` did not parse"))
+    }
+}
+
+/// Starts an `openssl s_server` (see [`TlsServer`]).
+pub async fn tls_server() -> TlsServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::self_signed_cert(dir.path());
+    let port = crate::procs::free_port();
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server starts");
+    let server = TlsServer {
+        child,
+        port,
+        cert,
+        _dir: dir,
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("openssl s_server did not start on port {port}");
 }

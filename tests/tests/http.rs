@@ -483,59 +483,9 @@ async fn invalid_http_grants_are_refused_at_upload() {
     }
 }
 
-/// An `openssl s_server` on 127.0.0.1 with a self-signed certificate for
-/// `localhost`; killed on drop.
-struct TlsServer {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn tls_server() -> TlsServer {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = capstan_tests::self_signed_cert(dir.path());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = std::process::Command::new("openssl")
-        .args(["s_server", "-quiet", "-www", "-accept"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl s_server starts");
-    let server = TlsServer {
-        child,
-        port,
-        _dir: dir,
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("openssl s_server did not start on port {port}");
-}
-
 #[tokio::test]
 async fn https_verifies_the_certificate_of_the_host_name() {
-    let tls = tls_server().await;
+    let tls = capstan_tests::services::tls_server().await;
     let server = TestServer::start().await;
     install_probe(
         &server,

@@ -191,6 +191,46 @@ async fn http_probe_reports_status_body_match_and_a_server_going_down() {
     .await;
 }
 
+/// An https target: untrusted, the probe fails and reports no expiry; with
+/// its CA trusted (`[http] ca_file`), it succeeds and reports the expiry of
+/// the certificate the server presented, as `openssl x509` reads it.
+#[tokio::test]
+async fn http_probe_reports_the_tls_certificate_expiry() {
+    let tls = services::tls_server().await;
+    let target = format!("https://localhost:{}/", tls.port);
+    let extra = format!(
+        "[settings]\ntargets = \"{target}\"\n\n[metrics]\ninterval_ms = 300\n\n\
+         [grants.http]\nallow = [\"https://localhost:{}\"]\n",
+        tls.port
+    );
+    let (m, wasm) = bundled_with("http-probe", &extra);
+    let line = |family: &str, v: &str| {
+        format!("capstan_plugin_http__probe_{family}{{target=\"{target}\"}} {v}\n")
+    };
+
+    let untrusted = TestServer::start().await;
+    untrusted.install(&m, &wasm).await;
+    let text = wait_for(&untrusted, &[line("probe_success", "0")], None).await;
+    assert!(!text.contains("probe_ssl_earliest_cert_expiry{"), "{text}");
+
+    let cert = tls.cert.clone();
+    let trusted = TestServer::start_with(move |c| c.http.ca_file = Some(cert)).await;
+    trusted.install(&m, &wasm).await;
+    wait_for(
+        &trusted,
+        &[
+            line("probe_success", "1"),
+            line("probe_http_ssl", "1"),
+            line(
+                "probe_ssl_earliest_cert_expiry",
+                &tls.not_after().to_string(),
+            ),
+        ],
+        None,
+    )
+    .await;
+}
+
 /// A metrics-emit source named `name` reporting `value`, sleeping `sleep_ms`
 /// first, on its own schedule (or at scrape).
 fn emitter(name: &str, value: &str, sleep_ms: u64, schedule: &str) -> String {

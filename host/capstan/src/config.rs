@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Kubernetes clusters plugins may be granted (`[[kube.clusters]]`).
     pub kube: KubeSection,
+    /// Plugins' outbound HTTP (`[http]`).
+    pub http: HttpSection,
     /// The provisioning engine (`[provisioning]`).
     pub provisioning: ProvisioningConfig,
     /// Limits applied to plugins.
@@ -203,6 +205,15 @@ pub struct KubeSection {
     pub clusters: Vec<crate::capabilities::kube::ClusterConfig>,
 }
 
+/// The `[http]` section: what plugins' https requests trust.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// A PEM file of CA certificates trusted besides the public roots (a
+    /// private CA of internal services). Read at startup.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// The `[provisioning]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -301,6 +312,7 @@ impl Default for ServerConfig {
             secrets_key_file: None,
             admin_token: None,
             kube: KubeSection::default(),
+            http: HttpSection::default(),
             provisioning: ProvisioningConfig::default(),
             limits: LimitsConfig::default(),
             api: ApiConfig::default(),

@@ -65,6 +65,11 @@ impl Server {
             audit: audit.clone(),
             secrets,
             kube: Clusters::new(config.kube.clusters.clone()),
+            tls: match &config.http.ca_file {
+                Some(path) => crate::capabilities::http::TlsTrust::with_ca_file(path)
+                    .map_err(|e| anyhow::anyhow!("[http] ca_file: {e}"))?,
+                None => Default::default(),
+            },
         });
         let runtime = Arc::new(
             Runtime::new(config.runtime(), env)

@@ -13,8 +13,9 @@
 //! - `probe_http_content_length` (body bytes read), `probe_http_ssl` (1 when
 //!   an https request completed), `probe_failed_due_to_regex`.
 //!
-//! There is no `probe_ssl_earliest_cert_expiry`: `wasi:http` does not show
-//! the peer's certificate to the guest.
+//! - `probe_ssl_earliest_cert_expiry` (https only): the earliest `notAfter`
+//!   (Unix seconds) among the certificates the server presented, which the
+//!   host reads in its TLS handshake (`Response::tls_earliest_cert_expiry`).
 //!
 //! Each target needs `[grants.http]`; a target outside it fails (and the host
 //! audits the denial), which is reported as `probe_success 0`.
@@ -34,6 +35,7 @@ struct Outcome {
     phases: Option<http::Timings>,
     length: usize,
     ssl: bool,
+    cert_expiry: Option<u64>,
     regex_failed: bool,
 }
 
@@ -57,6 +59,7 @@ fn probe(
                 phases: Some(t),
                 length: r.body.len(),
                 ssl: url.starts_with("https://"),
+                cert_expiry: r.tls_earliest_cert_expiry(),
                 regex_failed,
             }
         }
@@ -69,6 +72,7 @@ fn probe(
                 phases: None,
                 length: 0,
                 ssl: false,
+                cert_expiry: None,
                 regex_failed: false,
             }
         }
@@ -134,6 +138,7 @@ impl MetricsSource for HttpProbe {
         };
         let (mut success, mut status, mut total, mut phases, mut length, mut ssl, mut regex_failed) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut expiry = vec![];
         for t in &targets {
             let o = probe(t, &method, &valid, regex.as_ref());
             let l = [("target", *t)];
@@ -152,6 +157,9 @@ impl MetricsSource for HttpProbe {
             }
             length.push(sample(&l, o.length as f64));
             ssl.push(sample(&l, f64::from(u8::from(o.ssl))));
+            if let Some(at) = o.cert_expiry {
+                expiry.push(sample(&l, at as f64));
+            }
             regex_failed.push(sample(&l, f64::from(u8::from(o.regex_failed))));
         }
         Ok(vec![
@@ -177,6 +185,11 @@ impl MetricsSource for HttpProbe {
                 "probe_http_ssl",
                 "Whether the completed request used TLS",
                 ssl,
+            ),
+            gauge(
+                "probe_ssl_earliest_cert_expiry",
+                "Earliest expiry (Unix seconds) among the certificates the https server presented",
+                expiry,
             ),
             gauge(
                 "probe_failed_due_to_regex",

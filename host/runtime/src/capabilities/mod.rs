@@ -86,6 +86,8 @@ pub struct CapabilityEnv {
     pub secrets: secrets::SecretBox,
     /// Configured Kubernetes clusters.
     pub kube: kube::Clusters,
+    /// What plugins' https requests trust (public roots, plus a private CA).
+    pub tls: http::TlsTrust,
 }
 
 /// A plugin version's grants, checked against the environment once at load.

@@ -119,9 +119,65 @@ impl HttpGrant {
     }
 }
 
+pub use send::TLS_EXPIRY_HEADER;
+
+/// What plugins' https requests trust: the public roots (`webpki-roots`) and,
+/// if the server names one (`[http] ca_file`), a PEM file of extra CA
+/// certificates, e.g. a company's private CA.
+#[derive(Clone)]
+pub struct TlsTrust(tokio_rustls::TlsConnector);
+
+impl TlsTrust {
+    /// The public roots only.
+    pub fn public() -> TlsTrust {
+        TlsTrust::with_extra(Vec::new())
+    }
+
+    /// The public roots and every certificate in the PEM file at `path`.
+    pub fn with_ca_file(path: &std::path::Path) -> Result<TlsTrust, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("reading CA certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        Ok(TlsTrust::with_extra(certs))
+    }
+
+    fn with_extra(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> TlsTrust {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        // Certificates a root store cannot take (not a CA) are skipped, as
+        // rustls-native-certs does.
+        roots.add_parsable_certificates(extra);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsTrust(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+}
+
+impl Default for TlsTrust {
+    fn default() -> Self {
+        TlsTrust::public()
+    }
+}
+
+impl std::fmt::Debug for TlsTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsTrust")
+    }
+}
+
 /// Per-invocation `wasi:http` hooks: every outgoing request is checked
 /// against the plugin's policy (deny by default) and audited.
 pub struct HttpHooks {
+    tls: TlsTrust,
     policy: Option<Arc<HttpPolicy>>,
     audit: Audit,
     call: CallInfo,
@@ -132,6 +188,7 @@ impl HttpHooks {
     /// Hooks for one invocation.
     pub fn new(call: &CallInfo, caps: &CallCaps) -> HttpHooks {
         HttpHooks {
+            tls: caps.env.tls.clone(),
             policy: caps.policies.http.clone(),
             audit: caps.env.audit.clone(),
             call: call.clone(),
@@ -157,7 +214,13 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
             target: audit_target(request.uri()),
             verb: request.method().to_string(),
         };
-        Box::new(send::send(self.policy.clone(), ticket, request, options))
+        Box::new(send::send(
+            self.tls.0.clone(),
+            self.policy.clone(),
+            ticket,
+            request,
+            options,
+        ))
     }
 }
 

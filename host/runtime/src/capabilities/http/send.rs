@@ -4,7 +4,7 @@
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -57,6 +57,12 @@ impl Failure {
     }
 }
 
+/// The response header through which the host tells the guest the
+/// earliest `notAfter` (Unix seconds) among the certificates an https
+/// server presented, for probes (blackbox's `probe_ssl_earliest_cert_expiry`).
+/// A server's own header of that name never reaches the guest.
+pub const TLS_EXPIRY_HEADER: &str = "capstan-tls-earliest-cert-expiry";
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -73,6 +79,7 @@ fn ms(d: Duration) -> u128 {
     )
 )]
 pub(super) async fn send(
+    tls: tokio_rustls::TlsConnector,
     policy: Option<Arc<HttpPolicy>>,
     ticket: AuditTicket,
     request: http::Request<WasiBody>,
@@ -120,10 +127,11 @@ pub(super) async fn send(
     }
     let head = request.method() == http::Method::HEAD;
     let work = async {
-        let stream = connect(&target, &addrs, timeouts.connect).await?;
-        exchange(stream, request, timeouts).await
+        let (stream, expiry) = connect(&tls, &target, &addrs, timeouts.connect).await?;
+        let (response, io) = exchange(stream, request, timeouts).await?;
+        Ok::<_, Failure>((response, io, expiry))
     };
-    let (response, io) = match tokio::time::timeout_at(deadline, work).await {
+    let (response, io, expiry) = match tokio::time::timeout_at(deadline, work).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(f)) => {
             ticket.record(true, &format!("error: {}", f.why));
@@ -137,7 +145,13 @@ pub(super) async fn send(
             return Err(HttpError::HttpResponseTimeout);
         }
     };
-    let (parts, incoming) = response.into_parts();
+    let (mut parts, incoming) = response.into_parts();
+    parts.headers.remove(TLS_EXPIRY_HEADER);
+    if let Some(not_after) = expiry {
+        parts
+            .headers
+            .insert(TLS_EXPIRY_HEADER, http::HeaderValue::from(not_after));
+    }
     let status = parts.status;
     let limit = policy.max_response_bytes();
     let announced = parts
@@ -214,11 +228,14 @@ trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T> Io for T where T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 
 /// Connects to one of the checked addresses, then TLS on the host name.
+/// Connects to the first address that answers, then speaks TLS for https;
+/// also answers the earliest `notAfter` of the server's certificates.
 async fn connect(
+    tls: &tokio_rustls::TlsConnector,
     target: &Target,
     addrs: &[IpAddr],
     timeout: Duration,
-) -> Result<Box<dyn Io>, Failure> {
+) -> Result<(Box<dyn Io>, Option<u64>), Failure> {
     let tcp = async {
         let mut last = None;
         for &ip in addrs {
@@ -255,7 +272,7 @@ async fn connect(
         }
     };
     if !target.https {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), None));
     }
     let name = match &target.host {
         Host::Ip(ip) => rustls::pki_types::ServerName::from(*ip),
@@ -266,8 +283,11 @@ async fn connect(
             )
         })?,
     };
-    match tokio::time::timeout(timeout, tls_connector().connect(name, tcp)).await {
-        Ok(Ok(s)) => Ok(Box::new(s)),
+    match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
+        Ok(Ok(s)) => {
+            let expiry = earliest_not_after(s.get_ref().1.peer_certificates());
+            Ok((Box::new(s), expiry))
+        }
         Ok(Err(e)) => {
             let why = format!("TLS with {}: {e}", target.host);
             let certificate = e
@@ -288,22 +308,21 @@ async fn connect(
     }
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    });
-    tokio_rustls::TlsConnector::from(config.clone())
+/// The earliest `notAfter` (Unix seconds) among `certs`; certificates
+/// that do not parse are skipped.
+fn earliest_not_after(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Option<u64> {
+    use x509_cert::der::Decode;
+    certs?
+        .iter()
+        .filter_map(|c| x509_cert::Certificate::from_der(c.as_ref()).ok())
+        .map(|c| {
+            c.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs()
+        })
+        .min()
 }
 
 /// HTTP/1.1 over the connected stream: sends the request and waits for the
