@@ -50,7 +50,8 @@ fn found(location: String) -> impl IntoResponse {
     (StatusCode::FOUND, [(header::LOCATION, location)])
 }
 
-/// Starts an upstream: `/hello` answers, `/redirect-*` redirect, `/big-*`
+/// Starts an upstream: `/hello` answers, `/forged-expiry` sends the header
+/// only the host may set, `/redirect-*` redirect, `/big-*`
 /// send 2 MiB (streamed without length, or with `content-length`), `/hang`
 /// never answers.
 async fn upstream(away: String) -> Upstream {
@@ -61,6 +62,10 @@ async fn upstream(away: String) -> Upstream {
     };
     let app = Router::new()
         .route("/hello", get(|| async { "hello from upstream" }))
+        .route(
+            "/forged-expiry",
+            get(|| async { ([("capstan-tls-earliest-cert-expiry", "1")], "forged") }),
+        )
         .route("/redirect-local", get(|| async { found("/hello".into()) }))
         .route(
             "/redirect-away",
@@ -481,6 +486,40 @@ async fn invalid_http_grants_are_refused_at_upload() {
             "{grant}: `{msg}` lacks `{expected}`"
         );
     }
+}
+
+/// The host says when an https server's certificate expires, and only
+/// the host: a plain server sending the same header is not believed.
+#[tokio::test]
+async fn the_certificate_expiry_comes_from_the_host_only() {
+    let tls = capstan_tests::services::tls_server().await;
+    let up = upstream(String::new()).await;
+    let cert = tls.cert.clone();
+    let server = TestServer::start_with(move |c| c.http.ca_file = Some(cert)).await;
+    let allow = [
+        format!("https://localhost:{}", tls.port),
+        format!("http://127.0.0.1:{}", up.addr.port()),
+    ];
+    install_probe(&server, "expiry", &http_grant(&allow, "")).await;
+    let call = |url: String| {
+        let server = &server;
+        async move {
+            probe(
+                server,
+                "expiry",
+                json!({ "op": "http-cert-expiry", "url": url }),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        call(format!("https://localhost:{}/", tls.port)).await,
+        format!("ok:200 Some({})", tls.not_after())
+    );
+    assert_eq!(
+        call(format!("http://127.0.0.1:{}/forged-expiry", up.addr.port())).await,
+        "ok:200 None"
+    );
 }
 
 #[tokio::test]

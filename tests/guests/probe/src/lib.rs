@@ -48,6 +48,8 @@ fn op(p: &Value) -> Result<String, Error> {
             std::fs::read_to_string(s(p, "path")).map_err(|e| Error::Denied(e.to_string()))
         }
         "http-get" => http::get(&s(p, "url")).map(|r| format!("{} {}", r.status, r.text())),
+        "http-cert-expiry" => http::get(&s(p, "url"))
+            .map(|r| format!("{} {:?}", r.status, r.tls_earliest_cert_expiry())),
         "http-get-secret-path" => {
             let path = secrets::get(&s(p, "name"))?;
             http::get(&format!("{}{path}", s(p, "url")))
