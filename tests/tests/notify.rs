@@ -521,6 +521,58 @@ async fn bench_enqueue_to_sent_unlimited() {
     assert!(p50 < 1000.0, "p50 {p50} ms");
 }
 
+/// Alertmanager webhook to notification sent, when the channel is not
+/// limited (BENCHMARKS.md): the clock runs from `POST
+/// /v1/alerts/alertmanager/am` to the stand-in holding the message. In
+/// between: the group stored before the answer, routed, handled by the
+/// bundled `alert-notify` (a Wasm call), its notify action executed (the
+/// outbox row) and delivered through a `webhook` channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_webhook_to_sent_unlimited() {
+    let (s, chat) = (server().await, Chat::start().await);
+    secret(&s, "hook-url", &format!("{}/hook", chat.url)).await;
+    channel(&s, json!({"name": "ops", "project": "default", "type": "webhook", "webhook_secret": "hook-url"})).await;
+    let (m, wasm) = capstan_tests::bundled("alert-notify");
+    s.install(&m, &wasm).await;
+    let (st, b) = s
+        .send(
+            Method::PUT,
+            "/v1/alerts/routes/all",
+            Some(json!({ "project": "default", "handlers": ["alert-notify"], "matchers": [] })),
+        )
+        .await;
+    assert!(st == 200 || st == 201, "{b}");
+    let mut ms = Vec::new();
+    for i in 0..100 {
+        let summary = format!("bench alert {i}");
+        let group = json!({ "version": "4", "groupKey": format!("{{}}:{{alertname=\"B{i}\"}}"),
+            "truncatedAlerts": 0, "status": "firing", "receiver": "am",
+            "groupLabels": {"alertname": format!("B{i}")}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://am", "alerts": [{ "status": "firing",
+                "labels": {"alertname": format!("B{i}"), "severity": "page"},
+                "annotations": {"summary": summary}, "startsAt": "2026-12-02T00:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prom/graph",
+                "fingerprint": format!("{i:016x}") }] });
+        let t = Instant::now();
+        let (st, b) = s
+            .send(Method::POST, "/v1/alerts/alertmanager/am", Some(group))
+            .await;
+        assert_eq!(st, 200, "{b}");
+        chat.wait_until("the notification", |r| {
+            r.last().is_some_and(|m| m.text.contains(&summary))
+        })
+        .await;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let (p50, p99) = (ms[ms.len() / 2], ms[ms.len() * 99 / 100]);
+    println!(
+        "alert webhook->notification received over HTTP (webhook channel, 100 sequential groups): p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+        ms[ms.len() - 1]
+    );
+    assert!(p50 < 2000.0, "p50 {p50} ms");
+}
+
 /// kill -9 of a real `capstan` process while the provider has the request
 /// but has not answered: after the restart the message is sent again, the
 /// lost attempt is recorded as interrupted, and every request the provider
