@@ -84,6 +84,8 @@ pub struct NotifySection {
     pub poll_ms: u64,
     /// Timeout of one send, ms.
     pub timeout_ms: u64,
+    /// Days finished deliveries and their receipts are kept (0: forever).
+    pub retention_days: u64,
 }
 
 impl Default for NotifySection {
@@ -96,6 +98,7 @@ impl Default for NotifySection {
             max_attempts: d.max_attempts,
             poll_ms: d.poll.as_millis() as u64,
             timeout_ms: d.timeout.as_millis() as u64,
+            retention_days: d.retention.as_secs() / 86_400,
         }
     }
 }
@@ -142,6 +145,7 @@ impl NotifySection {
             retry_max: Duration::from_millis(self.retry_max_ms.max(self.retry_min_ms).max(1)),
             max_attempts: self.max_attempts.max(1),
             timeout: Duration::from_millis(self.timeout_ms.max(100)),
+            retention: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
             ..Default::default()
         }
     }

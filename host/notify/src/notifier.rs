@@ -57,6 +57,9 @@ pub struct NotifyConfig {
     pub max_attempts: u32,
     /// Timeout of one send.
     pub timeout: Duration,
+    /// How long finished deliveries and their receipts are kept (zero:
+    /// forever). Checked hourly.
+    pub retention: Duration,
 }
 
 impl Default for NotifyConfig {
@@ -69,6 +72,7 @@ impl Default for NotifyConfig {
             retry_max: Duration::from_secs(600),
             max_attempts: 8,
             timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(30 * 86_400),
         }
     }
 }

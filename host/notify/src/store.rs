@@ -460,6 +460,27 @@ impl NotifyStore {
         })?)
     }
 
+    /// Retention: deletes the deliveries that are done (sent, failed or
+    /// batched) and last changed before `cutoff_ms`, with their attempts,
+    /// in one transaction. Queued deliveries are never deleted. Returns how
+    /// many deliveries went. An idempotency key is unique for as long as
+    /// its delivery is kept.
+    pub fn prune(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        Ok(self.store.with(|c| {
+            c.tx(|c| {
+                c.exec(
+                    "DELETE FROM notify_attempts WHERE delivery IN
+                         (SELECT id FROM notify_deliveries WHERE status <> 'queued' AND updated_ms < ?1)",
+                    args![cutoff_ms],
+                )?;
+                c.exec(
+                    "DELETE FROM notify_deliveries WHERE status <> 'queued' AND updated_ms < ?1",
+                    args![cutoff_ms],
+                )
+            })
+        })?)
+    }
+
     /// Deliveries queued (not tests), over every channel.
     pub fn depth(&self) -> Result<i64, StoreError> {
         Ok(self.store.with(|c| {

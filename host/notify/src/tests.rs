@@ -238,3 +238,67 @@ async fn a_storm_waiting_for_a_tight_window_goes_out_in_two_messages() {
         assert!(batched.iter().all(|d| d.batched_into.is_some()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_finished_deliveries_and_their_receipts_never_queued_ones() {
+    for t in capstan_store::testing::backends() {
+        let (url, got) = sink().await;
+        let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
+        let config = NotifyConfig {
+            poll: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let n = Notifier::start(
+            t.store.clone(),
+            Arc::new(secrets),
+            config,
+            NotifyMetrics::default(),
+        );
+        // One message a minute: the second waits in the queue.
+        let limit = RateLimit {
+            max: 1,
+            per_ms: 60_000,
+        };
+        n.put_channel(
+            &spec("slow", ChannelKind::Webhook, Some(limit)),
+            "api",
+            "test",
+        )
+        .unwrap();
+        let sent = n.enqueue(msg("slow", "first", "r1")).await.unwrap();
+        wait_for("the first message", || got.lock().unwrap().len() == 1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n.delivery(&sent.id).unwrap().unwrap().status != DeliveryStatus::Sent {
+            assert!(Instant::now() < deadline, "never recorded as sent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let waiting = n.enqueue(msg("slow", "second", "r2")).await.unwrap();
+
+        let now = capstan_store::unix_millis();
+        assert_eq!(
+            n.db.prune(now - 86_400_000).unwrap(),
+            0,
+            "nothing is that old"
+        );
+        assert_eq!(n.db.prune(now + 1_000).unwrap(), 1);
+        assert!(n.delivery(&sent.id).unwrap().is_none());
+        let left: i64 = t
+            .store
+            .with(|c| {
+                c.value(
+                    "SELECT COUNT(*) FROM notify_attempts WHERE delivery = ?1",
+                    capstan_store::args![sent.id],
+                )
+            })
+            .unwrap();
+        assert_eq!(left, 0, "its receipts go with it");
+        let w = n
+            .delivery(&waiting.id)
+            .unwrap()
+            .expect("a queued delivery is kept");
+        assert_eq!(w.status, DeliveryStatus::Queued);
+        // Its key is free again once the delivery is gone.
+        assert!(n.enqueue(msg("slow", "first", "r1")).await.unwrap().created);
+        let _ = t.backend();
+    }
+}

@@ -23,10 +23,19 @@ const BATCH_READ: i64 = 500;
 
 /// The dispatch loop; ends when the notifier is dropped.
 pub(crate) async fn run(notifier: Weak<Notifier>) {
-    let mut depth_at = 0;
+    let (mut depth_at, mut pruned_at) = (0, 0);
     loop {
         let Some(n) = notifier.upgrade() else { return };
         let now = unix_millis();
+        let keep = n.config.retention.as_millis() as i64;
+        if keep > 0 && now - pruned_at >= 3_600_000 {
+            pruned_at = now;
+            match n.db.prune(now - keep) {
+                Ok(0) => {}
+                Ok(k) => tracing::info!(deliveries = k, "notify retention: deleted old deliveries"),
+                Err(e) => tracing::warn!("notify retention: {e}"),
+            }
+        }
         if now - depth_at >= 2000 {
             depth_at = now;
             match n.db.depth() {
