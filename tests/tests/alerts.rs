@@ -662,6 +662,102 @@ async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expir
     assert_eq!(list[0]["status"]["state"], "expired", "{list:#?}");
 }
 
+/// Alertmanager sends no resolve for a silenced alert. The silence Capstan
+/// made stays while the alert is there, silenced, and is expired by the
+/// sweep once the alert resolves in a real Alertmanager (no delivery).
+#[tokio::test]
+async fn a_silence_is_expired_when_its_alert_resolves_while_silenced() {
+    let am = match capstan_tests::peers::alertmanager("http://127.0.0.1:9/unused", None).await {
+        Ok(p) => p,
+        Err(e) => panic!("{e:#}"),
+    };
+    let am_url = am.url.clone();
+    let server = TestServer::start_with(|c| {
+        c.alerts.alertmanager_url = Some(am_url);
+        c.alerts.silence_check_secs = 1;
+    })
+    .await;
+    handler(&server, "quiet", "silence = \"true\"").await;
+    put_route(
+        &server,
+        "quiet",
+        json!({ "project": "default", "handlers": ["quiet"] }),
+    )
+    .await;
+    // The alert as Prometheus would send it to Alertmanager.
+    let labels = json!({"alertname": "NodeDown", "instance": "node-7"});
+    let push = |ends: &str| {
+        let body = json!([{ "labels": labels, "annotations": {"summary": "down"},
+            "startsAt": "2020-01-01T00:00:00Z", "endsAt": ends }]);
+        let url = format!("{}/api/v2/alerts", am.url);
+        async move {
+            let r = client().post(url).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    push("2099-01-01T00:00:00Z").await;
+    let am_alerts = || async {
+        let list: Vec<Value> = client()
+            .get(format!("{}/api/v2/alerts", am.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list
+    };
+    let fp = am_alerts().await[0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = alert(&fp, "firing", "2020-01-01T00:00:00Z", labels.clone());
+    let (_, first) = post(&server, &group("nd", vec![a])).await;
+    let g = handled(&server, first["id"].as_str().unwrap()).await;
+    let id = actions_of(&g, "silence")[0]["detail"]["silence"]
+        .as_str()
+        .expect("a silence")
+        .to_string();
+    let silence = || async {
+        let s: Value = client()
+            .get(format!("{}/api/v2/silence/{id}", am.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["status"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Alertmanager holds the alert, silenced by it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = am_alerts().await;
+        if list[0]["status"]["silencedBy"][0] == id.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never silenced: {list:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Through three sweeps the silence stays: its alert is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(silence().await, "active");
+
+    // The alert resolves in Alertmanager; no delivery reaches Capstan.
+    push("2020-01-01T00:00:01Z").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while silence().await != "expired" {
+        assert!(
+            Instant::now() < deadline,
+            "the silence of a resolved alert was not expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A group of `n` firing alerts with fingerprints unique to `key`.
 fn big_group(key: &str, n: usize) -> Value {
     let alerts = (0..n)

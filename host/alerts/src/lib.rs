@@ -122,6 +122,10 @@ pub struct AlertsConfig {
     pub alertmanager_url: Option<String>,
     /// Expire the silences made for an alert when it resolves.
     pub expire_silences_on_resolve: bool,
+    /// How often Alertmanager's alerts are read to find the alerts that
+    /// resolved while silenced (Alertmanager sends no resolve for a
+    /// silenced alert), seconds (0: never).
+    pub silence_check_secs: u64,
     /// Days groups, alerts and actions are kept (0 keeps them forever).
     pub retention_days: u64,
     /// Largest webhook body, bytes.
@@ -143,6 +147,7 @@ impl Default for AlertsConfig {
             routes: Vec::new(),
             alertmanager_url: None,
             expire_silences_on_resolve: true,
+            silence_check_secs: 60,
             retention_days: 30,
             max_body_bytes: 16 << 20,
             max_backlog: 10_000,

@@ -10,7 +10,7 @@ pub mod history;
 
 use std::sync::Arc;
 
-use capstan_store::sql::{Conn, Row, Value};
+use capstan_store::sql::{Conn, DbError, Row, Value};
 use capstan_store::{Store, StoreError, args, unix_millis};
 use serde::Serialize;
 
@@ -350,6 +350,32 @@ impl AlertStore {
             .map(|r| Ok((r.get(0)?, r.get(1)?)))
             .collect()
         })
+    }
+
+    /// Silences in force made before `before_ms`, with every fingerprint
+    /// each covers: `(silence id, alertmanager, fingerprints)`.
+    pub fn silences_in_force(
+        &self,
+        before_ms: i64,
+    ) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+        let rows: Vec<(String, String, String)> = self.store.with(|c| {
+            c.rows(
+                "SELECT silence_id, alertmanager, fingerprint FROM alert_silences
+                 WHERE expired_ms IS NULL AND created_ms < ?1 ORDER BY silence_id",
+                args![before_ms],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .collect::<Result<Vec<_>, DbError>>()
+        })?;
+        let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+        for (id, am, fp) in rows {
+            match out.last_mut() {
+                Some(last) if last.0 == id => last.2.push(fp),
+                _ => out.push((id, am, vec![fp])),
+            }
+        }
+        Ok(out)
     }
 
     /// Marks a silence expired (for every fingerprint it covered).

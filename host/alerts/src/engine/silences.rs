@@ -4,6 +4,11 @@
 //! (and matchers): a resend or retry finds it and makes none. A silence
 //! made but not recorded (the replica died in between) is found again by
 //! its comment, which carries the action id.
+//!
+//! Alertmanager sends no resolve for an alert that is silenced, so a
+//! resolve delivery cannot be the only trigger: a sweep (one replica at a
+//! time, lease `alerts/silence-sweep`) reads each Alertmanager's alerts and
+//! expires the silences none of whose alerts is still there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -216,6 +221,74 @@ impl Engine {
                 self.metrics.action("unsilence", done.0);
             }
         }
+    }
+
+    /// The sweep: expires silences (made at least one interval ago) whose
+    /// alerts Alertmanager no longer has (resolved while silenced). An
+    /// Alertmanager that does not answer keeps its silences.
+    pub(super) async fn expire_silences_of_resolved(&self) {
+        let every = self.config.silence_check_secs as i64 * 1000;
+        let Ok(silences) = self
+            .db
+            .silences_in_force(capstan_store::unix_millis() - every)
+        else {
+            return;
+        };
+        let mut active: BTreeMap<String, Option<std::collections::BTreeSet<String>>> =
+            BTreeMap::new();
+        for (id, am, fingerprints) in silences {
+            if !active.contains_key(&am) {
+                let alerts = self.active_fingerprints(&am).await;
+                if let Err(e) = &alerts {
+                    tracing::warn!(alertmanager = %am, "reading alerts for the silence sweep: {e}");
+                }
+                active.insert(am.clone(), alerts.ok());
+            }
+            let Some(Some(firing)) = active.get(&am) else {
+                continue;
+            };
+            if fingerprints.iter().any(|fp| firing.contains(fp)) {
+                continue;
+            }
+            match self
+                .http
+                .delete(format!("{am}/api/v2/silence/{id}"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() || r.status() == 404 => {
+                    let _ = self.db.expire_silence(&id);
+                    tracing::info!(silence = %id, ?fingerprints, "silence expired: its alerts resolved while silenced");
+                    self.metrics.action("unsilence", "succeeded");
+                }
+                Ok(r) => {
+                    tracing::warn!(silence = %id, "Alertmanager answered {} expiring it", r.status())
+                }
+                Err(e) => tracing::warn!(silence = %id, "expiring it: {e}"),
+            }
+        }
+    }
+
+    /// Fingerprints of the alerts Alertmanager holds (active, silenced,
+    /// inhibited or unprocessed; resolved ones are not listed).
+    async fn active_fingerprints(
+        &self,
+        am: &str,
+    ) -> Result<std::collections::BTreeSet<String>, String> {
+        let r = self
+            .http
+            .get(format!("{am}/api/v2/alerts"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("answered {}", r.status()));
+        }
+        let alerts: Vec<Value> = r.json().await.map_err(|e| e.to_string())?;
+        Ok(alerts
+            .iter()
+            .filter_map(|a| a["fingerprint"].as_str().map(str::to_string))
+            .collect())
     }
 
     pub(super) async fn kube(

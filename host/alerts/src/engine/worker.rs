@@ -56,9 +56,10 @@ async fn shard_loop(engine: Weak<Engine>, shard: u32) {
     }
 }
 
-/// Refreshes the backlog figure every second and deletes old records hourly.
+/// Refreshes the backlog figure every second, deletes old records hourly,
+/// and sweeps for silences of resolved alerts every `silence_check_secs`.
 async fn housekeeping(engine: Weak<Engine>) {
-    let mut last_retention = 0i64;
+    let (mut last_retention, mut last_sweep) = (0i64, 0i64);
     loop {
         let Some(e) = engine.upgrade() else { return };
         match e.db.backlog() {
@@ -76,6 +77,18 @@ async fn housekeeping(engine: Weak<Engine>) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(groups = n, "alerts retention: deleted old groups"),
                 Err(err) => tracing::warn!("alerts retention: {err}"),
+            }
+        }
+        let every = e.config.silence_check_secs as i64 * 1000;
+        if every > 0 && e.config.expire_silences_on_resolve && now - last_sweep >= every {
+            last_sweep = now;
+            let lease = e.db.store().acquire_lease(
+                "alerts/silence-sweep",
+                &e.replica,
+                Duration::from_millis(every as u64),
+            );
+            if let Ok(Some(_)) = lease {
+                e.expire_silences_of_resolved().await;
             }
         }
         drop(e);
