@@ -581,14 +581,21 @@ async fn a_remediation_starts_one_run_per_alert_episode() {
     );
 }
 
-#[tokio::test]
-async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expires_on_resolve() {
+/// A real Alertmanager and a server whose `quiet` handler silences every
+/// group routed to it (`silence_check_secs` as given).
+async fn silencing(check_secs: Option<u64>) -> (capstan_tests::peers::Peer, TestServer) {
     let am = match capstan_tests::peers::alertmanager("http://127.0.0.1:9/unused", None).await {
         Ok(p) => p,
         Err(e) => panic!("{e:#}"),
     };
     let am_url = am.url.clone();
-    let server = TestServer::start_with(|c| c.alerts.alertmanager_url = Some(am_url)).await;
+    let server = TestServer::start_with(move |c| {
+        c.alerts.alertmanager_url = Some(am_url);
+        if let Some(secs) = check_secs {
+            c.alerts.silence_check_secs = secs;
+        }
+    })
+    .await;
     handler(&server, "quiet", "silence = \"true\"").await;
     put_route(
         &server,
@@ -596,6 +603,24 @@ async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expir
         json!({ "project": "default", "handlers": ["quiet"] }),
     )
     .await;
+    (am, server)
+}
+
+/// `GET` of Alertmanager's API, as JSON.
+async fn am_get(am: &capstan_tests::peers::Peer, path: &str) -> Value {
+    client()
+        .get(format!("{}{path}", am.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expires_on_resolve() {
+    let (am, server) = silencing(None).await;
     let a = alert(
         "fpS",
         "firing",
@@ -608,14 +633,8 @@ async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expir
     assert_eq!(made["outcome"], "succeeded", "{g:#}");
     let id = made["detail"]["silence"].as_str().unwrap().to_string();
     let silences = || async {
-        let list: Vec<Value> = client()
-            .get(format!("{}/api/v2/silences", am.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Vec<Value> =
+            serde_json::from_value(am_get(&am, "/api/v2/silences").await).unwrap();
         list
     };
     let list = silences().await;
@@ -667,23 +686,7 @@ async fn a_silence_is_made_once_per_fingerprint_in_a_real_alertmanager_and_expir
 /// sweep once the alert resolves in a real Alertmanager (no delivery).
 #[tokio::test]
 async fn a_silence_is_expired_when_its_alert_resolves_while_silenced() {
-    let am = match capstan_tests::peers::alertmanager("http://127.0.0.1:9/unused", None).await {
-        Ok(p) => p,
-        Err(e) => panic!("{e:#}"),
-    };
-    let am_url = am.url.clone();
-    let server = TestServer::start_with(|c| {
-        c.alerts.alertmanager_url = Some(am_url);
-        c.alerts.silence_check_secs = 1;
-    })
-    .await;
-    handler(&server, "quiet", "silence = \"true\"").await;
-    put_route(
-        &server,
-        "quiet",
-        json!({ "project": "default", "handlers": ["quiet"] }),
-    )
-    .await;
+    let (am, server) = silencing(Some(1)).await;
     // The alert as Prometheus would send it to Alertmanager.
     let labels = json!({"alertname": "NodeDown", "instance": "node-7"});
     let push = |ends: &str| {
@@ -696,17 +699,7 @@ async fn a_silence_is_expired_when_its_alert_resolves_while_silenced() {
         }
     };
     push("2099-01-01T00:00:00Z").await;
-    let am_alerts = || async {
-        let list: Vec<Value> = client()
-            .get(format!("{}/api/v2/alerts", am.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        list
-    };
+    let am_alerts = || async { am_get(&am, "/api/v2/alerts").await };
     let fp = am_alerts().await[0]["fingerprint"]
         .as_str()
         .unwrap()
@@ -719,14 +712,7 @@ async fn a_silence_is_expired_when_its_alert_resolves_while_silenced() {
         .expect("a silence")
         .to_string();
     let silence = || async {
-        let s: Value = client()
-            .get(format!("{}/api/v2/silence/{id}", am.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = am_get(&am, &format!("/api/v2/silence/{id}")).await;
         s["status"]["state"]
             .as_str()
             .unwrap_or_default()

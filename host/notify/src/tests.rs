@@ -24,6 +24,21 @@ impl SecretSource for MapSecrets {
     }
 }
 
+/// A notifier on `store` whose secret `hook-url` is `url`.
+fn notifier(store: &Arc<capstan_store::Store>, url: String, poll: Duration) -> Arc<Notifier> {
+    let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
+    let config = NotifyConfig {
+        poll,
+        ..Default::default()
+    };
+    Notifier::start(
+        store.clone(),
+        Arc::new(secrets),
+        config,
+        NotifyMetrics::default(),
+    )
+}
+
 /// A loopback endpoint that answers 200 and keeps every JSON body.
 async fn sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
@@ -81,17 +96,7 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 async fn one_delivery_per_idempotency_key_on_every_backend() {
     for t in capstan_store::testing::backends() {
         let (url, got) = sink().await;
-        let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
-        let config = NotifyConfig {
-            poll: Duration::from_millis(50),
-            ..Default::default()
-        };
-        let n = Notifier::start(
-            t.store.clone(),
-            Arc::new(secrets),
-            config,
-            NotifyMetrics::default(),
-        );
+        let n = notifier(&t.store, url, Duration::from_millis(50));
         n.put_channel(&spec("hook", ChannelKind::Webhook, None), "api", "test")
             .unwrap();
 
@@ -159,13 +164,7 @@ async fn an_attempt_left_in_flight_is_marked_interrupted_and_sent_again() {
             })
             .unwrap();
         db.begin_attempt(&id, "hook", 1, 1).unwrap();
-        let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
-        let n = Notifier::start(
-            t.store.clone(),
-            Arc::new(secrets),
-            NotifyConfig::default(),
-            NotifyMetrics::default(),
-        );
+        let n = notifier(&t.store, url, NotifyConfig::default().poll);
         wait_for("the message", || got.lock().unwrap().len() == 1).await;
         let mut d = n.delivery(&id).unwrap().unwrap();
         while d.status != DeliveryStatus::Sent {
@@ -208,13 +207,7 @@ async fn a_storm_waiting_for_a_tight_window_goes_out_in_two_messages() {
             })
             .unwrap();
         }
-        let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
-        let n = Notifier::start(
-            t.store.clone(),
-            Arc::new(secrets),
-            NotifyConfig::default(),
-            NotifyMetrics::default(),
-        );
+        let n = notifier(&t.store, url, NotifyConfig::default().poll);
         let all_there = || {
             let text: String = got
                 .lock()
@@ -243,17 +236,7 @@ async fn a_storm_waiting_for_a_tight_window_goes_out_in_two_messages() {
 async fn retention_deletes_finished_deliveries_and_their_receipts_never_queued_ones() {
     for t in capstan_store::testing::backends() {
         let (url, got) = sink().await;
-        let secrets = MapSecrets(HashMap::from([("hook-url".to_string(), url)]));
-        let config = NotifyConfig {
-            poll: Duration::from_millis(50),
-            ..Default::default()
-        };
-        let n = Notifier::start(
-            t.store.clone(),
-            Arc::new(secrets),
-            config,
-            NotifyMetrics::default(),
-        );
+        let n = notifier(&t.store, url, Duration::from_millis(50));
         // One message a minute: the second waits in the queue.
         let limit = RateLimit {
             max: 1,

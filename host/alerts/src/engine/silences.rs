@@ -196,24 +196,12 @@ impl Engine {
                 ) {
                     continue;
                 }
-                let done = match self
-                    .http
-                    .delete(format!("{am}/api/v2/silence/{id}"))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() || r.status() == 404 => {
-                        let _ = self.db.expire_silence(&id);
-                        (
-                            "succeeded",
-                            json!({ "silence": id, "fingerprint": a.fingerprint }),
-                        )
-                    }
-                    Ok(r) => failed(format!(
-                        "Alertmanager answered {} expiring silence {id}",
-                        r.status()
-                    )),
-                    Err(e) => failed(format!("Alertmanager {am}: {e}")),
+                let done = match self.expire_in(&am, &id).await {
+                    Ok(()) => (
+                        "succeeded",
+                        json!({ "silence": id, "fingerprint": a.fingerprint }),
+                    ),
+                    Err(why) => failed(why),
                 };
                 if let Err(e) = self.db.finish_action(&action, done.0, &done.1) {
                     tracing::error!("recording an unsilence: {e}");
@@ -250,22 +238,34 @@ impl Engine {
             if fingerprints.iter().any(|fp| firing.contains(fp)) {
                 continue;
             }
-            match self
-                .http
-                .delete(format!("{am}/api/v2/silence/{id}"))
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() || r.status() == 404 => {
-                    let _ = self.db.expire_silence(&id);
+            match self.expire_in(&am, &id).await {
+                Ok(()) => {
                     tracing::info!(silence = %id, ?fingerprints, "silence expired: its alerts resolved while silenced");
                     self.metrics.action("unsilence", "succeeded");
                 }
-                Ok(r) => {
-                    tracing::warn!(silence = %id, "Alertmanager answered {} expiring it", r.status())
-                }
-                Err(e) => tracing::warn!(silence = %id, "expiring it: {e}"),
+                Err(why) => tracing::warn!("silence sweep: {why}"),
             }
+        }
+    }
+
+    /// Expires silence `id` in Alertmanager `am` (gone already counts) and
+    /// records it expired.
+    async fn expire_in(&self, am: &str, id: &str) -> Result<(), String> {
+        match self
+            .http
+            .delete(format!("{am}/api/v2/silence/{id}"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() || r.status() == 404 => {
+                let _ = self.db.expire_silence(id);
+                Ok(())
+            }
+            Ok(r) => Err(format!(
+                "Alertmanager answered {} expiring silence {id}",
+                r.status()
+            )),
+            Err(e) => Err(format!("Alertmanager {am}: {e}")),
         }
     }
 

@@ -354,22 +354,15 @@ impl Engine {
                 .map_err(|e| ProvisionError::Failed(e.to_string()))?
             {
                 job.state = "awaiting-approval".into();
-                let approval = gate
-                    .request(NewApproval {
-                        kind: APPROVAL_KIND.into(),
-                        subject: id.into(),
-                        project: instance.project.clone(),
-                        requested_by: who.actor.clone(),
-                        approver_role: Role::Admin,
-                        approver_scope: ApproverScope::Project,
-                        required: self.config.approvals_required,
-                        reasons: vec![format!(
-                            "cluster `{}` requires an approval to apply a plan",
-                            instance.cluster
-                        )],
-                        detail: json!({ "instance": name, "plan": id, "summary": plan.summary }),
-                    })
-                    .map_err(|e| ProvisionError::Failed(e.to_string()))?;
+                let detail = json!({ "instance": name, "plan": id, "summary": plan.summary });
+                let approval = self.request_approval(
+                    APPROVAL_KIND,
+                    id,
+                    &instance,
+                    who,
+                    "apply a plan",
+                    detail,
+                )?;
                 plan.approval = Some(approval.id);
             }
         }
@@ -413,25 +406,15 @@ impl Engine {
             updated_ms: unix_millis(),
         };
         if self.config.approval_clusters.contains(&instance.cluster) {
-            let approval = self
-                .registry
-                .gate()
-                .approvals()
-                .request(NewApproval {
-                    kind: DESTROY_APPROVAL_KIND.into(),
-                    subject: job.id.clone(),
-                    project: instance.project.clone(),
-                    requested_by: who.actor.clone(),
-                    approver_role: Role::Admin,
-                    approver_scope: ApproverScope::Project,
-                    required: self.config.approvals_required,
-                    reasons: vec![format!(
-                        "cluster `{}` requires an approval to destroy an instance",
-                        instance.cluster
-                    )],
-                    detail: json!({ "instance": name, "job": job.id }),
-                })
-                .map_err(|e| ProvisionError::Failed(e.to_string()))?;
+            let detail = json!({ "instance": name, "job": job.id });
+            let approval = self.request_approval(
+                DESTROY_APPROVAL_KIND,
+                &job.id,
+                &instance,
+                who,
+                "destroy an instance",
+                detail,
+            )?;
             job.state = "awaiting-approval".into();
             job.result = json!({ "approval": approval.id });
         }
@@ -446,6 +429,37 @@ impl Engine {
             .await;
         self.wake.notify_one();
         self.wait_job(&job.id, wait).await
+    }
+
+    /// Asks the shared gate for a project admin's approval (not the
+    /// requester's) of `what` on the instance's cluster.
+    fn request_approval(
+        &self,
+        kind: &str,
+        subject: &str,
+        instance: &Instance,
+        who: &Authority,
+        what: &str,
+        detail: Value,
+    ) -> Result<Approval, ProvisionError> {
+        self.registry
+            .gate()
+            .approvals()
+            .request(NewApproval {
+                kind: kind.into(),
+                subject: subject.into(),
+                project: instance.project.clone(),
+                requested_by: who.actor.clone(),
+                approver_role: Role::Admin,
+                approver_scope: ApproverScope::Project,
+                required: self.config.approvals_required,
+                reasons: vec![format!(
+                    "cluster `{}` requires an approval to {what}",
+                    instance.cluster
+                )],
+                detail,
+            })
+            .map_err(|e| ProvisionError::Failed(e.to_string()))
     }
 
     async fn wait_job(&self, id: &str, wait: Duration) -> Result<Job, ProvisionError> {
