@@ -228,7 +228,12 @@ impl HaproxyPeer {
             if let Some(status) = self.child.try_wait()? {
                 bail!("haproxy exited at start ({status}):\n{}", self.log());
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            // The runtime API answers once HAProxy has bound every listener,
+            // so the frontend port is its own and not another process's that
+            // took the port first (HAProxy then exits: "Address already in use").
+            if self.command("show info").is_ok()
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
