@@ -36,7 +36,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // Lazy: a server thread still holding a file open must not leave the
+        // mount behind (a plain umount then fails with "target is busy").
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 
