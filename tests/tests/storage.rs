@@ -38,7 +38,10 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a server thread still holding a file open must not leave the
         // mount behind (a plain umount then fails with "target is busy").
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 

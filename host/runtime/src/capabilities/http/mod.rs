@@ -142,6 +142,15 @@ impl TlsTrust {
         if certs.is_empty() {
             return Err(format!("{} holds no PEM certificate", path.display()));
         }
+        let mut roots = rustls::RootCertStore::empty();
+        let (_, unusable) = roots.add_parsable_certificates(certs.clone());
+        if unusable > 0 {
+            return Err(format!(
+                "{}: {unusable} of {} certificates cannot be trust anchors",
+                path.display(),
+                certs.len()
+            ));
+        }
         Ok(TlsTrust::with_extra(certs))
     }
 
@@ -149,8 +158,6 @@ impl TlsTrust {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.into(),
         };
-        // Certificates a root store cannot take (not a CA) are skipped, as
-        // rustls-native-certs does.
         roots.add_parsable_certificates(extra);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -257,6 +264,33 @@ impl AuditTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_without_usable_certificates_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = TlsTrust::with_ca_file(&missing).unwrap_err();
+        assert!(e.contains("missing.pem"), "{e}");
+        let empty = dir.path().join("key.pem");
+        std::fs::write(
+            &empty,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = TlsTrust::with_ca_file(&empty).unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = TlsTrust::with_ca_file(&junk).unwrap_err();
+        assert!(
+            e.contains("1 of 1 certificates cannot be trust anchors"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn grants_deserialize_from_toml() {
