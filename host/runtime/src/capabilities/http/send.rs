@@ -132,7 +132,7 @@ pub(super) async fn send(
         Ok::<_, Failure>((response, io, expiry))
     };
     let (response, io, expiry) = match tokio::time::timeout_at(deadline, work).await {
-        Ok(Ok(pair)) => pair,
+        Ok(Ok(done)) => done,
         Ok(Err(f)) => {
             ticket.record(true, &format!("error: {}", f.why));
             return Err(f.code);
@@ -227,9 +227,9 @@ async fn resolve(target: &Target, timeout: Duration) -> Result<Vec<IpAddr>, Fail
 trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T> Io for T where T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 
-/// Connects to one of the checked addresses, then TLS on the host name.
-/// Connects to the first address that answers, then speaks TLS for https;
-/// also answers the earliest `notAfter` of the server's certificates.
+/// Connects to the first checked address that answers, then speaks TLS on
+/// the host name for https; also answers the earliest `notAfter` of the
+/// server's certificates.
 async fn connect(
     tls: &tokio_rustls::TlsConnector,
     target: &Target,
