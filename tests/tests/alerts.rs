@@ -608,14 +608,7 @@ async fn silencing(check_secs: Option<u64>) -> (capstan_tests::peers::Peer, Test
 
 /// `GET` of Alertmanager's API, as JSON.
 async fn am_get(am: &capstan_tests::peers::Peer, path: &str) -> Value {
-    client()
-        .get(format!("{}{path}", am.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    capstan_tests::procs::get_json(&am.url, path).await
 }
 
 #[tokio::test]

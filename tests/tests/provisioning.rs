@@ -962,16 +962,7 @@ async fn prod_applies_and_destroys_wait_for_an_approval() {
         .await;
     assert_eq!(status, 403);
     let approver = approver_token(&s).await;
-    let admin_token = s.token.replace(approver.clone());
-    let (status, body) = s
-        .send(
-            Method::POST,
-            &format!("/v1/approvals/{approval}/approve"),
-            Some(json!({ "comment": "ok" })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    s.token = admin_token;
+    approve_as(&mut s, &approver, &approval, "ok").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let inst = loop {
         let (_, inst) = s.get("/v1/provisions/approval").await;
@@ -1007,16 +998,7 @@ async fn prod_applies_and_destroys_wait_for_an_approval() {
     let approval = job["result"]["approval"].as_str().expect("approval id");
     let (_, pending) = s.get(&format!("/v1/approvals/{approval}")).await;
     assert_eq!(pending["kind"], "provision-destroy", "{pending:#}");
-    let requester = s.token.replace(approver);
-    let (status, body) = s
-        .send(
-            Method::POST,
-            &format!("/v1/approvals/{approval}/approve"),
-            Some(json!({ "comment": "decommissioned" })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    s.token = requester;
+    approve_as(&mut s, &approver, approval, "decommissioned").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let live = loop {
         let (_, live) = admin("GET", &format!("/api/v1/namespaces/{ns}"), None);
@@ -1030,6 +1012,21 @@ async fn prod_applies_and_destroys_wait_for_an_approval() {
         !live["metadata"]["deletionTimestamp"].is_null(),
         "approved destroy did not delete: {live:#}"
     );
+}
+
+/// Approves `approval` with `token` (another admin than the requester),
+/// then goes back to the server's own token.
+async fn approve_as(s: &mut TestServer, token: &str, approval: &str, comment: &str) {
+    let requester = s.token.replace(token.to_string());
+    let (status, body) = s
+        .send(
+            Method::POST,
+            &format!("/v1/approvals/{approval}/approve"),
+            Some(json!({ "comment": comment })),
+        )
+        .await;
+    s.token = requester;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// A new admin token: another actor than the requester.
