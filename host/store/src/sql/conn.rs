@@ -4,6 +4,7 @@
 //! `CAST`); on PostgreSQL the placeholders become `$N`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -22,7 +23,15 @@ pub enum Backend {
 pub struct Conn {
     inner: Inner,
     in_tx: bool,
+    /// SQLite: the pool's write gate, held for each transaction.
+    gate: Option<Arc<WriteGate>>,
 }
+
+/// One writer at a time per SQLite database, in the order they came. SQLite
+/// allows one writer anyway; without the gate the others poll for its lock
+/// with sleeps of up to 100 ms, so under load a writer could lose the race
+/// for a second or more.
+pub(crate) type WriteGate = parking_lot::Mutex<()>;
 
 enum Inner {
     Sqlite(rusqlite::Connection),
@@ -39,7 +48,14 @@ impl Conn {
         Conn {
             inner: Inner::Sqlite(c),
             in_tx: false,
+            gate: None,
         }
+    }
+
+    /// Makes this connection's transactions pass `gate` first.
+    pub(crate) fn with_gate(mut self, gate: Arc<WriteGate>) -> Conn {
+        self.gate = Some(gate);
+        self
     }
 
     pub(crate) fn pg(client: postgres::Client) -> Conn {
@@ -49,6 +65,7 @@ impl Conn {
                 statements: HashMap::new(),
             },
             in_tx: false,
+            gate: None,
         }
     }
 
@@ -145,6 +162,14 @@ impl Conn {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
+        let gate = self.gate.clone();
+        let _turn = match &gate {
+            Some(g) => Some(
+                g.try_lock_for(super::pool::LOCK_TIMEOUT)
+                    .ok_or_else(gate_busy)?,
+            ),
+            None => None,
+        };
         self.batch(begin)?;
         self.in_tx = true;
         let result = f(self);
@@ -179,6 +204,18 @@ impl Conn {
             Inner::Sqlite(_) | Inner::Closed => None,
         }
     }
+}
+
+/// The gate stayed shut for the whole lock timeout: reported as SQLite
+/// reports a lock it waited on in vain.
+fn gate_busy() -> DbError {
+    DbError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some(format!(
+            "another writer held the database for {} s",
+            super::pool::LOCK_TIMEOUT.as_secs()
+        )),
+    ))
 }
 
 fn closed() -> DbError {

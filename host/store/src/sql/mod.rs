@@ -6,6 +6,7 @@
 //! Database work is blocking; async callers go through [`crate::Store::run`],
 //! which runs it on a blocking thread, never on an async worker.
 
+mod checkpoint;
 mod conn;
 mod migrate;
 mod pool;

@@ -1,16 +1,21 @@
 //! Which database to use, and a small blocking pool of connections to it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::checkpoint::{Checkpointer, WRITER_BACKSTOP_PAGES};
+use super::conn::WriteGate;
 use super::{Backend, Conn, DbError};
 
 /// How long a caller waits for a free connection before `Unavailable`.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite's busy timeout and PostgreSQL's `lock_timeout`: how long a
 /// statement waits for a lock held by someone else.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per SQLite connection.
+const STATEMENT_CACHE: usize = 256;
 
 /// Where the state lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,8 +63,13 @@ impl Database {
                 let c = rusqlite::Connection::open(path)?;
                 c.pragma_update(None, "journal_mode", "WAL")?;
                 c.pragma_update(None, "synchronous", "FULL")?;
+                // The pool's checkpoint thread keeps the WAL short.
+                c.pragma_update(None, "wal_autocheckpoint", WRITER_BACKSTOP_PAGES)?;
                 c.pragma_update(None, "foreign_keys", "ON")?;
                 c.busy_timeout(LOCK_TIMEOUT)?;
+                // Every engine shares the pool's connections; rusqlite's
+                // default of 16 cached statements made them evict each other.
+                c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 Ok(Conn::sqlite(c))
             }
             Database::Postgres(url) => {
@@ -113,6 +123,10 @@ pub struct Pool {
     size: usize,
     state: Mutex<State>,
     freed: Condvar,
+    /// SQLite only: checkpoints the WAL in the background.
+    checkpointer: Option<Checkpointer>,
+    /// SQLite only: one transaction at a time, in turn.
+    gate: Option<Arc<WriteGate>>,
 }
 
 struct State {
@@ -123,8 +137,18 @@ struct State {
 impl Pool {
     /// A pool of at most `size` connections; opens one now to fail early.
     pub fn open(db: Database, size: usize) -> Result<Pool, DbError> {
-        let first = db.connect()?;
+        let gate = match db.backend() {
+            Backend::Sqlite => Some(Arc::new(WriteGate::new(()))),
+            Backend::Postgres => None,
+        };
+        let first = gated(db.connect()?, &gate);
+        let checkpointer = match &db {
+            Database::Sqlite(path) => Some(Checkpointer::start(path.clone())),
+            Database::Postgres(_) => None,
+        };
         Ok(Pool {
+            checkpointer,
+            gate,
             db,
             size: size.max(1),
             state: Mutex::new(State {
@@ -138,6 +162,12 @@ impl Pool {
     /// The database.
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// SQLite: the last background checkpoint's (frames in the WAL, frames
+    /// of them copied into the database); `None` on PostgreSQL.
+    pub fn last_checkpoint(&self) -> Option<(i64, i64)> {
+        self.checkpointer.as_ref().map(Checkpointer::last)
     }
 
     /// Takes a connection, opening one if the pool is not full, waiting for
@@ -158,7 +188,7 @@ impl Pool {
                 return match self.db.connect() {
                     Ok(conn) => Ok(PoolConn {
                         pool: self,
-                        conn: Some(conn),
+                        conn: Some(gated(conn, &self.gate)),
                     }),
                     Err(e) => {
                         self.forget();
@@ -186,6 +216,13 @@ impl Pool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.open -= 1;
         self.freed.notify_one();
+    }
+}
+
+fn gated(conn: Conn, gate: &Option<Arc<WriteGate>>) -> Conn {
+    match gate {
+        Some(g) => conn.with_gate(g.clone()),
+        None => conn,
     }
 }
 
@@ -238,5 +275,42 @@ mod tests {
         assert_eq!(pg.to_string(), "postgres://capstan:***@db:5432/capstan");
         let e = Database::parse("mysql://u:hunter2@x/y", dir).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn sqlite_commits_leave_checkpoints_to_the_background_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(Database::Sqlite(dir.path().join("t.db")), 2).unwrap();
+        let mut c = pool.get().unwrap();
+        let backstop: i64 = c
+            .as_sqlite()
+            .unwrap()
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(backstop, WRITER_BACKSTOP_PAGES);
+        c.batch("CREATE TABLE t (v BLOB)").unwrap();
+        // 4 MiB: four times SQLite's default auto-checkpoint point.
+        let blob = vec![7u8; 64 * 1024];
+        for _ in 0..64 {
+            let sql = c.as_sqlite().unwrap();
+            sql.execute("INSERT INTO t (v) VALUES (?1)", [&blob])
+                .unwrap();
+        }
+        drop(c);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Copied into the database file, by no writer (their backstop
+            // is 64 MiB away).
+            let (log, done) = pool.last_checkpoint().unwrap();
+            let size = std::fs::metadata(dir.path().join("t.db")).unwrap().len();
+            if size >= 4 * 1024 * 1024 && done == log {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was not checkpointed in the background: database {size} bytes, WAL {log} frames, {done} copied"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
