@@ -38,6 +38,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post, put};
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -309,6 +310,29 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(from_fn_with_state(state.clone(), auth::guard))
         .layer(from_fn_with_state(in_flight, limits::in_flight))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
+}
+
+/// 5xx answers in the log: 503 and 507 (not ready while draining, overload,
+/// a busy or full database) are expected conditions with their own reason
+/// in the body, so a warning; anything else is an error.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    use http::StatusCode;
+    let ms = latency.as_millis();
+    match class {
+        ServerErrorsFailureClass::StatusCode(
+            s @ (StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE),
+        ) => tracing::warn!(status = s.as_u16(), latency_ms = ms, "request answered {s}"),
+        ServerErrorsFailureClass::StatusCode(s) => {
+            tracing::error!(
+                status = s.as_u16(),
+                latency_ms = ms,
+                "request failed with {s}"
+            )
+        }
+        ServerErrorsFailureClass::Error(e) => {
+            tracing::error!(latency_ms = ms, "request failed: {e}")
+        }
+    }
 }
