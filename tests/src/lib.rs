@@ -155,6 +155,17 @@ impl TestServer {
         status_json(r).await
     }
 
+    /// The server's `/metrics` text (with this server's token, if any).
+    pub async fn metrics(&self) -> String {
+        self.request(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("get /metrics")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
     /// GET a path; returns status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         status_json(

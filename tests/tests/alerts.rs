@@ -225,15 +225,7 @@ async fn ha_copies_and_resends_are_handled_once_and_resolved_once() {
         .get("/v1/alerts/groups?state=processed&alertname=Down")
         .await;
     assert_eq!(list["groups"].as_array().unwrap().len(), 2, "{list:#?}");
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("capstan_alert_alerts_total{result=\"deduped\"} 7"),
         "{metrics}"
@@ -824,15 +816,7 @@ async fn bench_ingest_1000_alert_groups() {
     // The part of each answer spent storing (parsed body -> committed), from
     // the server's own histogram: (sum of seconds, count).
     let storing = || async {
-        let metrics = server
-            .client
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         let value = |name: &str| -> f64 {
             metrics
                 .lines()

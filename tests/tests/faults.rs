@@ -194,14 +194,7 @@ async fn failures_are_counted_in_metrics() {
     fault(&server, "loop", json!({})).await;
     fault(&server, "trap", json!({})).await;
     fault(&server, "ok", json!({})).await;
-    let text = server
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     assert!(
         text.contains(
             r#"capstan_plugin_invocation_errors_total{plugin="fault",kind="deadline_exceeded"} 1"#

@@ -254,14 +254,7 @@ async fn a_probe_failure_reaches_one_signed_dingtalk_message_and_a_silence_then_
         format!("capstan_plugin_http__probe_probe_success{{target=\"{web}/healthz\"}} 1");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = client()
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         if text.contains(&probe_ok) {
             break;
         }

@@ -106,12 +106,7 @@ async fn plugin_families_never_collide_and_special_values_scrape() {
             .install(&emitter(plugin, families), &guest(guests::METRICS_EMIT))
             .await;
     }
-    let r = server
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
+    let text = server.metrics().await;
     for line in [
         "capstan_plugin_a_b_x{i=\"0\"} 1\n",
         "capstan_plugin_a__b_x{i=\"0\"} 2\n",

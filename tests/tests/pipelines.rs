@@ -1009,12 +1009,7 @@ async fn runs_steps_and_lock_waits_are_in_the_metrics() {
         wait_status(&server, &id, &["succeeded", "failed"]).await["status"],
         "succeeded"
     );
-    let r = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
+    let text = server.metrics().await;
     for needle in [
         "capstan_pipeline_runs_total{pipeline=\"measured\",status=\"succeeded\"} 1",
         "capstan_pipeline_step_duration_seconds_count{pipeline=\"measured\",step=\"deploy\",outcome=\"succeeded\"} 1",

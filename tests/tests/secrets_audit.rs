@@ -166,15 +166,7 @@ async fn audit_retention_keeps_the_newest_rows() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // What the log could not take is counted in /metrics.
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("capstan_audit_records_dropped_total 0"),
         "{metrics}"
