@@ -27,10 +27,11 @@ pub struct Conn {
     gate: Option<Arc<WriteGate>>,
 }
 
-/// One writer at a time per SQLite database, in the order they came. SQLite
-/// allows one writer anyway; without the gate the others poll for its lock
-/// with sleeps of up to 100 ms, so under load a writer could lose the race
-/// for a second or more.
+/// One writer at a time per SQLite database. SQLite allows one writer
+/// anyway; without the gate the others poll for its lock with sleeps of up
+/// to 100 ms, so under load a writer could lose the race for a second or
+/// more. Waiters park on the lock instead and are handed it in turn
+/// (parking_lot's lock is eventually fair).
 pub(crate) type WriteGate = parking_lot::Mutex<()>;
 
 enum Inner {

@@ -313,4 +313,43 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    #[test]
+    fn a_writer_kept_out_past_the_lock_timeout_gets_a_busy_error() {
+        use crate::sql::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(Database::Sqlite(dir.path().join("t.db")), 2).unwrap();
+        pool.get()
+            .unwrap()
+            .batch("CREATE TABLE t (v INTEGER)")
+            .unwrap();
+        let (held, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut a = pool.get().unwrap();
+                a.tx(|a| {
+                    a.exec("INSERT INTO t (v) VALUES (1)", &[])?;
+                    held.wait();
+                    release.wait();
+                    Ok::<_, DbError>(())
+                })
+                .unwrap();
+            });
+            held.wait();
+            let mut b = pool.get().unwrap();
+            let e = b
+                .tx(|b| b.exec("INSERT INTO t (v) VALUES (2)", &[]))
+                .unwrap_err();
+            release.wait();
+            assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+            assert!(e.to_string().contains("another writer"), "{e}");
+        });
+        // The first writer's row is there; the refused one changed nothing.
+        let n: i64 = pool
+            .get()
+            .unwrap()
+            .value("SELECT COUNT(*) FROM t", &[])
+            .unwrap();
+        assert_eq!(n, 1);
+    }
 }
