@@ -1,9 +1,12 @@
 //! Notification channels end to end: a server on loopback sends through
 //! provider stand-ins that answer as DingTalk, WeCom, Feishu, Slack and an
 //! SMTP server do (`capstan_tests::chat`, `capstan_tests::smtp`), errors
-//! included; and a real `capstan` process killed with -9 between enqueue
+//! included, over TLS too (SMTPS, STARTTLS, https, with the server's private
+//! CA); and a real `capstan` process killed with -9 between enqueue
 //! and the provider's answer.
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capstan_tests::chat::{Chat, Scripted};
@@ -452,6 +455,202 @@ async fn wecom_and_email_deliver_and_report_refusals() {
         .await;
     assert_eq!(st, 502, "{e}");
     assert_eq!(e["error"]["details"]["answer"]["code"], "550", "{e:#}");
+}
+
+/// A server trusting the test certificate `ca` as its private CA (`[http] ca_file`).
+async fn server_trusting(ca: &Path) -> TestServer {
+    let ca = ca.to_path_buf();
+    TestServer::start_with(move |c| {
+        c.notify.timeout_ms = 2_000;
+        c.http.ca_file = Some(ca);
+    })
+    .await
+}
+
+/// An email channel to `port` on loopback; `tls` is merged into `smtp`.
+fn email(name: &str, port: u16, tls: Value) -> Value {
+    let mut smtp = json!({"host": "127.0.0.1", "port": port,
+        "from": "capstan@example.com", "to": ["oncall@example.com"]});
+    smtp.as_object_mut()
+        .unwrap()
+        .extend(tls.as_object().unwrap().clone());
+    json!({"name": name, "project": "default", "type": "email", "smtp": smtp})
+}
+
+/// The provider answer of a refused test-send (502).
+async fn refused_test(s: &TestServer, ch: &str) -> String {
+    let (st, e) = s
+        .send(
+            Method::POST,
+            &format!("/v1/notify/channels/{ch}/test"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 502, "{ch}: {e:#}");
+    e["error"]["details"]["answer"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ch}: no answer message in {e:#}"))
+        .to_string()
+}
+
+/// Implicit TLS (SMTPS, what Tencent Exmail and Aliyun Mail ask on port
+/// 465) and STARTTLS, to relays whose certificate comes from the server's
+/// private CA; STARTTLS required of a server that does not offer it sends
+/// nothing; without the CA the certificate is refused, and the answer says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_over_implicit_tls_and_starttls_trusting_the_servers_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = capstan_tests::self_signed_cert(certs.path());
+    let smtps = SmtpSink::start_implicit_tls(&cert, &key).await;
+    let starttls = SmtpSink::start_starttls(&cert, &key).await;
+    let plain = SmtpSink::start().await;
+    let s = server_trusting(&cert).await;
+    channel(
+        &s,
+        email("smtps", smtps.port, json!({"implicit_tls": true})),
+    )
+    .await;
+    channel(
+        &s,
+        email("starttls", starttls.port, json!({"starttls": true})),
+    )
+    .await;
+    channel(
+        &s,
+        email("no-starttls", plain.port, json!({"starttls": true})),
+    )
+    .await;
+
+    for (ch, sink) in [("smtps", &smtps), ("starttls", &starttls)] {
+        let (st, d) = s
+            .send(
+                Method::POST,
+                &format!("/v1/notify/channels/{ch}/test"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{ch}: {d:#}");
+        assert_eq!(d["attempt_log"][0]["http_status"], 250, "{ch}: {d:#}");
+        let id = send(&s, ch, "DiskFull on node-3\n/var is 97% full", ch).await;
+        assert_eq!(settled(&s, &id).await["status"], "sent", "{ch}");
+        let mails = sink.mails();
+        assert_eq!(mails.len(), 2, "{ch}: {mails:#?}");
+        assert!(mails.iter().all(|m| m.tls), "{ch}: a mail came in clear");
+        assert_eq!(mails[1].to, ["oncall@example.com"]);
+        assert!(
+            mails[1].data.contains("Subject: DiskFull on node-3"),
+            "{}",
+            mails[1].data
+        );
+    }
+    // Each STARTTLS session upgraded once before its mail.
+    assert_eq!(starttls.upgrades(), 2);
+
+    // STARTTLS required and not offered: a failure, and no mail in clear.
+    let answer = refused_test(&s, "no-starttls").await;
+    assert!(answer.contains("STARTTLS"), "{answer}");
+    assert!(plain.mails().is_empty(), "{:#?}", plain.mails());
+
+    // The SMTPS port spoken to in clear (`implicit_tls` forgotten): both
+    // sides wait for the other; the send ends at the notify timeout.
+    channel(&s, email("forgot-implicit", smtps.port, json!({}))).await;
+    let t = Instant::now();
+    let answer = refused_test(&s, "forgot-implicit").await;
+    assert!(answer.contains("no answer from"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+    // Without the CA, both relays' certificate is refused, plainly.
+    let bare = server().await;
+    channel(
+        &bare,
+        email("smtps", smtps.port, json!({"implicit_tls": true})),
+    )
+    .await;
+    channel(&bare, email("starttls", starttls.port, json!({}))).await;
+    for ch in ["smtps", "starttls"] {
+        let answer = refused_test(&bare, ch).await;
+        assert!(
+            answer.contains("certificate is not trusted") && answer.contains("UnknownIssuer"),
+            "{ch}: {answer}"
+        );
+    }
+    assert_eq!(smtps.mails().len(), 2);
+    assert_eq!(starttls.mails().len(), 2);
+}
+
+/// An https endpoint on loopback presenting `cert`: answers every request
+/// `200 ok` and keeps the bodies.
+async fn https_hook(cert: &Path, key: &Path) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let acceptor = capstan::api::tls::acceptor(cert, key).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            let (acceptor, g) = (acceptor.clone(), g.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let mut r = BufReader::new(tls);
+                let (mut line, mut len) = (String::new(), 0);
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).await.unwrap();
+                g.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                let _ = r.write_all(ok).await;
+                let _ = r.shutdown().await;
+            });
+        }
+    });
+    (port, got)
+}
+
+/// A webhook at an https URL of an internal service: its certificate comes
+/// from the server's private CA, trusted; without the CA the answer names
+/// the certificate problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_trusts_the_servers_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = capstan_tests::self_signed_cert(certs.path());
+    let (port, got) = https_hook(&cert, &key).await;
+    let hook = json!({"name": "hook", "project": "default", "type": "webhook", "webhook_secret": "hook-url"});
+    let url = format!("https://127.0.0.1:{port}/hook");
+
+    let s = server_trusting(&cert).await;
+    secret(&s, "hook-url", &url).await;
+    channel(&s, hook.clone()).await;
+    let (st, d) = s
+        .send(Method::POST, "/v1/notify/channels/hook/test", None)
+        .await;
+    assert_eq!(st, 200, "{d:#}");
+    assert_eq!(d["attempt_log"][0]["http_status"], 200, "{d:#}");
+    assert_eq!(got.lock().unwrap().len(), 1);
+    assert!(got.lock().unwrap()[0].contains("Capstan test message"));
+
+    let bare = server().await;
+    secret(&bare, "hook-url", &url).await;
+    channel(&bare, hook).await;
+    let answer = refused_test(&bare, "hook").await;
+    assert!(answer.contains("certificate is not trusted"), "{answer}");
+    assert_eq!(got.lock().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

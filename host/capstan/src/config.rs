@@ -209,12 +209,15 @@ pub struct KubeSection {
     pub clusters: Vec<crate::capabilities::kube::ClusterConfig>,
 }
 
-/// The `[http]` section: what plugins' https requests trust.
+/// The `[http]` section: what the server's TLS clients trust.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// A PEM file of CA certificates trusted besides the public roots (a
-    /// private CA of internal services). Read at startup.
+    /// private CA of internal services), by plugins' https requests and by
+    /// notification channels (email over STARTTLS or implicit TLS, https
+    /// webhooks). Read at startup; a file without a usable certificate is a
+    /// startup error.
     pub ca_file: Option<PathBuf>,
 }
 

@@ -109,10 +109,16 @@ impl Server {
         .context("preparing API tokens")?;
         let auth = Arc::new(auth);
         let replica = replica_id(&config.data_dir)?;
+        let mut notify_config = config.notify.config(replica.clone());
+        // Email and https webhooks trust `[http] ca_file` too (checked above).
+        if let Some(path) = &config.http.ca_file {
+            notify_config.ca_pem = std::fs::read(path)
+                .with_context(|| format!("[http] ca_file: reading {}", path.display()))?;
+        }
         let notify = capstan_notify::Notifier::start(
             store.clone(),
             Arc::new(capstan_notify::EnvSecrets(registry.runtime().env().clone())),
-            config.notify.config(replica.clone()),
+            notify_config,
             notify_metrics,
         );
         notify

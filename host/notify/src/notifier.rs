@@ -60,6 +60,10 @@ pub struct NotifyConfig {
     /// How long finished deliveries and their receipts are kept (zero:
     /// forever). Checked hourly.
     pub retention: Duration,
+    /// PEM certificates of private CAs trusted besides the default roots,
+    /// for email (STARTTLS and implicit TLS) and for https webhooks: the
+    /// server fills it from `[http] ca_file`. Empty: none.
+    pub ca_pem: Vec<u8>,
 }
 
 impl Default for NotifyConfig {
@@ -73,8 +77,25 @@ impl Default for NotifyConfig {
             max_attempts: 8,
             timeout: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 86_400),
+            ca_pem: Vec::new(),
         }
     }
+}
+
+/// The client of HTTP channels: no redirects; trusts the system's roots
+/// (reqwest's platform verifier) and the certificates of `ca_pem`.
+fn http_client(ca_pem: &[u8]) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    let builder = if ca_pem.is_empty() {
+        builder
+    } else {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| format!("reading the CA certificates ([http] ca_file): {e}"))?;
+        builder.tls_certs_merge(certs)
+    };
+    builder
+        .build()
+        .map_err(|e| format!("building the HTTP client: {}", crate::send::chain(&e)))
 }
 
 /// A message to enqueue.
@@ -109,7 +130,9 @@ pub struct Notifier {
     pub(crate) db: NotifyStore,
     pub(crate) secrets: Arc<dyn SecretSource>,
     pub(crate) config: NotifyConfig,
-    pub(crate) http: reqwest::Client,
+    /// The webhook client, or why it could not be built (every HTTP send
+    /// then answers that).
+    pub(crate) http: Result<reqwest::Client, String>,
     pub(crate) metrics: NotifyMetrics,
     pub(crate) wake: tokio::sync::Notify,
     /// Channels a task of this replica is sending for.
@@ -130,13 +153,14 @@ impl Notifier {
         // reqwest is built without a TLS provider of its own: the process
         // uses ring (as the server's listener and the http capability do).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = http_client(&config.ca_pem);
+        if let Err(e) = &http {
+            tracing::error!("notify: {e}; channels sending over HTTP will fail");
+        }
         let n = Arc::new(Notifier {
             db: NotifyStore::new(store),
             secrets,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            http,
             config,
             metrics,
             wake: tokio::sync::Notify::new(),

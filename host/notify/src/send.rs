@@ -54,8 +54,11 @@ impl Notifier {
             _ => (url, None),
         };
         let body = provider::payload(spec.kind, format, text, feishu);
-        let sent = self
-            .http
+        let http = match &self.http {
+            Ok(c) => c,
+            Err(e) => return Answer::local(e.clone()),
+        };
+        let sent = http
             .post(&url)
             .json(&body)
             .timeout(self.config.timeout)
@@ -63,7 +66,7 @@ impl Notifier {
             .await;
         let resp = match sent {
             Ok(r) => r,
-            Err(e) => return Answer::transport(e.without_url().to_string()),
+            Err(e) => return Answer::transport(chain(&e.without_url())),
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -81,6 +84,7 @@ impl Notifier {
     async fn send_email(&self, smtp: &SmtpSpec, text: &str) -> Answer {
         use lettre::message::header::ContentType;
         use lettre::transport::smtp::authentication::Credentials;
+        use lettre::transport::smtp::client::Tls;
         use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
         let password = match smtp
             .password_secret
@@ -91,15 +95,25 @@ impl Notifier {
             Ok(p) => p,
             Err(a) => return a,
         };
-        let builder = if smtp.starttls {
-            match AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host) {
-                Ok(b) => b,
-                Err(e) => return Answer::local(format!("smtp: {e}")),
+        // Implicit TLS (SMTPS) wraps the connection from the first byte;
+        // STARTTLS upgrades it and refuses to go on in clear; else clear text.
+        let tls = if smtp.implicit_tls || smtp.starttls {
+            let params = match self.tls_parameters(&smtp.host) {
+                Ok(p) => p,
+                Err(e) => return Answer::local(format!("smtp TLS settings: {}", chain(&e))),
+            };
+            if smtp.implicit_tls {
+                Tls::Wrapper(params)
+            } else {
+                Tls::Required(params)
             }
         } else {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+            Tls::None
         };
-        let mut builder = builder.port(smtp.port).timeout(Some(self.config.timeout));
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+            .port(smtp.port)
+            .tls(tls)
+            .timeout(Some(self.config.timeout));
         if let (Some(user), Some(pass)) = (&smtp.username, password) {
             builder = builder.credentials(Credentials::new(user.clone(), pass));
         }
@@ -118,7 +132,23 @@ impl Notifier {
             Ok(m) => m,
             Err(e) => return Answer::local(format!("building the message: {e}")),
         };
-        match builder.build().send(msg).await {
+        // lettre bounds only the connect: a server that never answers (say
+        // port 465 spoken to in clear: both sides wait) would hold the send.
+        let sent = tokio::time::timeout(self.config.timeout, builder.build().send(msg)).await;
+        let Ok(sent) = sent else {
+            let hint = if smtp.port == 465 && !smtp.implicit_tls {
+                " (port 465 usually wants `implicit_tls: true`)"
+            } else {
+                ""
+            };
+            return Answer::transport(format!(
+                "smtp: no answer from {}:{} within {} ms{hint}",
+                smtp.host,
+                smtp.port,
+                self.config.timeout.as_millis()
+            ));
+        };
+        match sent {
             Ok(r) => {
                 let message = r.message().collect::<Vec<_>>().join(" ");
                 Answer {
@@ -137,21 +167,93 @@ impl Notifier {
                 },
                 status: e.status().and_then(|c| c.to_string().parse().ok()),
                 code: e.status().map(|c| c.to_string()),
-                message: Some(e.to_string()),
+                message: Some(chain(&e)),
                 body: String::new(),
             },
         }
     }
+
+    /// TLS for SMTP to `host`: the public roots (`webpki-roots`) and the
+    /// private CAs of [`NotifyConfig::ca_pem`](crate::NotifyConfig::ca_pem).
+    fn tls_parameters(
+        &self,
+        host: &str,
+    ) -> Result<lettre::transport::smtp::client::TlsParameters, lettre::transport::smtp::Error>
+    {
+        use lettre::transport::smtp::client::{Certificate, TlsParameters};
+        let mut b = TlsParameters::builder(host.to_string());
+        if !self.config.ca_pem.is_empty() {
+            b = b.add_root_certificate(Certificate::from_pem(&self.config.ca_pem)?);
+        }
+        b.build_rustls()
+    }
+}
+
+/// An error with its causes, `error: cause: cause`, for answers (the TLS
+/// handshake's refusal of a certificate is said first, plainly).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut certificate = None;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let m = err.to_string();
+        // Many errors print their cause too: say each once.
+        if !parts.last().is_some_and(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+        certificate = certificate.or_else(|| certificate_problem(err));
+        cur = err.source();
+    }
+    let text = parts.join(": ");
+    match certificate {
+        Some(c) => format!("{c} ({text})"),
+        None => text,
+    }
+}
+
+/// The rustls error `e` is or wraps in `io::Error`s (as TLS streams and
+/// HTTP connectors report it).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    match e.downcast_ref::<std::io::Error>() {
+        Some(io) => rustls_error(io.get_ref()?),
+        None => e.downcast_ref::<rustls::Error>(),
+    }
+}
+
+/// What is wrong with the peer's certificate, if `e` is rustls refusing it.
+fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(c) = rustls_error(e)? else {
+        return None;
+    };
+    Some(match c {
+        // A signature that does not verify: some root has the issuer's
+        // name (Debian's snakeoil `CN=localhost`, say) but did not sign it.
+        C::UnknownIssuer
+        | C::BadSignature
+        | C::UnsupportedSignatureAlgorithmContext { .. }
+        | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "the server's TLS certificate is not trusted: no trusted root and no CA of \
+             the server's CA file ([http] ca_file) issued it"
+                .to_string()
+        }
+        C::Expired | C::ExpiredContext { .. } => {
+            "the server's TLS certificate has expired".to_string()
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "the server's TLS certificate is not valid yet".to_string()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "the server's TLS certificate is not valid for the host name".to_string()
+        }
+        other => format!("the server's TLS certificate is not accepted: {other}"),
+    })
 }
 
 /// The body as text, at most `max` bytes read.
 async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<String, String> {
     let mut buf = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| e.without_url().to_string())?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e.without_url()))? {
         buf.extend_from_slice(&chunk);
         if buf.len() >= max {
             buf.truncate(max);

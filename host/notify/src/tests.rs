@@ -285,3 +285,17 @@ async fn retention_deletes_finished_deliveries_and_their_receipts_never_queued_o
         let _ = t.backend();
     }
 }
+
+#[test]
+fn a_refused_certificate_is_named_in_the_answer_with_its_causes() {
+    let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+    let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+    let m = crate::send::chain(&io);
+    assert!(
+        m.starts_with("the server's TLS certificate is not trusted")
+            && m.ends_with("(invalid peer certificate: UnknownIssuer)"),
+        "{m}"
+    );
+    let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    assert_eq!(crate::send::chain(&plain), "refused");
+}

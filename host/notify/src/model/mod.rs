@@ -120,12 +120,19 @@ impl Format {
 pub struct SmtpSpec {
     /// Server host name.
     pub host: String,
-    /// Port (default 587).
+    /// Port (default 587; servers with implicit TLS listen on 465).
     #[serde(default = "default_smtp_port")]
     pub port: u16,
+    /// Connect with TLS from the first byte (SMTPS, "implicit TLS" of RFC
+    /// 8314, usually port 465, as Tencent Exmail and Aliyun Mail ask)
+    /// instead of upgrading a clear connection; `starttls` does not apply
+    /// then (default false). Stored only when set, so that a spec without
+    /// it stays readable by older replicas.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implicit_tls: bool,
     /// Upgrade the connection with STARTTLS and refuse to send without it
-    /// (default true). `false` sends in clear text: only for a relay on
-    /// localhost or a trusted network.
+    /// (default true). `false` (and no `implicit_tls`) sends in clear text:
+    /// only for a relay on localhost or a trusted network.
     #[serde(default = "yes")]
     pub starttls: bool,
     /// User to authenticate as, if the server needs it.

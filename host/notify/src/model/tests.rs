@@ -159,3 +159,22 @@ fn specs_are_validated() {
     slack.kind = ChannelKind::Slack;
     assert!(slack.validate().unwrap_err().contains("sign_secret"));
 }
+
+#[test]
+fn smtp_specs_stored_before_implicit_tls_still_read_and_it_is_stored_only_when_set() {
+    let stored = serde_json::json!({
+        "name": "mail", "project": "default", "type": "email",
+        "smtp": {"host": "smtp.example.com", "port": 587, "starttls": true,
+                 "username": null, "password_secret": null,
+                 "from": "capstan@example.com", "to": ["oncall@example.com"]}
+    });
+    let spec: ChannelSpec = serde_json::from_value(stored.clone()).unwrap();
+    let smtp = spec.smtp.as_ref().unwrap();
+    assert!(!smtp.implicit_tls && smtp.starttls);
+    assert_eq!(serde_json::to_value(&spec).unwrap(), stored);
+    let mut smtps = spec.clone();
+    smtps.smtp.as_mut().unwrap().implicit_tls = true;
+    let v = serde_json::to_value(&smtps).unwrap();
+    assert_eq!(v["smtp"]["implicit_tls"], true);
+    assert_eq!(serde_json::from_value::<ChannelSpec>(v).unwrap(), smtps);
+}
