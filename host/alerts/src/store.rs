@@ -159,6 +159,25 @@ impl AlertStore {
         })
     }
 
+    /// One stored group, with its webhook already at hand (the payload is
+    /// not read).
+    pub fn group_with(&self, id: &str, hook: Webhook) -> Result<Option<GroupRow>, StoreError> {
+        let row = self.store.with(|c| {
+            c.row(
+                "SELECT receiver, state, received_ms FROM alert_groups WHERE id = ?1",
+                args![id],
+            )
+        })?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(GroupRow {
+            id: id.to_string(),
+            receiver: r.get(0)?,
+            hook,
+            state: r.get(1)?,
+            received_ms: r.get(2)?,
+        }))
+    }
+
     /// The alerts this delivery brought first: `(fingerprint, status, startsAt)`.
     pub fn new_alerts(&self, group_id: &str) -> Result<Vec<(String, String, String)>, StoreError> {
         self.store.with(|c| {

@@ -4,6 +4,7 @@
 //! handler plugins and carry out their actions ([`actions`]).
 
 mod actions;
+mod handoff;
 mod silences;
 mod worker;
 
@@ -44,6 +45,7 @@ pub struct Engine {
     wake: Arc<tokio::sync::Notify>,
     ingest: tokio::sync::Semaphore,
     backlog: AtomicI64,
+    handoff: handoff::Handoff,
     http: reqwest::Client,
 }
 
@@ -74,6 +76,7 @@ impl Engine {
             pipelines: Mutex::default(),
             wake: Arc::new(tokio::sync::Notify::new()),
             backlog: AtomicI64::new(0),
+            handoff: handoff::Handoff::default(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
@@ -166,6 +169,8 @@ impl Engine {
         if stored.state == "pending" {
             self.metrics.delivery("stored");
             self.backlog.fetch_add(1, Ordering::Relaxed);
+            let all_new = stored.new_alerts == stored.alerts;
+            self.handoff.put(&id, handoff::Fresh { hook, all_new });
             self.wake.notify_waiters();
         } else {
             self.metrics.delivery("duplicate");

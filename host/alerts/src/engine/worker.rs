@@ -122,13 +122,23 @@ impl Engine {
     }
 
     async fn handle_group(self: &Arc<Self>, id: &str, lease: &Lease) -> Result<(), AlertsError> {
-        let Some(group) = self.db.group(id)? else {
+        // A group stored here comes parsed from the handoff; any other is
+        // read back from the store.
+        let (group, all_new) = match self.handoff.take(id) {
+            Some(fresh) => (self.db.group_with(id, fresh.hook)?, fresh.all_new),
+            None => (self.db.group(id)?, false),
+        };
+        let Some(group) = group else {
             return Ok(());
         };
         if group.state != "pending" {
             return Ok(());
         }
-        let alerts = self.new_alerts(&group)?;
+        let alerts = if all_new {
+            group.hook.alerts.clone()
+        } else {
+            self.new_alerts(&group)?
+        };
         self.unsilence_resolved(&group, &alerts).await;
         let mut all: Vec<Route> = self.routes()?.into_iter().map(|v| v.route).collect();
         all = sorted(all);
