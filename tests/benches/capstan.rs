@@ -5,6 +5,7 @@
 //! cargo bench -p capstan-tests --bench capstan -- http --markdown  # one scenario, plus Markdown tables
 //! cargo bench -p capstan-tests --bench capstan -- --quick          # small sizes, a smoke run
 //! cargo bench -p capstan-tests --bench capstan -- http --perf DIR  # also profile each HTTP target (perf)
+//! cargo bench -p capstan-tests --bench capstan -- pipelines --perf DIR  # also profile the server over the throughput window
 //! ```
 //!
 //! Scenarios (each measured in the same run as its comparison):
@@ -81,7 +82,8 @@ struct Opts {
     bench: bool,
     /// `--secs N`: seconds per HTTP round instead of the default.
     secs: Option<f64>,
-    /// `--perf DIR`: profile each `http` target's first round (see [`profile`]).
+    /// `--perf DIR`: profile each `http` target's first round, or the
+    /// `pipelines` server over its throughput window (see [`profile`]).
     perf: Option<PathBuf>,
 }
 
@@ -2328,7 +2330,7 @@ fn main() -> anyhow::Result<()> {
             "restart" => rt.block_on(scenario_restart(sizes)).map(|t| vec![t]),
             "rss" => scenario_rss(sizes).map(|t| vec![t]),
             "noisy" => rt.block_on(scenario_noisy(sizes)).map(|t| vec![t]),
-            "pipelines" => rt.block_on(pipelines::scenario(opts.quick)),
+            "pipelines" => rt.block_on(pipelines::scenario(opts.quick, opts.perf.clone())),
             _ => unreachable!(),
         };
         match result {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The admin token every [`Capstan`] process is started with.
@@ -35,7 +35,7 @@ impl Capstan {
             .arg("--data-dir")
             .arg(dir.path())
             .env("CAPSTAN_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
@@ -45,6 +45,11 @@ impl Capstan {
             addr,
             dir: Some(dir),
         }
+    }
+
+    /// The process id (for a profiler).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://127.0.0.1:PORT`.

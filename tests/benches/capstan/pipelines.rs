@@ -12,6 +12,7 @@
 //!   restart on the same data directory: time to `/readyz`, and to every
 //!   run finished.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -26,7 +27,9 @@ const CHAIN: &str = "name: chain5\nsteps:\n  - {id: s1, plugin: step, params: {q
 const POSTING: usize = 32;
 
 /// Runs `runs` runs of the chain and answers the two tables.
-pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
+/// With `perf`, the server is profiled over the throughput window
+/// (`<perf>/pipelines.data`).
+pub async fn scenario(quick: bool, perf: Option<PathBuf>) -> anyhow::Result<Vec<Table>> {
     let runs = if quick { 50 } else { 1000 };
     let config = max_running_config(256)?;
     let server = Capstan::start(
@@ -42,11 +45,17 @@ pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
     server.wait_ready().await;
     procs::step_and_pipeline(&server.url(), "chain5", CHAIN).await;
 
-    let started = Instant::now();
+    let recording = perf
+        .map(|dir| super::profile::record_pid(&dir, "pipelines", server.pid()))
+        .transpose()?;
+    let (started, started_ms) = (Instant::now(), unix_ms());
     let ids = post_runs(&server.url(), "chain5", runs, POSTING).await?;
     let posted = started.elapsed();
-    wait_all_done(&server.url(), &ids, Duration::from_secs(600)).await?;
-    let elapsed = started.elapsed();
+    let last_ms = wait_all_done(&server.url(), &ids, Duration::from_secs(600)).await?;
+    let elapsed = Duration::from_millis(last_ms.saturating_sub(started_ms));
+    if let Some(r) = recording {
+        eprintln!("profile: {}", r.stop()?.display());
+    }
     let mut t = Table::new(
         "Pipelines: durable runs of a 5-step chain (one process, SQLite)",
         &[
@@ -64,19 +73,38 @@ pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
         format!("{:.0}", runs as f64 / elapsed.as_secs_f64()),
         format!("{:.0}", 5.0 * runs as f64 / elapsed.as_secs_f64()),
     ]);
-    let mut gaps = scheduling_gaps(&server.url(), &ids[..ids.len().min(200)]).await?;
-    gaps.sort_unstable();
+    // 200 runs spread over the whole batch (the first ones never queue).
+    let sample: Vec<String> = ids
+        .iter()
+        .step_by((ids.len() / 200).max(1))
+        .cloned()
+        .collect();
+    let p = phases(&server.url(), &sample).await?;
     let mut l = Table::new(
-        "Pipelines: step scheduling latency (previous result journaled -> next attempt started)",
-        &["samples", "p50", "p90", "p99", "max"],
+        "Pipelines: step scheduling latency (previous result journaled -> next attempt started), and the other phases of a run",
+        &["phase", "samples", "p50", "p90", "p99", "max"],
     );
-    l.row(vec![
-        gaps.len().to_string(),
-        format!("{} ms", pct(&gaps, 0.50)),
-        format!("{} ms", pct(&gaps, 0.90)),
-        format!("{} ms", pct(&gaps, 0.99)),
-        format!("{} ms", gaps.last().copied().unwrap_or(0)),
-    ]);
+    for (phase, v) in [
+        (
+            "scheduling: result journaled -> next attempt started",
+            &p.gaps,
+        ),
+        ("attempt: started -> result journaled", &p.attempts),
+        ("queued: run stored -> first attempt started", &p.queued),
+        (
+            "running: first attempt started -> last result journaled",
+            &p.running,
+        ),
+    ] {
+        l.row(vec![
+            phase.to_string(),
+            v.len().to_string(),
+            format!("{} ms", pct(v, 0.50)),
+            format!("{} ms", pct(v, 0.90)),
+            format!("{} ms", pct(v, 0.99)),
+            format!("{} ms", v.last().copied().unwrap_or(0)),
+        ]);
+    }
     l.note("measured during the throughput run above, so under that load");
     drop(server);
     Ok(vec![t, l, resume(runs).await?])
@@ -84,9 +112,10 @@ pub async fn scenario(quick: bool) -> anyhow::Result<Vec<Table>> {
 
 /// kill -9 with `runs` runs in flight, then a restart.
 async fn resume(runs: usize) -> anyhow::Result<Table> {
-    // s2 answers retry-after until its 3rd call, 1 s apart: every run is
-    // parked there when the server dies.
-    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true, wait_polls: 3, poll_ms: 1000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n";
+    // s2 answers retry-after until its 3rd call, 3 s apart: every run is
+    // parked there when the server dies (checking 1,000 runs takes a few
+    // seconds).
+    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true, wait_polls: 3, poll_ms: 3000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n";
     // Every run in flight at once, none queued by the server's limit.
     let config = max_running_config(runs)?;
     let env = [
@@ -117,28 +146,55 @@ async fn resume(runs: usize) -> anyhow::Result<Table> {
         }
     }
     let dir = server.kill_9();
-    let restarted = Instant::now();
+    let (restarted, restarted_ms) = (Instant::now(), unix_ms());
     let server = Capstan::start(Some(dir), &env);
     server.wait_ready().await;
     let ready = restarted.elapsed();
-    wait_all_done(&server.url(), &ids, Duration::from_secs(900)).await?;
-    let done = restarted.elapsed();
+    let last_ms = wait_all_done(&server.url(), &ids, Duration::from_secs(900)).await?;
+    let done = Duration::from_millis(last_ms.saturating_sub(restarted_ms));
+    // When each run's log says it was resumed by the new process.
+    let (mut resumed_ms, mut not_resumed) = (0u64, 0usize);
+    for id in &ids {
+        let log = procs::get_json(&server.url(), &format!("/v1/runs/{id}/log?limit=1000")).await;
+        let at = log["lines"].as_array().and_then(|lines| {
+            lines
+                .iter()
+                .filter(|l| {
+                    l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("resumed"))
+                })
+                .filter_map(|l| l["at_ms"].as_u64())
+                .find(|at| *at >= restarted_ms)
+        });
+        match at {
+            Some(at) => resumed_ms = resumed_ms.max(at),
+            None => not_resumed += 1,
+        }
+    }
+    let resumed = Duration::from_millis(resumed_ms.saturating_sub(restarted_ms));
     let mut t = Table::new(
         "Pipelines: resume after kill -9",
         &[
             "runs in flight",
             "restart to /readyz",
+            "restart to every run resumed",
             "restart to all finished",
-            "runs/s after restart",
         ],
     );
     t.row(vec![
         runs.to_string(),
         format!("{:.2} s", ready.as_secs_f64()),
+        format!("{:.2} s", resumed.as_secs_f64()),
         format!("{:.2} s", done.as_secs_f64()),
-        format!("{:.0}", runs as f64 / done.as_secs_f64()),
     ]);
-    t.note("each run still had s2's remaining polls (1 s apart) and s3 to run after the restart");
+    t.note("resumed: the run's log line `resumed: ...`, written with the first state the new process journals for it");
+    t.note("finished: each run still had s2's remaining polls (3 s apart) and s3 to run after the restart");
+    if not_resumed > 0 {
+        t.note(format!(
+            "{not_resumed} runs have no `resumed` line after the restart (they had finished before the kill)"
+        ));
+    }
     Ok(t)
 }
 
@@ -176,15 +232,21 @@ async fn post_runs(
 }
 
 /// Waits until every run in `ids` succeeded (fails on any other ending).
-async fn wait_all_done(base: &str, ids: &[String], limit: Duration) -> anyhow::Result<()> {
+/// Waits until every run succeeded; answers when the last of them was
+/// journaled as finished (the server's `updated_ms`, Unix ms), so that the
+/// time this loop takes to look at a thousand runs is not counted.
+async fn wait_all_done(base: &str, ids: &[String], limit: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + limit;
+    let mut last_ms = 0u64;
     let mut left: Vec<&String> = ids.iter().collect();
     while !left.is_empty() {
         let mut still = Vec::new();
         for id in left {
             let run = procs::get_json(base, &format!("/v1/runs/{id}")).await;
             match run["run"]["status"].as_str().unwrap_or_default() {
-                "succeeded" => {}
+                "succeeded" => {
+                    last_ms = last_ms.max(run["updated_ms"].as_u64().unwrap_or_default());
+                }
                 "queued" | "running" => still.push(id),
                 other => bail!("run {id} ended {other}: {run}"),
             }
@@ -205,21 +267,32 @@ async fn wait_all_done(base: &str, ids: &[String], limit: Duration) -> anyhow::R
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    Ok(())
+    Ok(last_ms)
 }
 
-/// Milliseconds from each step's result being journaled to the next
-/// step's attempt starting, read from the runs' logs.
-async fn scheduling_gaps(base: &str, ids: &[String]) -> anyhow::Result<Vec<i64>> {
-    let mut gaps = Vec::new();
+/// Phases of runs, in milliseconds, read from their logs.
+#[derive(Default)]
+struct Phases {
+    /// A step's result journaled -> the next step's attempt started.
+    gaps: Vec<i64>,
+    /// An attempt started -> its result journaled.
+    attempts: Vec<i64>,
+    /// Run queued -> its first attempt started (waiting to be admitted).
+    queued: Vec<i64>,
+    /// First attempt started -> last step's result journaled.
+    running: Vec<i64>,
+}
+
+async fn phases(base: &str, ids: &[String]) -> anyhow::Result<Phases> {
+    let mut p = Phases::default();
     for id in ids {
         let log = procs::get_json(base, &format!("/v1/runs/{id}/log?limit=1000")).await;
         let lines = log["lines"].as_array().context("log lines")?;
-        let at = |step: &str, source: &str, prefix: &str| {
+        let at = |step: Option<&str>, source: &str, prefix: &str| {
             lines
                 .iter()
                 .find(|l| {
-                    l["step"] == step
+                    l["step"].as_str() == step
                         && l["source"] == source
                         && l["message"]
                             .as_str()
@@ -228,16 +301,29 @@ async fn scheduling_gaps(base: &str, ids: &[String]) -> anyhow::Result<Vec<i64>>
                 })
                 .and_then(|l| l["at_ms"].as_i64())
         };
-        for (prev, next) in [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s5")] {
-            if let (Some(done), Some(start)) = (
-                at(prev, "plugin", "succeeded"),
-                at(next, "engine", "attempt 1 started"),
-            ) {
-                gaps.push(start - done);
+        let started = |s| at(Some(s), "engine", "attempt 1 started");
+        let done = |s| at(Some(s), "plugin", "succeeded");
+        for s in ["s1", "s2", "s3", "s4", "s5"] {
+            if let (Some(a), Some(b)) = (started(s), done(s)) {
+                p.attempts.push(b - a);
             }
         }
+        for (prev, next) in [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s5")] {
+            if let (Some(done), Some(start)) = (done(prev), started(next)) {
+                p.gaps.push(start - done);
+            }
+        }
+        if let (Some(q), Some(s1)) = (at(None, "engine", "queued"), started("s1")) {
+            p.queued.push(s1 - q);
+        }
+        if let (Some(s1), Some(s5)) = (started("s1"), done("s5")) {
+            p.running.push(s5 - s1);
+        }
     }
-    Ok(gaps)
+    for v in [&mut p.gaps, &mut p.attempts, &mut p.queued, &mut p.running] {
+        v.sort_unstable();
+    }
+    Ok(p)
 }
 
 /// A config file that sets `pipelines_max_running`.
@@ -253,4 +339,10 @@ fn pct(sorted: &[i64], q: f64) -> i64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -38,7 +38,34 @@ pub fn record(dir: &Path, name: &str, secs: f64) -> anyhow::Result<Recording> {
     Ok(Recording { child, data })
 }
 
+/// Starts recording process `pid` into `dir/<name>.data` until
+/// [`Recording::stop`].
+pub fn record_pid(dir: &Path, name: &str, pid: u32) -> anyhow::Result<Recording> {
+    std::fs::create_dir_all(dir)?;
+    let data = dir.join(format!("{name}.data"));
+    let child = Command::new("perf")
+        .args(["record", "-q", "-F", &FREQ.to_string()])
+        .args(["--call-graph", "dwarf,16384", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running `perf record` (Debian: apt-get install linux-perf)")?;
+    Ok(Recording { child, data })
+}
+
 impl Recording {
+    /// Ends a recording started by [`record_pid`] (SIGINT, as Ctrl-C would);
+    /// the data file's path.
+    pub fn stop(self) -> anyhow::Result<PathBuf> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        self.finish()
+    }
+
     /// Waits for the recording to end; the data file's path.
     pub fn finish(mut self) -> anyhow::Result<PathBuf> {
         let status = self.child.wait()?;
