@@ -246,18 +246,6 @@ impl PipelineStore {
         Ok(())
     }
 
-    /// Stores a new run with its `Start` event, in one transaction.
-    pub async fn create_run(
-        &self,
-        run: &Run,
-        revision: i64,
-        pins: &BTreeMap<String, Pin>,
-    ) -> Result<(), StoreError> {
-        self.create_run_claimed(run, revision, pins, None)
-            .await
-            .map(|_| ())
-    }
-
     /// Stores a new run with its `Start` event and takes `claim`, in one
     /// transaction; `false` (and nothing stored) if the claim was taken
     /// already.
@@ -268,6 +256,25 @@ impl PipelineStore {
         pins: &BTreeMap<String, Pin>,
         claim: Option<&Claim>,
     ) -> Result<bool, StoreError> {
+        Ok(self
+            .create_run_leased(run, revision, pins, claim, None)
+            .await?
+            .is_some())
+    }
+
+    /// [`PipelineStore::create_run_claimed`], also taking the run's lease
+    /// (`run/<id>`) for `holder` (replica, TTL) in the same transaction, so
+    /// that the replica that stores a run drives it without another write
+    /// first. `None` if the claim was taken already; else the lease, if a
+    /// holder was given.
+    pub async fn create_run_leased(
+        &self,
+        run: &Run,
+        revision: i64,
+        pins: &BTreeMap<String, Pin>,
+        claim: Option<&Claim>,
+        holder: Option<(String, std::time::Duration)>,
+    ) -> Result<Option<Option<Lease>>, StoreError> {
         let record = to_json(run)?;
         let pins = to_json(pins)?;
         let claim = claim.cloned();
@@ -282,7 +289,7 @@ impl PipelineStore {
                 if let Some(claim) = &claim
                     && !claims::take(c, claim)?
                 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let now = unix_millis();
                 c.exec(
@@ -292,7 +299,13 @@ impl PipelineStore {
                 )?;
                 push(c, &id, &Event::Start)?;
                 log(c, &id, None, "engine", "queued")?;
-                Ok(true)
+                let lease = match &holder {
+                    Some((replica, ttl)) => {
+                        capstan_store::leases::acquire_lease_in(c, &format!("run/{id}"), replica, *ttl)?
+                    }
+                    None => None,
+                };
+                Ok(Some(lease))
             })
             .await
     }
@@ -363,8 +376,11 @@ impl PipelineStore {
     }
 
     /// Runs that have events waiting, a wake-up due, or nobody driving them
-    /// (no live lease: a replica died, or the server restarted), oldest first.
-    pub fn due(&self, now_ms: i64) -> Result<Vec<Due>, StoreError> {
+    /// (no live lease: a replica died), oldest first. With `mine`, also the
+    /// runs whose lease `mine` holds: after a restart, the runs this
+    /// replica drove before (it keeps its name, so their leases are still
+    /// live and its own).
+    pub fn due(&self, now_ms: i64, mine: Option<&str>) -> Result<Vec<Due>, StoreError> {
         self.store.with(|c| {
             c.rows(
                 "SELECT id, status, pipeline, revision,
@@ -375,9 +391,11 @@ impl PipelineStore {
                    AND (wakeup_ms <= ?1
                         OR EXISTS (SELECT 1 FROM run_inbox i WHERE i.run_id = runs.id)
                         OR NOT EXISTS (SELECT 1 FROM leases l
-                                       WHERE l.name = 'run/' || runs.id AND l.expires_at_ms > ?1))
+                                       WHERE l.name = 'run/' || runs.id AND l.expires_at_ms > ?1)
+                        OR EXISTS (SELECT 1 FROM leases l
+                                   WHERE l.name = 'run/' || runs.id AND l.holder = ?2))
                  ORDER BY created_ms LIMIT 5000",
-                args![now_ms],
+                args![now_ms, mine],
             )?
             .iter()
             .map(|r| {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::{Store, StoreError};
 use crate::args;
-use crate::sql::Row;
+use crate::sql::{Conn, DbError, Row};
 
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -46,28 +46,7 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        let token: Option<i64> = self.with(|c| {
-            c.row(
-                "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT (name) DO UPDATE SET
-                     token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,
-                     holder = excluded.holder,
-                     expires_at_ms = excluded.expires_at_ms
-                 WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?4
-                 RETURNING token",
-                args![name, holder, expires, now],
-            )?
-            .map(|r| r.get(0))
-            .transpose()
-        })?;
-        Ok(token.map(|token| Lease {
-            name: name.into(),
-            holder: holder.into(),
-            token,
-            expires_at_ms: expires,
-        }))
+        Ok(self.with(|c| acquire_lease_in(c, name, holder, ttl))?)
     }
 
     /// Extends a held lease; `None` if it expired and changed hands (or was
@@ -150,6 +129,37 @@ impl Store {
             .transpose()
         })
     }
+}
+
+/// [`Store::acquire_lease`] inside the caller's transaction on `c` (e.g.
+/// with the row the lease is about).
+pub fn acquire_lease_in(
+    c: &mut Conn,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<Option<Lease>, DbError> {
+    let now = now_ms();
+    let expires = now + ttl.as_millis() as i64;
+    let token: Option<i64> = c
+        .row(
+            "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (name) DO UPDATE SET
+                 token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,
+                 holder = excluded.holder,
+                 expires_at_ms = excluded.expires_at_ms
+             WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?4
+             RETURNING token",
+            args![name, holder, expires, now],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
+    Ok(token.map(|token| Lease {
+        name: name.into(),
+        holder: holder.into(),
+        token,
+        expires_at_ms: expires,
+    }))
 }
 
 fn row_to_lease(r: &Row) -> Result<Lease, StoreError> {

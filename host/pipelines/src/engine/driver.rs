@@ -14,18 +14,22 @@ use capstan_store::unix_millis;
 use super::{APPROVAL_KIND, Engine, EngineError};
 use crate::machine::{Action, Decision, Event, Machine, RoleGrant, Run, RunStatus};
 use crate::model::Pipeline;
-use crate::store::{Due, LockChange, Pin};
+use crate::store::{Due, LockChange, Pin, RunRow};
 
 /// The driver loop; ends when the engine is dropped.
 pub(super) async fn run(engine: Weak<Engine>) {
+    // The first turn also takes up the runs this replica drove before a
+    // restart, without waiting for their next event.
+    let mut first = true;
     loop {
         let Some(e) = engine.upgrade() else { return };
         // Not before every stored plugin is loaded: a resumed run would find
         // its plugins missing.
-        if e.registry.is_ready()
-            && let Err(err) = e.drive_due().await
-        {
-            tracing::error!("pipelines driver: {err}");
+        if e.registry.is_ready() {
+            match e.drive_due(first).await {
+                Ok(()) => first = false,
+                Err(err) => tracing::error!("pipelines driver: {err}"),
+            }
         }
         let poll = e.config.poll;
         // Holds the engine while waiting at most `poll`; dropping the server
@@ -85,7 +89,7 @@ impl Engine {
     /// One turn: every due run, driven concurrently (each run by one task;
     /// a turn ends when all of them did). Queued runs are admitted first,
     /// oldest first, within the concurrency limits.
-    async fn drive_due(self: &Arc<Self>) -> Result<(), EngineError> {
+    async fn drive_due(self: &Arc<Self>, resume_own: bool) -> Result<(), EngineError> {
         let now = unix_millis();
         if now - self.depths_at.load(std::sync::atomic::Ordering::Relaxed) >= 2000 {
             self.depths_at
@@ -93,8 +97,12 @@ impl Engine {
             let (queued, waiting) = self.db.depths()?;
             self.metrics.set_depths(queued, waiting);
         }
-        let due = self.db.due(now)?;
+        let queried = std::time::Instant::now();
+        let mine = resume_own.then_some(self.config.replica.as_str());
+        let due = self.db.due(now, mine)?;
         let admitted = self.admit(&due)?;
+        let turn_started = std::time::Instant::now();
+        let (n_due, n_admitted) = (due.len(), admitted.len());
         let slots = Arc::new(tokio::sync::Semaphore::new(DRIVE_CONCURRENCY));
         let mut turns = tokio::task::JoinSet::new();
         for d in due {
@@ -103,23 +111,87 @@ impl Engine {
             if d.queued && !start && !d.other_events {
                 continue;
             }
+            // A run driven right now (its step just finished) is driven
+            // again by that task instead.
+            if !self.begin_driving(&d.id) {
+                continue;
+            }
             let Ok(slot) = slots.clone().acquire_owned().await else {
+                self.driving_lock().remove(&d.id);
                 break;
             };
             let engine = self.clone();
             turns.spawn(async move {
                 let _slot = slot;
-                if let Err(err) = engine.drive(&d.id, start).await {
-                    tracing::error!(run = %d.id, "driving a run: {err}");
-                }
+                engine.drive_exclusively(&d.id, start).await;
             });
         }
+        let spawned = turns.len();
         while let Some(done) = turns.join_next().await {
             if let Err(e) = done {
                 tracing::error!("a run's turn panicked: {e}");
             }
         }
+        tracing::debug!(
+            due = n_due,
+            admitted = n_admitted,
+            driven = spawned,
+            query_ms = (turn_started - queried).as_millis() as u64,
+            drive_ms = turn_started.elapsed().as_millis() as u64,
+            "pipelines driver turn"
+        );
         Ok(())
+    }
+
+    /// Drives run `id` now in a task of its own (a step of it finished),
+    /// without waiting for the driver's next turn; if a task drives it
+    /// already, that task drives it once more.
+    pub(super) fn kick(self: &Arc<Self>, id: &str) {
+        if !self.begin_driving(id) {
+            return;
+        }
+        let (engine, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move { engine.drive_exclusively(&id, false).await });
+    }
+
+    fn driving_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.driving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks run `id` as driven by the caller, who must then call
+    /// [`Engine::drive_exclusively`]; `false` (and the run marked to be
+    /// driven again) when another task drives it.
+    fn begin_driving(&self, id: &str) -> bool {
+        match self.driving_lock().entry(id.to_string()) {
+            Entry::Occupied(mut again) => {
+                *again.get_mut() = true;
+                false
+            }
+            Entry::Vacant(v) => {
+                v.insert(false);
+                true
+            }
+        }
+    }
+
+    /// Turns of run `id` until no event came for it meanwhile; one task at
+    /// a time per run (see [`Engine::begin_driving`]).
+    async fn drive_exclusively(self: &Arc<Self>, id: &str, may_start: bool) {
+        let mut start = may_start;
+        loop {
+            if let Err(err) = self.drive(id, start).await {
+                tracing::error!(run = %id, "driving a run: {err}");
+            }
+            start = false;
+            let mut driving = self.driving_lock();
+            match driving.get_mut(id) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    driving.remove(id);
+                    return;
+                }
+            }
+        }
     }
 
     /// Which queued runs may start now: oldest first, while the pipeline's
@@ -195,6 +267,10 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -213,8 +289,21 @@ impl Engine {
         let Some((lease, fresh)) = self.claim(id)? else {
             return Ok(());
         };
-        let Some(row) = self.db.run(id)? else {
-            return Ok(());
+        let cached = if fresh {
+            None
+        } else {
+            self.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned()
+        };
+        let row = match cached {
+            Some(row) => row,
+            None => match self.db.run(id)? {
+                Some(row) => row,
+                None => return Ok(()),
+            },
         };
         let pipeline = self.pipeline_at(&row.run.pipeline, row.revision)?;
         let now = unix_millis() as u64;
@@ -230,12 +319,14 @@ impl Engine {
             pipeline: &pipeline,
             limits: self.limits,
         };
-        let (mut run, mut actions, mut consumed) = (row.run, Vec::new(), Vec::new());
+        let (mut run, mut actions, mut consumed) = (row.run.clone(), Vec::new(), Vec::new());
         let mut notes = Vec::new();
+        let mut applied = 0;
         for (inbox_id, event) in events {
             if event == Event::Start && !may_start {
                 continue;
             }
+            applied += 1;
             match machine.apply(&run, event.clone(), now) {
                 Ok(t) => {
                     run = t.run;
@@ -251,17 +342,42 @@ impl Engine {
             _ => None,
         });
         let wakeup = timer.chain(run.next_wakeup()).min();
-        if !self
+        if applied == 0 {
+            // Nothing happened (the run was driven already): nothing to journal.
+            return Ok(());
+        }
+        let committed = self
             .db
             .commit(&run, wakeup, consumed, notes, &lease)
-            .await?
-        {
+            .await
+            .inspect_err(|_| {
+                // Whether it was stored is unknown: read it back next turn.
+                self.states
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+            })?;
+        if !committed {
             // Another replica holds the run now.
             self.forget(id);
             return Ok(());
         }
         if run.status.is_terminal() {
             self.metrics.run_finished(&run.pipeline, run.status.name());
+            // Its place under the concurrency limits is free: a queued run
+            // may start.
+            self.wake.notify_one();
+        } else {
+            let journaled = RunRow {
+                run: run.clone(),
+                pins: row.pins.clone(),
+                updated_ms: now as i64,
+                ..row
+            };
+            self.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), journaled);
         }
         for action in actions {
             self.carry(&run, &pipeline, &row.pins, action).await;

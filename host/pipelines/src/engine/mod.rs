@@ -106,6 +106,13 @@ pub struct Engine {
     held: Mutex<HashMap<String, Lease>>,
     /// Attempts in flight: (run, step, attempt).
     inflight: Mutex<HashMap<(String, String, u32), tokio::task::AbortHandle>>,
+    /// Runs being driven right now, each by one task; `true` when that
+    /// task is to drive its run once more (an event came meanwhile).
+    driving: Mutex<HashMap<String, bool>>,
+    /// The last state this replica journaled for each run it holds: no
+    /// other writer can change it while the lease is held (commits are
+    /// fenced), so a turn starts from it instead of reading it back.
+    states: Mutex<HashMap<String, RunRow>>,
     /// Parsed pipeline revisions.
     parsed: Mutex<HashMap<(String, i64), Arc<Pipeline>>>,
     /// Files of the pipelines directory that did not load.
@@ -131,6 +138,8 @@ impl Engine {
             wake: tokio::sync::Notify::new(),
             held: Mutex::default(),
             inflight: Mutex::default(),
+            driving: Mutex::default(),
+            states: Mutex::default(),
             parsed: Mutex::default(),
             dir_errors: Default::default(),
             metrics,
@@ -271,15 +280,49 @@ impl Engine {
             fields.insert("started_by".into(), Value::from(started_by));
         }
         let run = Run::new(&p, &ids::new_id(), trigger, params, Some(started_by));
-        if !self
-            .db
-            .create_run_claimed(&run, row.revision, &pins, claim)
-            .await?
-        {
+        if !self.store_run(&run, row.revision, pins, claim).await? {
             return Ok(None);
         }
-        self.wake.notify_one();
         Ok(Some(run))
+    }
+
+    /// Stores a new run (taking `claim` with it) and the lease to drive it
+    /// here, then wakes the driver; `false` if the claim was taken before.
+    async fn store_run(
+        &self,
+        run: &Run,
+        revision: i64,
+        pins: BTreeMap<String, Pin>,
+        claim: Option<&Claim>,
+    ) -> Result<bool, EngineError> {
+        let holder = (self.config.replica.clone(), self.config.lease_ttl);
+        let Some(lease) = self
+            .db
+            .create_run_leased(run, revision, &pins, claim, Some(holder))
+            .await?
+        else {
+            return Ok(false);
+        };
+        if let Some(lease) = lease {
+            let now = capstan_store::unix_millis();
+            let row = RunRow {
+                run: run.clone(),
+                revision,
+                pins,
+                created_ms: now,
+                updated_ms: now,
+            };
+            self.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(run.id.clone(), row);
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(run.id.clone(), lease);
+        }
+        self.wake.notify_one();
+        Ok(true)
     }
 
     /// Starts a run for `who` (operator in the pipeline's project).
@@ -354,8 +397,7 @@ impl Engine {
             .rerun_from(&prev.run, from_step, &ids::new_id(), Some(&who.actor))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let pins = self.pin(&p)?;
-        self.db.create_run(&run, prev.revision, &pins).await?;
-        self.wake.notify_one();
+        self.store_run(&run, prev.revision, pins, None).await?;
         let detail = serde_json::json!({ "run": run.id, "rerun_of": id, "from": from_step });
         self.registry
             .audit_change(who, "run.rerun", &run.id, detail)

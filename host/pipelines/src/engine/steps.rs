@@ -81,7 +81,8 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key_of(&run_id, &inv));
-            engine.wake();
+            // The run goes on at once, not at the driver's next turn.
+            engine.kick(&run_id);
         });
         self.inflight
             .lock()

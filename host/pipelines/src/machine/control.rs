@@ -150,6 +150,10 @@ impl Engine<'_> {
     /// effects); rollbacks likewise; lock requests, approval requests (the
     /// executor may dedupe notifications) and timers are re-issued.
     pub(super) fn resume(&mut self) {
+        self.note(
+            None,
+            "resumed: driven again after a restart or a takeover by another replica",
+        );
         let mut asked = BTreeSet::new();
         let states: Vec<(String, StepState)> = self
             .run

@@ -70,6 +70,12 @@ fn a_restart_reissues_lock_requests_and_timers_of_waiting_steps() {
     h.retry_after("lint", 5_000);
     let actions = h.apply(Event::Resumed);
     assert!(started(&actions).is_empty(), "nothing was in flight");
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Note { step: None, message } if message.starts_with("resumed"))
+        ),
+        "the run's log says when it was resumed: {actions:?}"
+    );
     assert!(actions.contains(&Action::AcquireLock {
         environment: "test".into(),
         policy: Default::default()
