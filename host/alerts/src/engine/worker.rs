@@ -39,9 +39,27 @@ async fn shard_loop(engine: Weak<Engine>, shard: u32) {
         let woken = wake.notified();
         // The lease is claimed only when there is work, so an idle server
         // does not write to the leases table four times a second per shard.
-        let has_work = e.registry.is_ready() && e.db.pending(shard, 1).is_ok_and(|p| !p.is_empty());
-        if has_work {
-            match e.db.store().acquire_lease(&name, &e.replica, LEASE_TTL) {
+        let claim = if e.registry.is_ready() {
+            // Off the worker threads and awaited: a server shutting down
+            // drops this task here instead of resuming it on a runtime
+            // whose timers are gone.
+            let (db, name, replica) = (e.db.clone(), name.clone(), e.replica.clone());
+            let claimed = tokio::task::spawn_blocking(move || {
+                if db.pending(shard, 1)?.is_empty() {
+                    return Ok(None);
+                }
+                db.store().acquire_lease(&name, &replica, LEASE_TTL)
+            });
+            match claimed.await {
+                Ok(claim) => Some(claim),
+                // The runtime is shutting down.
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        if let Some(claim) = claim {
+            match claim {
                 Ok(Some(lease)) => {
                     if let Err(err) = e.drain(shard, &lease).await {
                         tracing::error!(shard, "alerts worker: {err}");

@@ -44,7 +44,26 @@ pub(super) async fn run(engine: Weak<Engine>) {
     let mut pruned: Option<Instant> = None;
     loop {
         let Some(e) = engine.upgrade() else { return };
-        let sleep = match e.cron_tick(&mut pruned).await {
+        // Off the worker threads and awaited: a server shutting down drops
+        // this task here instead of resuming it on a runtime whose timers
+        // are gone.
+        let (store, replica, ttl) = (
+            e.db.store().clone(),
+            e.config.replica.clone(),
+            e.config.lease_ttl,
+        );
+        let leased = tokio::task::spawn_blocking(move || store.acquire_lease(LEASE, &replica, ttl));
+        let leased = match leased.await {
+            Ok(leased) => leased.map_err(EngineError::from),
+            // The runtime is shutting down.
+            Err(_) => return,
+        };
+        let tick = match leased {
+            Ok(Some(_)) => e.cron_tick(&mut pruned).await,
+            Ok(None) => Ok(MAX_SLEEP),
+            Err(err) => Err(err),
+        };
+        let sleep = match tick {
             Ok(sleep) => sleep,
             Err(err) => {
                 tracing::warn!("cron scheduler: {err}");
@@ -62,16 +81,9 @@ fn trigger_key(index: usize, c: &CronTrigger) -> String {
 }
 
 impl Engine {
-    /// Fires what is due if this replica holds the scheduler lease; returns
+    /// Fires what is due (this replica holds the scheduler lease); returns
     /// how long to sleep.
     async fn cron_tick(&self, pruned: &mut Option<Instant>) -> Result<Duration, EngineError> {
-        let store = self.db.store();
-        if store
-            .acquire_lease(LEASE, &self.config.replica, self.config.lease_ttl)?
-            .is_none()
-        {
-            return Ok(MAX_SLEEP);
-        }
         if pruned.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
             let before = unix_millis() - DELIVERY_RETENTION.as_millis() as i64;
             let n = self.db.prune_deliveries(before)?;
