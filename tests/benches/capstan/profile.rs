@@ -22,33 +22,28 @@ pub struct Recording {
 
 /// Starts recording this process for `secs` seconds into `dir/<name>.data`.
 pub fn record(dir: &Path, name: &str, secs: f64) -> anyhow::Result<Recording> {
-    std::fs::create_dir_all(dir)?;
-    let data = dir.join(format!("{name}.data"));
-    let child = Command::new("perf")
-        .args(["record", "-q", "-F", &FREQ.to_string()])
-        .args(["--call-graph", "dwarf,16384", "-p"])
-        .arg(std::process::id().to_string())
-        .arg("-o")
-        .arg(&data)
-        .args(["--", "sleep", &format!("{secs:.3}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("running `perf record` (Debian: apt-get install linux-perf)")?;
-    Ok(Recording { child, data })
+    start(dir, name, std::process::id(), Some(secs))
 }
 
 /// Starts recording process `pid` into `dir/<name>.data` until
 /// [`Recording::stop`].
 pub fn record_pid(dir: &Path, name: &str, pid: u32) -> anyhow::Result<Recording> {
+    start(dir, name, pid, None)
+}
+
+fn start(dir: &Path, name: &str, pid: u32, secs: Option<f64>) -> anyhow::Result<Recording> {
     std::fs::create_dir_all(dir)?;
     let data = dir.join(format!("{name}.data"));
-    let child = Command::new("perf")
-        .args(["record", "-q", "-F", &FREQ.to_string()])
+    let mut cmd = Command::new("perf");
+    cmd.args(["record", "-q", "-F", &FREQ.to_string()])
         .args(["--call-graph", "dwarf,16384", "-p"])
         .arg(pid.to_string())
         .arg("-o")
-        .arg(&data)
+        .arg(&data);
+    if let Some(secs) = secs {
+        cmd.args(["--", "sleep", &format!("{secs:.3}")]);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
