@@ -305,6 +305,14 @@ impl Engine {
                 None => return Ok(()),
             },
         };
+        if row.run.status.is_terminal() {
+            // An attempt that answered after its run ended (cancelled, or
+            // failed by another step): nothing to drive, and the lease
+            // just taken goes back.
+            self.forget(id);
+            self.db.store().release_lease(&lease)?;
+            return Ok(());
+        }
         let pipeline = self.pipeline_at(&row.run.pipeline, row.revision)?;
         let now = unix_millis() as u64;
         let mut events: Vec<(Option<i64>, Event)> = Vec::new();
