@@ -785,6 +785,10 @@ async fn a_run_survives_kill_9_and_no_completed_step_runs_twice() {
         log.contains("attempt 2 started"),
         "long ran again as attempt 2: {log}"
     );
+    assert!(
+        log.contains("resumed: driven again after a restart"),
+        "the log says when the run was resumed: {log}"
+    );
     assert_eq!(
         log.matches("quick\",\"source\":\"engine\",\"message\":\"attempt 1 started")
             .count(),
