@@ -177,6 +177,20 @@ impl TestServer {
         .await
     }
 
+    /// The audit records of changes made to `target` (a plugin, a run),
+    /// oldest first.
+    pub async fn changes(&self, target: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!(
+                "/v1/audit?capability=change&plugin={target}&limit=1000"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let mut records = body["records"].as_array().expect("records").clone();
+        records.reverse();
+        records
+    }
+
     /// Sends `body` as JSON with `method`; returns status and JSON body.
     pub async fn send(
         &self,

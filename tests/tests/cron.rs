@@ -113,6 +113,42 @@ async fn cron_fires_each_due_time_once_across_a_kill_9_and_catches_up_once() {
         dues.iter().filter(|d| **d >= restarted_ms).count() >= 2,
         "and on schedule again: {dues:?}"
     );
+    // Each run's start is audited, in the run's own transaction: the kill
+    // left no run without its record, and no record without its run.
+    let base = proc.url();
+    let listed = capstan_tests::procs::get_json(&base, "/v1/runs?pipeline=tick&limit=500").await;
+    let audit =
+        capstan_tests::procs::get_json(&base, "/v1/audit?capability=change&limit=1000").await;
+    let mut audited: Vec<(String, i64)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["verb"] == "run.start" && r["actor"] == "cron")
+        .map(|r| {
+            (
+                r["target"].as_str().unwrap().to_string(),
+                r["detail"]["due_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut started: Vec<(String, i64)> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["run"]["id"].as_str().unwrap().to_string(),
+                r["run"]["trigger"]["due_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Runs that fire between the two reads are left out.
+    let known = *dues.last().unwrap();
+    audited.retain(|(_, due)| *due <= known);
+    started.retain(|(_, due)| *due <= known);
+    audited.sort();
+    started.sort();
+    assert_eq!(audited, started);
 }
 
 /// Two replicas on one PostgreSQL: each due time starts one run, and when

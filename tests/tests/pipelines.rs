@@ -918,6 +918,33 @@ steps:
     assert_eq!(status, 201, "{body}");
     let second = body["run"]["id"].as_str().unwrap().to_string();
     assert_eq!(body["run"]["lineage"]["parent"], first.as_str(), "{body:#}");
+    // Both are audited, with who did it and how.
+    let started = server.changes(&first).await;
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(
+        (&started[0]["verb"], &started[0]["actor"]),
+        (&json!("run.start"), &json!("token:bootstrap-admin")),
+        "{started:#?}"
+    );
+    assert_eq!(
+        (
+            &started[0]["detail"]["pipeline"],
+            &started[0]["detail"]["params"]
+        ),
+        (&json!("rerun"), &json!({ "broken": true })),
+        "{started:#?}"
+    );
+    let rerun = server.changes(&second).await;
+    assert_eq!(rerun.len(), 1, "{rerun:#?}");
+    assert_eq!(
+        (
+            &rerun[0]["verb"],
+            &rerun[0]["detail"]["rerun_of"],
+            &rerun[0]["detail"]["from"]
+        ),
+        (&json!("run.rerun"), &json!(first), &json!("deploy")),
+        "{rerun:#?}"
+    );
     let run = wait_status(&server, &second, &["succeeded", "failed"]).await;
     // Params are the first run's: deploy fails the same way, but build was
     // not run again and its output was reused.

@@ -230,6 +230,21 @@ async fn a_signed_github_push_starts_one_run_and_a_bad_signature_starts_nothing(
         })
     );
     assert_eq!(run["started_by"], "push:Codertocat");
+    let audited = server.changes(&id).await;
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    assert_eq!(
+        (
+            &audited[0]["verb"],
+            &audited[0]["actor"],
+            &audited[0]["detail"]["delivery"]
+        ),
+        (
+            &json!("run.start"),
+            &json!("webhook:github"),
+            &json!("72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        ),
+        "{audited:#?}"
+    );
     let outputs = &run["steps"]["show"]["outputs"];
     assert_eq!(
         (&outputs["sha"], &outputs["branch"]),

@@ -276,11 +276,10 @@ pub async fn start(
     Path(name): Path<String>,
     Body(body): Body<StartRun>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    let run = state
+    let row = state
         .pipelines
         .start_run_as(&name, body.params, &caller.authority())
         .await?;
-    let row = state.pipelines.run(&run.id, &caller.authority())?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 

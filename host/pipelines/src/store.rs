@@ -16,6 +16,8 @@ use capstan_store::sql::{Conn, DbError, Row};
 use capstan_store::{Store, StoreError, args, unix_millis, unix_secs};
 use serde::{Deserialize, Serialize};
 
+use capstan_runtime::capabilities::AuditRecord;
+
 use crate::machine::{Event, Run, RunStatus};
 use crate::model::LockPolicy;
 
@@ -119,6 +121,16 @@ pub struct LockChange {
     pub waited_ms: Vec<i64>,
     /// Runs a newer one superseded.
     pub superseded: Vec<String>,
+}
+
+/// A run just stored: when (its `created_ms`), and the lease to drive it,
+/// if one was asked for and taken.
+#[derive(Debug)]
+pub struct Created {
+    /// The time stored as the run's `created_ms` and `updated_ms`.
+    pub at_ms: i64,
+    /// The run's lease, for the replica that stored it.
+    pub lease: Option<Lease>,
 }
 
 /// The engine's view of the store. A run's writes go through one
@@ -257,7 +269,7 @@ impl PipelineStore {
         claim: Option<&Claim>,
     ) -> Result<bool, StoreError> {
         Ok(self
-            .create_run_leased(run, revision, pins, claim, None)
+            .create_run_leased(run, revision, pins, claim, None, None)
             .await?
             .is_some())
     }
@@ -265,8 +277,9 @@ impl PipelineStore {
     /// [`PipelineStore::create_run_claimed`], also taking the run's lease
     /// (`run/<id>`) for `holder` (replica, TTL) in the same transaction, so
     /// that the replica that stores a run drives it without another write
-    /// first. `None` if the claim was taken already; else the lease, if a
-    /// holder was given.
+    /// first, and `audit`, the record of who started it, so that the start
+    /// and its record share one sync. `None` if the claim was taken
+    /// already.
     pub async fn create_run_leased(
         &self,
         run: &Run,
@@ -274,7 +287,8 @@ impl PipelineStore {
         pins: &BTreeMap<String, Pin>,
         claim: Option<&Claim>,
         holder: Option<(String, std::time::Duration)>,
-    ) -> Result<Option<Option<Lease>>, StoreError> {
+        audit: Option<AuditRecord>,
+    ) -> Result<Option<Created>, StoreError> {
         let record = to_json(run)?;
         let pins = to_json(pins)?;
         let claim = claim.cloned();
@@ -305,7 +319,10 @@ impl PipelineStore {
                     }
                     None => None,
                 };
-                Ok(Some(lease))
+                if let Some(record) = &audit {
+                    capstan_runtime::capabilities::audit::insert_now(c, record.clone())?;
+                }
+                Ok(Some(Created { at_ms: now, lease }))
             })
             .await
     }

@@ -25,7 +25,7 @@ use capstan_registry::trust::Authority;
 use capstan_store::unix_millis;
 use serde_json::json;
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, StartAudit};
 use crate::model::{CronTrigger, Trigger};
 use crate::store::Claim;
 
@@ -157,22 +157,28 @@ impl Engine {
         let trigger = json!({
             "kind": "cron", "schedule": c.schedule, "timezone": c.timezone, "due_ms": due,
         });
+        let who = Authority {
+            actor: "cron".into(),
+            global: None,
+            projects: BTreeMap::new(),
+        };
+        let audit = StartAudit {
+            who: &who,
+            detail: json!({ "schedule": c.schedule, "timezone": c.timezone, "due_ms": due }),
+        };
         let started = self
-            .start_claimed(pipeline, BTreeMap::new(), trigger, "cron", Some(&claim))
+            .start_claimed(
+                pipeline,
+                BTreeMap::new(),
+                trigger,
+                "cron",
+                Some(&claim),
+                Some(audit),
+            )
             .await;
         match started {
-            Ok(Some(run)) => {
-                tracing::info!(%pipeline, run = %run.id, due_ms = due, late_ms = now - due, "cron trigger fired");
-                let who = Authority {
-                    actor: "cron".into(),
-                    global: None,
-                    projects: BTreeMap::new(),
-                };
-                let detail = json!({ "run": run.id, "pipeline": pipeline, "schedule": c.schedule,
-                    "timezone": c.timezone, "due_ms": due });
-                self.registry
-                    .audit_change(&who, "run.start", &run.id, detail)
-                    .await;
+            Ok(Some(row)) => {
+                tracing::info!(%pipeline, run = %row.run.id, due_ms = due, late_ms = now - due, "cron trigger fired");
             }
             // Fired already, by another replica or process.
             Ok(None) => {}

@@ -23,6 +23,7 @@ use std::time::Duration;
 use capstan_registry::registry::{ApprovalListener, Registry, RegistryError};
 use capstan_registry::trust::approvals::Approval;
 use capstan_registry::trust::{Authority, Role};
+use capstan_runtime::capabilities::AuditRecord;
 use capstan_store::leases::Lease;
 use capstan_store::{StoreError, ids};
 use serde_json::Value;
@@ -38,6 +39,28 @@ use crate::store::{Claim, Pin, PipelineRow, PipelineStore, RunRow};
 /// The approval kind of pipeline gates in the shared gate; the subject is
 /// `<run>/<step>`.
 pub const APPROVAL_KIND: &str = "pipeline-step";
+
+/// Who started a run and how, for its `run.start` audit record, which is
+/// stored in the run's own transaction (one sync for both).
+pub(crate) struct StartAudit<'a> {
+    /// The starter.
+    pub who: &'a Authority,
+    /// How it was started (schedule, delivery...); the run's id, pipeline
+    /// and parameters are added.
+    pub detail: Value,
+}
+
+impl StartAudit<'_> {
+    fn record(self, run: &Run) -> AuditRecord {
+        let mut detail = self.detail;
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("run".into(), Value::from(run.id.clone()));
+            d.insert("pipeline".into(), Value::from(run.pipeline.clone()));
+            d.insert("params".into(), serde_json::json!(run.params));
+        }
+        Registry::change_record(self.who, "run.start", &run.id, detail)
+    }
+}
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -242,14 +265,17 @@ impl Engine {
         trigger: Value,
         started_by: &str,
     ) -> Result<Run, EngineError> {
-        self.start_claimed(name, given, trigger, started_by, None)
+        let row = self
+            .start_claimed(name, given, trigger, started_by, None, None)
             .await?
-            .ok_or_else(|| EngineError::Conflict(format!("pipeline `{name}`: already started")))
+            .ok_or_else(|| EngineError::Conflict(format!("pipeline `{name}`: already started")))?;
+        Ok(row.run)
     }
 
     /// [`Engine::start_run`], taking `claim` (a webhook delivery, a cron
     /// due time) in the transaction that stores the run: `None` when it
-    /// was taken before, and then no run is started.
+    /// was taken before, and then no run is started. `audit` is stored in
+    /// that transaction too, as the `run.start` record.
     pub(crate) async fn start_claimed(
         &self,
         name: &str,
@@ -257,7 +283,8 @@ impl Engine {
         mut trigger: Value,
         started_by: &str,
         claim: Option<&Claim>,
-    ) -> Result<Option<Run>, EngineError> {
+        audit: Option<StartAudit<'_>>,
+    ) -> Result<Option<RunRow>, EngineError> {
         let (row, _) = self
             .db
             .get(name)?
@@ -280,67 +307,72 @@ impl Engine {
             fields.insert("started_by".into(), Value::from(started_by));
         }
         let run = Run::new(&p, &ids::new_id(), trigger, params, Some(started_by));
-        if !self.store_run(&run, row.revision, pins, claim).await? {
-            return Ok(None);
-        }
-        Ok(Some(run))
+        let record = audit.map(|a| a.record(&run));
+        self.store_run(run, row.revision, pins, claim, record).await
     }
 
-    /// Stores a new run (taking `claim` with it) and the lease to drive it
-    /// here, then wakes the driver; `false` if the claim was taken before.
+    /// Stores a new run (taking `claim` with it, and its audit record) and
+    /// the lease to drive it here, then wakes the driver; `None` if the
+    /// claim was taken before.
     async fn store_run(
         &self,
-        run: &Run,
+        run: Run,
         revision: i64,
         pins: BTreeMap<String, Pin>,
         claim: Option<&Claim>,
-    ) -> Result<bool, EngineError> {
+        audit: Option<AuditRecord>,
+    ) -> Result<Option<RunRow>, EngineError> {
         let holder = (self.config.replica.clone(), self.config.lease_ttl);
-        let Some(lease) = self
+        let Some(created) = self
             .db
-            .create_run_leased(run, revision, &pins, claim, Some(holder))
+            .create_run_leased(&run, revision, &pins, claim, Some(holder), audit.clone())
             .await?
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        if let Some(lease) = lease {
-            let now = capstan_store::unix_millis();
-            let row = RunRow {
-                run: run.clone(),
-                revision,
-                pins,
-                created_ms: now,
-                updated_ms: now,
-            };
+        if let Some(record) = &audit {
+            capstan_runtime::capabilities::audit::log_change(record);
+        }
+        let row = RunRow {
+            run,
+            revision,
+            pins,
+            created_ms: created.at_ms,
+            updated_ms: created.at_ms,
+        };
+        if let Some(lease) = created.lease {
+            let id = row.run.id.clone();
             self.states
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(run.id.clone(), row);
+                .insert(id.clone(), row.clone());
             self.held
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(run.id.clone(), lease);
+                .insert(id, lease);
         }
         self.wake.notify_one();
-        Ok(true)
+        Ok(Some(row))
     }
 
-    /// Starts a run for `who` (operator in the pipeline's project).
+    /// Starts a run for `who` (operator in the pipeline's project); the
+    /// run, as stored.
     pub async fn start_run_as(
         &self,
         name: &str,
         given: BTreeMap<String, Value>,
         who: &Authority,
-    ) -> Result<Run, EngineError> {
+    ) -> Result<RunRow, EngineError> {
         let (row, _) = self.pipeline(name, who)?;
         require(who, &row.project, Role::Operator, "start runs")?;
         let trigger = serde_json::json!({ "kind": "manual", "started_by": who.actor });
-        let run = self.start_run(name, given, trigger, &who.actor).await?;
-        let detail = serde_json::json!({ "run": run.id, "pipeline": name, "params": run.params });
-        self.registry
-            .audit_change(who, "run.start", &run.id, detail)
-            .await;
-        Ok(run)
+        let audit = StartAudit {
+            who,
+            detail: serde_json::json!({}),
+        };
+        self.start_claimed(name, given, trigger, &who.actor, None, Some(audit))
+            .await?
+            .ok_or_else(|| EngineError::Conflict(format!("pipeline `{name}`: already started")))
     }
 
     /// Cancels a run, rolling back its completed steps if asked.
@@ -397,12 +429,13 @@ impl Engine {
             .rerun_from(&prev.run, from_step, &ids::new_id(), Some(&who.actor))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let pins = self.pin(&p)?;
-        self.store_run(&run, prev.revision, pins, None).await?;
         let detail = serde_json::json!({ "run": run.id, "rerun_of": id, "from": from_step });
-        self.registry
-            .audit_change(who, "run.rerun", &run.id, detail)
-            .await;
-        Ok(run)
+        let record = Registry::change_record(who, "run.rerun", &run.id, detail);
+        let row = self
+            .store_run(run, prev.revision, pins, None, Some(record))
+            .await?
+            .ok_or_else(|| EngineError::Conflict(format!("run {id}: rerun already stored")))?;
+        Ok(row.run)
     }
 
     /// One run, for a caller with a role in its project.

@@ -10,9 +10,9 @@ use capstan_registry::trust::Authority;
 use capstan_runtime::capabilities::secrets::SecretError;
 use capstan_store::StoreError;
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, StartAudit};
 use crate::model::{Provider, PushTrigger, Trigger};
-use crate::store::Claim;
+use crate::store::{Claim, RunRow};
 use crate::webhook::{self, EventKind, Headers};
 
 /// What became of an authenticated delivery.
@@ -96,6 +96,18 @@ impl Engine {
             delivery: format!("{pipeline}/{delivery}"),
         };
         let trigger = push.trigger(provider, &delivery);
+        let who = Authority {
+            actor: format!("webhook:{}", provider.as_str()),
+            global: None,
+            projects: BTreeMap::new(),
+        };
+        let audit = StartAudit {
+            who: &who,
+            detail: serde_json::json!({
+                "delivery": delivery, "ref": push.git_ref, "sha": push.sha, "repo": push.repo,
+                "pusher": push.pusher,
+            }),
+        };
         let started = self
             .start_claimed(
                 pipeline,
@@ -103,23 +115,12 @@ impl Engine {
                 trigger,
                 &push.started_by(),
                 Some(&claim),
+                Some(audit),
             )
             .await?;
-        let Some(run) = started else {
+        let Some(RunRow { run, .. }) = started else {
             return Ok(HookOutcome::Duplicate);
         };
-        let who = Authority {
-            actor: format!("webhook:{}", provider.as_str()),
-            global: None,
-            projects: BTreeMap::new(),
-        };
-        let detail = serde_json::json!({
-            "run": run.id, "pipeline": pipeline, "delivery": delivery, "ref": push.git_ref,
-            "sha": push.sha, "repo": push.repo, "pusher": push.pusher,
-        });
-        self.registry
-            .audit_change(&who, "run.start", &run.id, detail)
-            .await;
         Ok(HookOutcome::Started {
             run: run.id,
             delivery,

@@ -126,6 +126,20 @@ impl Registry {
         })
     }
 
+    /// The audit record of a change `who` made to `target`, for a caller
+    /// that stores it in the change's own transaction
+    /// ([`crate::capabilities::audit::insert_now`]).
+    pub fn change_record(
+        who: &crate::trust::Authority,
+        what: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> crate::capabilities::AuditRecord {
+        let mut record = crate::capabilities::AuditRecord::change(&who.actor, what, target, detail);
+        record.plugin = Some(target.to_string());
+        record
+    }
+
     /// Records a change in the audit log before it is acknowledged.
     pub async fn audit_change(
         &self,
@@ -134,8 +148,7 @@ impl Registry {
         target: &str,
         detail: serde_json::Value,
     ) {
-        let mut record = crate::capabilities::AuditRecord::change(&who.actor, what, target, detail);
-        record.plugin = Some(target.to_string());
+        let record = Self::change_record(who, what, target, detail);
         if let Err(e) = self.runtime.env().audit.record_durable(record).await {
             tracing::error!("{e}");
         }

@@ -203,7 +203,7 @@ impl Audit {
     /// be durable before the change is acknowledged.
     pub async fn record_durable(&self, mut r: AuditRecord) -> Result<(), AuditError> {
         r.at_ms = now_ms();
-        tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
+        log_change(&r);
         if !self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             // Group commit with whatever else is being stored right now.
             let (done, answer) = tokio::sync::oneshot::channel();
@@ -392,11 +392,18 @@ fn store_with_retry(
     }
 }
 
-/// Stores `r` with the current time on `conn` (inside the caller's
-/// transaction): for changes made outside the server, such as a key rotation.
-pub(crate) fn insert_now(conn: &mut Conn, mut r: AuditRecord) -> Result<(), DbError> {
+/// Stores `r` with the current time on `conn`, inside the caller's
+/// transaction: the change and its record commit together, with one sync
+/// (a key rotation, a new pipeline run). Log it with [`log_change`] once
+/// the transaction is committed.
+pub fn insert_now(conn: &mut Conn, mut r: AuditRecord) -> Result<(), DbError> {
     r.at_ms = now_ms();
     insert(conn, &r)
+}
+
+/// Writes a change's record to the server log (`capstan::audit`).
+pub fn log_change(r: &AuditRecord) {
+    tracing::info!(target: "capstan::audit", actor = %r.actor, capability = %r.capability, verb = %r.verb, target = %r.target, outcome = %r.outcome, "change");
 }
 
 fn insert(conn: &mut Conn, r: &AuditRecord) -> Result<(), DbError> {
