@@ -170,6 +170,37 @@ impl Store {
         })
     }
 
+    /// The version and digest each of `wanted` resolves to, in one read:
+    /// the version given, or the active one when `None`; `None` where the
+    /// plugin has no such version (or no active one).
+    pub fn resolve_versions(
+        &self,
+        wanted: &[(String, Option<String>)],
+    ) -> Result<Vec<Option<(String, String)>>, StoreError> {
+        self.with(|c| {
+            wanted
+                .iter()
+                .map(|(name, version)| {
+                    let version = match version {
+                        Some(v) => Some(v.clone()),
+                        None => active_version(c, name)?,
+                    };
+                    let Some(version) = version else {
+                        return Ok(None);
+                    };
+                    let digest: Option<String> = match c.row(
+                        "SELECT digest FROM plugin_versions WHERE name = ?1 AND version = ?2",
+                        args![name, &version],
+                    )? {
+                        Some(r) => Some(r.get(0)?),
+                        None => None,
+                    };
+                    Ok(digest.map(|d| (version, d)))
+                })
+                .collect()
+        })
+    }
+
     /// The active version of `name`, if any.
     pub fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| active_version(c, name))

@@ -112,10 +112,10 @@ pub async fn scenario(quick: bool, perf: Option<PathBuf>) -> anyhow::Result<Vec<
 
 /// kill -9 with `runs` runs in flight, then a restart.
 async fn resume(runs: usize) -> anyhow::Result<Table> {
-    // s2 answers retry-after until its 3rd call, 3 s apart: every run is
-    // parked there when the server dies (checking 1,000 runs takes a few
-    // seconds).
-    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true, wait_polls: 3, poll_ms: 3000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n";
+    // s2 answers retry-after until its 4th call, 4 s apart: every run is
+    // parked there when the server dies (looking at 1,000 runs takes a few
+    // seconds while the server is busy starting them).
+    let yaml = "name: parked\nsteps:\n  - {id: s1, plugin: step, params: {quiet: true}}\n  - {id: s2, plugin: step, needs: [s1], params: {quiet: true, wait_polls: 4, poll_ms: 4000}, timeout: 10m}\n  - {id: s3, plugin: step, needs: [s2], params: {quiet: true}}\n";
     // Every run in flight at once, none queued by the server's limit.
     let config = max_running_config(runs)?;
     let env = [
@@ -129,22 +129,20 @@ async fn resume(runs: usize) -> anyhow::Result<Table> {
     server.wait_ready().await;
     procs::step_and_pipeline(&server.url(), "parked", yaml).await;
     let ids = post_runs(&server.url(), "parked", runs, POSTING).await?;
-    // Wait until every run is past s1 (parked in s2's wait).
-    for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let run = procs::get_json(&server.url(), &format!("/v1/runs/{id}")).await;
-            if run["run"]["steps"]["s1"]["state"] == "succeeded"
-                || run["run"]["steps"]["s1"]["state"]["state"] == "succeeded"
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("run {id} never got past s1: {run}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    // Wait until every run is past s1 (parked in s2's wait), looking at
+    // 32 at a time so that the look takes well under the park.
+    let url = server.url();
+    let looking = Instant::now();
+    let parked: Vec<anyhow::Result<()>> = {
+        use futures::StreamExt as _;
+        futures::stream::iter(&ids)
+            .map(|id| past_s1(&url, id))
+            .buffer_unordered(POSTING)
+            .collect()
+            .await
+    };
+    parked.into_iter().collect::<anyhow::Result<()>>()?;
+    let looked = looking.elapsed();
     let dir = server.kill_9();
     let (restarted, restarted_ms) = (Instant::now(), unix_ms());
     let server = Capstan::start(Some(dir), &env);
@@ -189,7 +187,11 @@ async fn resume(runs: usize) -> anyhow::Result<Table> {
         format!("{:.2} s", done.as_secs_f64()),
     ]);
     t.note("resumed: the run's log line `resumed: ...`, written with the first state the new process journals for it");
-    t.note("finished: each run still had s2's remaining polls (3 s apart) and s3 to run after the restart");
+    t.note("finished: each run still had s2's remaining polls (4 s apart) and s3 to run after the restart");
+    t.note(format!(
+        "posted, then every run seen past s1 {:.1} s later; then the kill",
+        looked.as_secs_f64()
+    ));
     if not_resumed > 0 {
         t.note(format!(
             "{not_resumed} runs have no `resumed` line after the restart (they had finished before the kill)"
@@ -200,6 +202,23 @@ async fn resume(runs: usize) -> anyhow::Result<Table> {
 
 /// Posts `n` runs, `conns` requests in flight at a time (a new one as
 /// soon as one is answered); their ids, in order.
+/// Waits until run `id` is past its step `s1`.
+async fn past_s1(base: &str, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let run = procs::get_json(base, &format!("/v1/runs/{id}")).await;
+        // A step's state is a name, or an object with it (`state`) and details.
+        let state = &run["run"]["steps"]["s1"]["state"];
+        if state == "succeeded" || state["state"] == "succeeded" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("run {id} never got past s1: {run}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn post_runs(
     base: &str,
     pipeline: &str,
@@ -231,8 +250,7 @@ async fn post_runs(
     answers.into_iter().collect()
 }
 
-/// Waits until every run in `ids` succeeded (fails on any other ending).
-/// Waits until every run succeeded; answers when the last of them was
+/// Waits until every run in `ids` succeeded (fails on any other ending); answers when the last of them was
 /// journaled as finished (the server's `updated_ms`, Unix ms), so that the
 /// time this loop takes to look at a thousand runs is not counted.
 async fn wait_all_done(base: &str, ids: &[String], limit: Duration) -> anyhow::Result<u64> {

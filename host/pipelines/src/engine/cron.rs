@@ -165,6 +165,7 @@ impl Engine {
         let audit = StartAudit {
             who: &who,
             detail: json!({ "schedule": c.schedule, "timezone": c.timezone, "due_ms": due }),
+            by_caller: false,
         };
         let started = self
             .start_claimed(

@@ -48,6 +48,9 @@ pub(crate) struct StartAudit<'a> {
     /// How it was started (schedule, delivery...); the run's id, pipeline
     /// and parameters are added.
     pub detail: Value,
+    /// A start by a caller, who needs the operator role in the pipeline's
+    /// project (triggers were authorized when they were configured).
+    pub by_caller: bool,
 }
 
 impl StartAudit<'_> {
@@ -289,6 +292,10 @@ impl Engine {
             .db
             .get(name)?
             .ok_or_else(|| EngineError::NotFound(format!("no pipeline named `{name}`")))?;
+        if let Some(a) = audit.as_ref().filter(|a| a.by_caller) {
+            require(a.who, &row.project, Role::Viewer, "read pipelines")?;
+            require(a.who, &row.project, Role::Operator, "start runs")?;
+        }
         let p = self.pipeline_at(name, row.revision)?;
         let params = resolve_params(&p.params, &given).map_err(|errors| {
             let list: Vec<String> = errors
@@ -363,12 +370,11 @@ impl Engine {
         given: BTreeMap<String, Value>,
         who: &Authority,
     ) -> Result<RunRow, EngineError> {
-        let (row, _) = self.pipeline(name, who)?;
-        require(who, &row.project, Role::Operator, "start runs")?;
         let trigger = serde_json::json!({ "kind": "manual", "started_by": who.actor });
         let audit = StartAudit {
             who,
             detail: serde_json::json!({}),
+            by_caller: true,
         };
         self.start_claimed(name, given, trigger, &who.actor, None, Some(audit))
             .await?
@@ -503,34 +509,34 @@ impl Engine {
         Ok(p)
     }
 
-    /// The version (and digest) of every plugin the pipeline calls, as of now.
+    /// The version (and digest) of every plugin the pipeline calls, as of
+    /// now, read in one go.
     fn pin(&self, p: &Pipeline) -> Result<BTreeMap<String, Pin>, EngineError> {
-        let store = self.registry.store();
-        let mut pins = BTreeMap::new();
+        let mut wanted: Vec<(String, Option<String>)> = Vec::new();
+        let mut users = Vec::new();
         for step in p.all_steps() {
             let Some(plugin) = &step.plugin else { continue };
-            let version = match &plugin.version {
-                Some(v) => v.clone(),
-                None => store.active_version(&plugin.name)?.ok_or_else(|| {
-                    EngineError::Invalid(format!(
-                        "step `{}`: plugin `{}` has no active version",
-                        step.id, plugin.name
-                    ))
-                })?,
+            let key = (plugin.name.clone(), plugin.version.clone());
+            let at = match wanted.iter().position(|k| *k == key) {
+                Some(at) => at,
+                None => {
+                    wanted.push(key);
+                    wanted.len() - 1
+                }
             };
-            let record = store.version(&plugin.name, &version)?.ok_or_else(|| {
-                EngineError::Invalid(format!(
-                    "step `{}`: plugin `{}` has no version {version}",
-                    step.id, plugin.name
-                ))
-            })?;
-            pins.insert(
-                plugin.name.clone(),
-                Pin {
-                    version,
-                    digest: record.digest,
-                },
-            );
+            users.push((step.id.as_str(), at));
+        }
+        let found = self.registry.store().resolve_versions(&wanted)?;
+        let mut pins = BTreeMap::new();
+        for (step, at) in users {
+            let (name, asked) = &wanted[at];
+            let Some((version, digest)) = found[at].clone() else {
+                return Err(EngineError::Invalid(match asked {
+                    Some(v) => format!("step `{step}`: plugin `{name}` has no version {v}"),
+                    None => format!("step `{step}`: plugin `{name}` has no active version"),
+                }));
+            };
+            pins.insert(name.clone(), Pin { version, digest });
         }
         Ok(pins)
     }

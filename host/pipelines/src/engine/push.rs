@@ -107,6 +107,7 @@ impl Engine {
                 "delivery": delivery, "ref": push.git_ref, "sha": push.sha, "repo": push.repo,
                 "pusher": push.pusher,
             }),
+            by_caller: false,
         };
         let started = self
             .start_claimed(
