@@ -26,9 +26,20 @@ pub fn record(dir: &Path, name: &str, secs: f64) -> anyhow::Result<Recording> {
 }
 
 /// Starts recording process `pid` into `dir/<name>.data` until
-/// [`Recording::stop`].
+/// [`Recording::stop`]; answers once perf has written its data file's
+/// header (a SIGINT before that kills perf, and a short window is lost).
 pub fn record_pid(dir: &Path, name: &str, pid: u32) -> anyhow::Result<Recording> {
-    start(dir, name, pid, None)
+    let _ = std::fs::remove_file(dir.join(format!("{name}.data")));
+    let r = start(dir, name, pid, None)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::metadata(&r.data).is_ok_and(|m| m.len() > 0) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "perf record did not start within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(r)
 }
 
 fn start(dir: &Path, name: &str, pid: u32, secs: Option<f64>) -> anyhow::Result<Recording> {
@@ -64,7 +75,14 @@ impl Recording {
     /// Waits for the recording to end; the data file's path.
     pub fn finish(mut self) -> anyhow::Result<PathBuf> {
         let status = self.child.wait()?;
-        anyhow::ensure!(status.success(), "perf record failed: {status}");
+        let written = std::fs::metadata(&self.data).is_ok_and(|m| m.len() > 0);
+        // perf may die of the SIGINT that stops it while it is still
+        // attaching to new threads; what it wrote is still readable.
+        let interrupted = std::os::unix::process::ExitStatusExt::signal(&status) == Some(2);
+        anyhow::ensure!(
+            status.success() || (interrupted && written),
+            "perf record failed: {status}"
+        );
         Ok(self.data)
     }
 }
