@@ -7,6 +7,7 @@
 
 mod claims;
 mod journal;
+mod turns;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -458,83 +459,6 @@ impl PipelineStore {
             }
             Ok(out)
         })
-    }
-
-    /// Journals a transition under the run's lease: the new state, when to
-    /// wake it next, the inbox events it consumed and its log lines. The
-    /// lease is checked in the same transaction (fencing): `false`, and
-    /// nothing written, when another replica holds the run now. A run that
-    /// ends gives its lease up in that transaction too.
-    pub async fn commit(
-        &self,
-        run: &Run,
-        wakeup_ms: Option<u64>,
-        consumed: Vec<i64>,
-        notes: Vec<(Option<String>, String)>,
-        lease: &Lease,
-    ) -> Result<bool, StoreError> {
-        let record = to_json(run)?;
-        let wakeup = wakeup_ms.map(|w| w.min(i64::MAX as u64) as i64);
-        let (id, status, terminal) = (run.id.clone(), run.status.name(), run.status.is_terminal());
-        let lease = lease.clone();
-        self.journal
-            .write(move |c| {
-                let now = unix_millis();
-                let current = c.row(
-                    "SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at_ms > ?4",
-                    args![&lease.name, &lease.holder, lease.token, now],
-                )?;
-                if current.is_none() {
-                    return Ok(false);
-                }
-                let finished = terminal.then_some(now);
-                c.exec(
-                    "UPDATE runs SET status = ?2, record = ?3, wakeup_ms = ?4, updated_ms = ?5,
-                         finished_ms = COALESCE(finished_ms, ?6)
-                     WHERE id = ?1",
-                    args![&id, status, &record, wakeup, now, finished],
-                )?;
-                for n in &consumed {
-                    c.exec(
-                        "DELETE FROM run_inbox WHERE run_id = ?1 AND id = ?2",
-                        args![&id, *n],
-                    )?;
-                }
-                for (step, message) in &notes {
-                    log(c, &id, step.as_deref(), "engine", message)?;
-                }
-                if terminal {
-                    c.exec(
-                        "UPDATE leases SET expires_at_ms = 0 WHERE name = ?1 AND holder = ?2 AND token = ?3",
-                        args![&lease.name, &lease.holder, lease.token],
-                    )?;
-                }
-                Ok(true)
-            })
-            .await
-    }
-
-    /// Journals a finished attempt: the plugin's lines, the summary line,
-    /// and its event in the run's inbox, in one transaction.
-    pub async fn attempt_finished(&self, result: AttemptResult) -> Result<(), StoreError> {
-        let event = serde_json::to_string(&result.event).map_err(|e| decode("encoding", e))?;
-        self.journal
-            .write(move |c| {
-                let r = &result;
-                for (level, message, at_ms) in &r.plugin_lines {
-                    c.exec(
-                        "INSERT INTO run_log (run_id, step, source, message, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        args![&r.run, &r.step, format!("plugin:{level}"), message, *at_ms],
-                    )?;
-                }
-                log(c, &r.run, Some(&r.step), "plugin", &r.summary)?;
-                c.exec(
-                    "INSERT INTO run_inbox (run_id, event, at_ms) VALUES (?1, ?2, ?3)",
-                    args![&r.run, &event, unix_millis()],
-                )?;
-                Ok(())
-            })
-            .await
     }
 
     /// Appends a line to a run's log.

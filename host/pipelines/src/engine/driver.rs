@@ -14,7 +14,7 @@ use capstan_store::unix_millis;
 use super::{APPROVAL_KIND, Engine, EngineError};
 use crate::machine::{Action, Decision, Event, Machine, RoleGrant, Run, RunStatus};
 use crate::model::Pipeline;
-use crate::store::{Due, LockChange, Pin, RunRow};
+use crate::store::{AttemptResult, Due, LockChange, Pin, RunRow};
 
 /// The driver loop; ends when the engine is dropped.
 pub(super) async fn run(engine: Weak<Engine>) {
@@ -183,14 +183,62 @@ impl Engine {
                 tracing::error!(run = %id, "driving a run: {err}");
             }
             start = false;
-            let mut driving = self.driving_lock();
-            match driving.get_mut(id) {
-                Some(again) if *again => *again = false,
-                _ => {
-                    driving.remove(id);
-                    return;
-                }
+            if !self.drive_again(id) {
+                return;
             }
+        }
+    }
+
+    /// After a turn of run `id` by the task that holds it: `true` (and the
+    /// mark reset) when an event came meanwhile, so that the task drives
+    /// the run once more; else the run is let go.
+    fn drive_again(&self, id: &str) -> bool {
+        let mut driving = self.driving_lock();
+        match driving.get_mut(id) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                driving.remove(id);
+                false
+            }
+        }
+    }
+
+    /// Hands a finished attempt's result to its run. When no other task
+    /// drives the run, this one drives it with the result at once (one
+    /// journal write, see [`Engine::drive_result`]); otherwise, or when
+    /// that cannot be done here, the result goes to the run's inbox and the
+    /// run is driven from there.
+    pub(super) async fn finish_attempt(self: &Arc<Self>, result: AttemptResult) {
+        let id = result.run.clone();
+        if !self.begin_driving(&id) {
+            // The task driving the run drives it once more, after this.
+            self.queue_result(result).await;
+            self.kick(&id);
+            return;
+        }
+        match self.drive_result(&result).await {
+            Ok(true) => {
+                if self.drive_again(&id) {
+                    self.drive_exclusively(&id, false).await;
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(run = %id, "driving a run with a step result: {e}"),
+        }
+        self.queue_result(result).await;
+        self.drive_exclusively(&id, false).await;
+    }
+
+    /// Journals a finished attempt's result in its run's inbox.
+    async fn queue_result(&self, result: AttemptResult) {
+        let id = result.run.clone();
+        if let Err(e) = self.db.attempt_finished(result).await {
+            // Journaled as running: a resumed run runs it again as the next attempt.
+            tracing::error!(run = %id, "recording a step result: {e}");
         }
     }
 
@@ -289,15 +337,7 @@ impl Engine {
         let Some((lease, fresh)) = self.claim(id)? else {
             return Ok(());
         };
-        let cached = if fresh {
-            None
-        } else {
-            self.states
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-                .cloned()
-        };
+        let cached = if fresh { None } else { self.state(id) };
         let row = match cached {
             Some(row) => row,
             None => match self.db.run(id)? {
@@ -313,15 +353,77 @@ impl Engine {
             self.db.store().release_lease(&lease)?;
             return Ok(());
         }
-        let pipeline = self.pipeline_at(&row.run.pipeline, row.revision)?;
-        let now = unix_millis() as u64;
         let mut events: Vec<(Option<i64>, Event)> = Vec::new();
         if fresh && row.run.status != RunStatus::Queued {
             events.push((None, Event::Resumed));
         }
         events.extend(self.db.inbox(id)?.into_iter().map(|(i, e)| (Some(i), e)));
+        if !may_start {
+            events.retain(|(_, e)| *e != Event::Start);
+        }
+        self.turn(row, events, &lease, None).await?;
+        Ok(())
+    }
+
+    /// A turn driven by a finished attempt's `result` itself, by the task
+    /// that holds the run exclusively (see [`Engine::begin_driving`]): one
+    /// journal write for the result and the new state, no inbox round trip.
+    /// `false` (nothing done) when that is not possible here: the run's
+    /// lease or state is not at hand, or its inbox holds earlier events;
+    /// the result then goes through the inbox.
+    pub(super) async fn drive_result(
+        self: &Arc<Self>,
+        result: &AttemptResult,
+    ) -> Result<bool, EngineError> {
+        let id = &result.run;
+        let spare = (self.config.lease_ttl / 3).as_millis() as i64;
+        let lease = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|h| h.expires_at_ms - unix_millis() > spare)
+            .cloned();
+        let (Some(lease), Some(row)) = (lease, self.state(id)) else {
+            return Ok(false);
+        };
+        if row.run.status.is_terminal() {
+            return Ok(false);
+        }
+        let events = vec![(None, result.event.clone())];
+        self.turn(row, events, &lease, Some(result)).await
+    }
+
+    /// The journaled state of run `id`, if this replica keeps it.
+    fn state(&self, id: &str) -> Option<RunRow> {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Applies `events` (with their inbox ids) and a due timer to the run,
+    /// journals the result under `lease` (with `attempt`'s result and
+    /// lines, when the turn is that attempt's), then carries out the
+    /// actions. `false` when nothing was journaled (nothing to apply, the
+    /// lease lost, or the inbox not empty for an attempt's turn).
+    async fn turn(
+        self: &Arc<Self>,
+        row: RunRow,
+        mut events: Vec<(Option<i64>, Event)>,
+        lease: &Lease,
+        attempt: Option<&AttemptResult>,
+    ) -> Result<bool, EngineError> {
+        let id = row.run.id.clone();
+        let pipeline = self.pipeline_at(&row.run.pipeline, row.revision)?;
+        let now = unix_millis() as u64;
         if row.run.next_wakeup().is_some_and(|w| w <= now) {
             events.push((None, Event::Timer));
+        }
+        if events.is_empty() {
+            // Nothing happened (the run was driven already): nothing to journal.
+            return Ok(false);
         }
         let machine = Machine {
             pipeline: &pipeline,
@@ -329,12 +431,7 @@ impl Engine {
         };
         let (mut run, mut actions, mut consumed) = (row.run.clone(), Vec::new(), Vec::new());
         let mut notes = Vec::new();
-        let mut applied = 0;
         for (inbox_id, event) in events {
-            if event == Event::Start && !may_start {
-                continue;
-            }
-            applied += 1;
             match machine.apply(&run, event.clone(), now) {
                 Ok(t) => {
                     run = t.run;
@@ -350,25 +447,32 @@ impl Engine {
             _ => None,
         });
         let wakeup = timer.chain(run.next_wakeup()).min();
-        if applied == 0 {
-            // Nothing happened (the run was driven already): nothing to journal.
-            return Ok(());
-        }
-        let committed = self
-            .db
-            .commit(&run, wakeup, consumed, notes, &lease)
-            .await
-            .inspect_err(|_| {
-                // Whether it was stored is unknown: read it back next turn.
-                self.states
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-            })?;
+        let committed = match attempt {
+            None => self.db.commit(&run, wakeup, consumed, notes, lease).await,
+            Some(r) => {
+                let written = self
+                    .db
+                    .commit_attempt(r.clone(), &run, wakeup, notes, lease)
+                    .await;
+                match written {
+                    // The inbox holds earlier events: nothing was written.
+                    Ok(None) => return Ok(false),
+                    Ok(Some(committed)) => Ok(committed),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let committed = committed.inspect_err(|_| {
+            // Whether it was stored is unknown: read it back next turn.
+            self.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        })?;
         if !committed {
             // Another replica holds the run now.
-            self.forget(id);
-            return Ok(());
+            self.forget(&id);
+            return Ok(false);
         }
         if run.status.is_terminal() {
             self.metrics.run_finished(&run.pipeline, run.status.name());
@@ -385,16 +489,16 @@ impl Engine {
             self.states
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id.to_string(), journaled);
+                .insert(id.clone(), journaled);
         }
         for action in actions {
             self.carry(&run, &pipeline, &row.pins, action).await;
         }
         if run.status.is_terminal() {
             // Its lease was given up with the final state.
-            self.forget(id);
+            self.forget(&id);
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn carry(

@@ -72,17 +72,15 @@ impl Engine {
                 summary,
                 event,
             };
-            if let Err(e) = engine.db.attempt_finished(result).await {
-                // Journaled as running: a resumed run runs it again as the next attempt.
-                tracing::error!(run = %run_id, "recording a step result: {e}");
-            }
+            // Done with the plugin: from here on, nothing aborts this task
+            // half-way through handing its result over.
             engine
                 .inflight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key_of(&run_id, &inv));
             // The run goes on at once, not at the driver's next turn.
-            engine.kick(&run_id);
+            engine.finish_attempt(result).await;
         });
         self.inflight
             .lock()
