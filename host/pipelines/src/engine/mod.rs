@@ -11,6 +11,7 @@
 mod catalog;
 mod cron;
 mod driver;
+mod driving;
 mod metrics;
 mod push;
 mod steps;
