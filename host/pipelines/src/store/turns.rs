@@ -8,7 +8,7 @@ use capstan_store::leases::Lease;
 use capstan_store::sql::{Conn, DbError};
 use capstan_store::unix_millis;
 
-use super::{AttemptResult, PipelineStore, decode, log, to_json};
+use super::{AttemptResult, PipelineStore, log, push, to_json};
 use crate::machine::Run;
 
 impl PipelineStore {
@@ -73,16 +73,10 @@ impl PipelineStore {
     /// Journals a finished attempt: the plugin's lines, the summary line,
     /// and its event in the run's inbox, in one transaction.
     pub async fn attempt_finished(&self, result: AttemptResult) -> Result<(), StoreError> {
-        let event = serde_json::to_string(&result.event).map_err(|e| decode("encoding", e))?;
         self.journal
             .write(move |c| {
-                let r = &result;
-                attempt_lines(c, r)?;
-                c.exec(
-                    "INSERT INTO run_inbox (run_id, event, at_ms) VALUES (?1, ?2, ?3)",
-                    args![&r.run, &event, unix_millis()],
-                )?;
-                Ok(())
+                attempt_lines(c, &result)?;
+                push(c, &result.run, &result.event)
             })
             .await
     }
