@@ -46,49 +46,79 @@ fn binary(name: &str) -> Result<&'static str> {
     Ok(path)
 }
 
-async fn wait_ready(url: &str, path: &str) -> Result<()> {
-    for _ in 0..150 {
-        if let Ok(r) = crate::client().get(format!("{url}{path}")).send().await
+impl Peer {
+    /// The last lines of the peer's own log (its stderr), for a failure message.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self._dir.path().join("peer.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// Waits for `path` to answer 2xx; `Ok(false)` if the process exited first
+/// (e.g. its port was taken between `free_port` and its bind).
+async fn wait_ready(peer: &mut Peer, path: &str) -> Result<bool> {
+    for _ in 0..300 {
+        if peer.child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if let Ok(r) = crate::client()
+            .get(format!("{}{path}", peer.url))
+            .send()
+            .await
             && r.status().is_success()
         {
-            return Ok(());
+            return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{url}{path} did not become ready within 15 s")
+    bail!(
+        "{}{path} did not become ready within 30 s; its log:\n{}",
+        peer.url,
+        peer.log_tail()
+    )
 }
 
-/// Writes `config` as `file` in a fresh directory, starts `bin` with the
-/// config, storage and listen flags plus `extra`, and waits for `/-/ready`.
+/// Writes `config` as `file` (and `extra_files`) in a fresh directory,
+/// starts `bin` with the config, storage and listen flags plus `extra`, and
+/// waits for `/-/ready`; on another port if the process exits first.
 async fn start(
     bin: &str,
-    file: &str,
-    config: String,
+    (file, config): (&str, String),
+    extra_files: &[(&str, &str)],
     storage_flag: &str,
     extra: &[&str],
 ) -> Result<Peer> {
-    let dir = tempfile::tempdir()?;
-    let port = free_port();
-    std::fs::write(dir.path().join(file), config)?;
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", dir.path().join(file).display()))
-        .arg(format!(
-            "{storage_flag}={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("peer.log"))?)
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let peer = Peer {
-        url: format!("http://127.0.0.1:{port}"),
-        child,
-        _dir: dir,
-    };
-    wait_ready(&peer.url, "/-/ready").await?;
-    Ok(peer)
+    for _attempt in 0..3 {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        std::fs::write(dir.path().join(file), &config)?;
+        for (name, text) in extra_files {
+            std::fs::write(dir.path().join(name), text)?;
+        }
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", dir.path().join(file).display()))
+            .arg(format!(
+                "{storage_flag}={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("peer.log"))?)
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        let mut peer = Peer {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
+        if wait_ready(&mut peer, "/-/ready").await? {
+            return Ok(peer);
+        }
+        eprintln!("{bin} exited at startup; its log:\n{}", peer.log_tail());
+    }
+    bail!("{bin} exited at startup three times")
 }
 
 /// Prometheus scraping `target` (`host:port`) every second, with an
@@ -101,7 +131,32 @@ pub async fn prometheus(target: &str, token: Option<&str>) -> Result<Peer> {
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: capstan\n    metrics_path: /metrics\n{auth}    static_configs:\n      - targets: ['{target}']\n"
     );
-    start(bin, "prometheus.yml", config, "--storage.tsdb.path", &[]).await
+    start(
+        bin,
+        ("prometheus.yml", config),
+        &[],
+        "--storage.tsdb.path",
+        &[],
+    )
+    .await
+}
+
+/// Prometheus scraping `target` (job `web`) every second and evaluating
+/// `rules` (a rules file's YAML) every second, sending alerts to the
+/// Alertmanager at `am` (`host:port`).
+pub async fn prometheus_alerting(target: &str, am: &str, rules: &str) -> Result<Peer> {
+    let bin = binary("prometheus")?;
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am}']}}]\nscrape_configs:\n  - job_name: web\n    static_configs: [{{targets: ['{target}']}}]\n"
+    );
+    start(
+        bin,
+        ("prometheus.yml", config),
+        &[("rules.yml", rules)],
+        "--storage.tsdb.path",
+        &[],
+    )
+    .await
 }
 
 /// Alertmanager sending every alert group to `webhook` (with a bearer token),
@@ -120,8 +175,8 @@ pub async fn alertmanager(webhook: &str, token: Option<&str>) -> Result<Peer> {
     );
     start(
         bin,
-        "alertmanager.yml",
-        config,
+        ("alertmanager.yml", config),
+        &[],
         "--storage.path",
         &["--cluster.listen-address="],
     )

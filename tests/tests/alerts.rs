@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use capstan::alerts::routes::{MuteWindow, Route};
 use capstan::alerts::{Notifier, NotifyError};
+use capstan_tests::peers::Peer;
 use capstan_tests::{TestServer, client, guest, guests, manifest, status_json};
 use futures::future::BoxFuture;
 use reqwest::Method;
@@ -575,7 +576,7 @@ async fn a_remediation_starts_one_run_per_alert_episode() {
 
 /// A real Alertmanager and a server whose `quiet` handler silences every
 /// group routed to it (`silence_check_secs` as given).
-async fn silencing(check_secs: Option<u64>) -> (capstan_tests::peers::Peer, TestServer) {
+async fn silencing(check_secs: Option<u64>) -> (Peer, TestServer) {
     let am = match capstan_tests::peers::alertmanager("http://127.0.0.1:9/unused", None).await {
         Ok(p) => p,
         Err(e) => panic!("{e:#}"),
@@ -599,7 +600,7 @@ async fn silencing(check_secs: Option<u64>) -> (capstan_tests::peers::Peer, Test
 }
 
 /// `GET` of Alertmanager's API, as JSON.
-async fn am_get(am: &capstan_tests::peers::Peer, path: &str) -> Value {
+async fn am_get(am: &Peer, path: &str) -> Value {
     capstan_tests::procs::get_json(&am.url, path).await
 }
 
@@ -972,48 +973,25 @@ fn process_cpu() -> Duration {
     Duration::from_millis((f[0] + f[1]) * 10)
 }
 
-/// A Prometheus with one alerting rule (`up == 0` of a loopback target)
-/// sending to `am` (`host:port`); killed on drop.
-/// (The directory holds its config and data until it is dropped.)
-struct Prometheus(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
+/// One alerting rule: the `web` job's loopback target is down.
+const TARGET_DOWN_RULE: &str = "groups:\n- name: t\n  rules:\n  - alert: TargetDown\n    expr: up{job=\"web\"} == 0\n    for: 0s\n    labels: {severity: page}\n    annotations: {summary: web is down}\n";
 
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn prometheus_with_rule(target: &str, am: &str) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let port = capstan_tests::procs::free_port();
-    std::fs::write(
-        dir.path().join("rules.yml"),
-        "groups:\n- name: t\n  rules:\n  - alert: TargetDown\n    expr: up{job=\"web\"} == 0\n    for: 0s\n    labels: {severity: page}\n    annotations: {summary: web is down}\n",
+/// What each hop of the chain holds, for a failure message.
+async fn chain_state(server: &TestServer, prom: &Peer, am: &Peer) -> String {
+    let get = |url: String| async move {
+        match client().get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("GET {url}: {e}"),
+        }
+    };
+    let (_, groups) = server.get("/v1/alerts/groups?receiver=chain").await;
+    format!(
+        "Prometheus alerts: {}\nPrometheus log:\n{}\nAlertmanager alerts: {}\nAlertmanager log:\n{}\nCapstan groups: {groups}",
+        get(format!("{}/api/v1/alerts", prom.url)).await,
+        prom.log_tail(),
+        get(format!("{}/api/v2/alerts", am.url)).await,
+        am.log_tail(),
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am}']}}]\nscrape_configs:\n  - job_name: web\n    static_configs: [{{targets: ['{target}']}}]\n"
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new("/usr/bin/prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("/usr/bin/prometheus (tests/run.sh installs it)");
-    Prometheus(child, dir)
 }
 
 /// The whole chain with the real things: Prometheus scrapes a loopback
@@ -1037,31 +1015,34 @@ async fn prometheus_rule_to_alertmanager_to_capstan_fires_and_resolves() {
         .unwrap();
     let web_port = capstan_tests::procs::free_port();
     let target = format!("127.0.0.1:{web_port}");
-    let _prom = prometheus_with_rule(&target, am.url.trim_start_matches("http://"));
-    let wait_for = |what: &'static str, n: usize| {
-        let rec = rec.clone();
+    let am_host = am.url.trim_start_matches("http://");
+    let prom = capstan_tests::peers::prometheus_alerting(&target, am_host, TARGET_DOWN_RULE)
+        .await
+        .unwrap();
+    let wait_for = |what: &'static str| {
+        let (rec, server, prom, am) = (rec.clone(), &server, &prom, &am);
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let bodies = rec.bodies();
-                if bodies.iter().filter(|(_, b)| b.contains(what)).count() >= n {
+                if bodies.iter().any(|(_, b)| b.contains(what)) {
                     return bodies;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "no `{what}` notification: {bodies:?}"
-                );
+                if Instant::now() >= deadline {
+                    let state = chain_state(server, prom, am).await;
+                    panic!("no `{what}` notification in 60 s: {bodies:?}\n{state}");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
-    let bodies = wait_for("TargetDown/firing/", 1).await;
+    let bodies = wait_for("TargetDown/firing/").await;
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     // The target comes up: Prometheus resolves, Alertmanager sends resolved.
     let listener = tokio::net::TcpListener::bind(&target).await.unwrap();
     let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { "ok 1\n" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let bodies = wait_for("TargetDown/resolved/", 1).await;
+    let bodies = wait_for("TargetDown/resolved/").await;
     // Give Alertmanager's repeat of the resolved group time to arrive: it is a duplicate.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bodies_after = rec.bodies();
