@@ -1,7 +1,9 @@
 //! Completes the generated OpenAPI document with the answers every route
 //! can give because of the layers in front of it (authentication, rate and
 //! in-flight limits, body limits, timeouts, storage), so that a client
-//! generated from the document knows every status it may see.
+//! generated from the document knows every status it may see, and merges
+//! the schemas of flattened views into one object, so that a view of a
+//! closed type (`deny_unknown_fields`) validates.
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
@@ -109,6 +111,138 @@ impl utoipa::Modify for CommonResponses {
                     complete(op, path, method);
                 }
             }
+        }
+    }
+}
+
+/// The served document: the generated one with [`merge_flattened`] applied.
+pub fn document() -> serde_json::Value {
+    let mut doc =
+        serde_json::to_value(<crate::ApiDoc as utoipa::OpenApi>::openapi()).unwrap_or_default();
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        merge_flattened(schemas);
+    }
+    doc
+}
+
+/// Merges `allOf` schemas that extend a closed object (`additionalProperties:
+/// false`, from `deny_unknown_fields`) into one closed object. utoipa
+/// documents a `#[serde(flatten)]`ed closed type that way, and no value can
+/// satisfy it: the closed part forbids the view's own fields. (On JSON: utoipa's
+/// schema types do not read back what they write.)
+pub fn merge_flattened(schemas: &mut serde_json::Map<String, serde_json::Value>) {
+    let names: Vec<String> = schemas.keys().cloned().collect();
+    for name in names {
+        if let Some(merged) = merged(schemas, &schemas[&name]) {
+            schemas.insert(name, merged);
+        }
+    }
+}
+
+/// The object `schema` stands for, if it is an `allOf` of objects of which
+/// one (by reference) is closed; the result is closed too.
+fn merged(
+    schemas: &serde_json::Map<String, serde_json::Value>,
+    schema: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    use serde_json::{Value, json};
+    let items = schema.get("allOf")?.as_array()?;
+    let mut parts = Vec::new();
+    let mut closed = false;
+    for item in items {
+        let part = match item.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let target = schemas.get(r.strip_prefix("#/components/schemas/")?)?;
+                closed |= target.get("additionalProperties") == Some(&Value::Bool(false));
+                target
+            }
+            None => item,
+        };
+        if part.get("type") != Some(&json!("object")) {
+            return None;
+        }
+        parts.push(part);
+    }
+    if !closed {
+        return None;
+    }
+    let mut properties = serde_json::Map::new();
+    let mut required: Vec<Value> = Vec::new();
+    for part in parts {
+        for (k, v) in part.get("properties").and_then(Value::as_object)? {
+            properties.insert(k.clone(), v.clone());
+        }
+        for r in part
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !required.contains(r) {
+                required.push(r.clone());
+            }
+        }
+    }
+    let mut out =
+        json!({"type": "object", "properties": properties, "additionalProperties": false});
+    if !required.is_empty() {
+        out["required"] = Value::Array(required);
+    }
+    if let Some(d) = schema.get("description") {
+        out["description"] = d.clone();
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    fn schemas() -> serde_json::Map<String, Value> {
+        super::document()["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn no_schema_extends_a_closed_object() {
+        let schemas = schemas();
+        for (name, schema) in &schemas {
+            for item in schema["allOf"].as_array().into_iter().flatten() {
+                let Some(r) = item["$ref"].as_str() else {
+                    continue;
+                };
+                let target = &schemas[r.trim_start_matches("#/components/schemas/")];
+                assert_ne!(
+                    target["additionalProperties"],
+                    json!(false),
+                    "{name} extends the closed {r}: no value can match it"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_route_view_is_the_route_and_its_source_and_nothing_else() {
+        let view = &schemas()["RouteView"];
+        assert_eq!(view["additionalProperties"], json!(false), "{view}");
+        for field in ["name", "project", "handlers", "matchers", "source"] {
+            assert!(view["properties"].get(field).is_some(), "{field}: {view}");
+        }
+        let required = view["required"].as_array().unwrap();
+        assert!(required.contains(&json!("source")), "{view}");
+        assert!(required.contains(&json!("handlers")), "{view}");
+    }
+
+    #[test]
+    fn a_decision_body_is_optional() {
+        let doc = super::document();
+        for verb in ["approve", "reject"] {
+            let body = &doc["paths"][format!("/v1/approvals/{{id}}/{verb}")]["post"]["requestBody"];
+            assert_ne!(body["required"], json!(true), "{verb}: {body}");
         }
     }
 }

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use utoipa::OpenApi;
 
+use super::AppState;
 use super::error::ApiError;
-use super::{ApiDoc, AppState};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = String)))]
@@ -58,9 +57,10 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl 
     )
 }
 
-/// The OpenAPI document of this API.
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The OpenAPI document of this API (built once).
+pub async fn openapi() -> Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(crate::openapi::document).clone())
 }
 
 /// Any route that does not exist.

@@ -147,7 +147,7 @@ pub struct RunQuery {
 pub struct LogQuery {
     /// Only lines after this id.
     #[param(minimum = 0)]
-    pub after: Option<u64>,
+    pub after: Option<i64>,
     /// Stream new lines as server-sent events until the run finishes.
     pub follow: Option<bool>,
     /// `text`: the whole log as a `text/plain` download, one line each:
@@ -164,6 +164,31 @@ pub enum LogFormat {
     Json,
     /// The whole log as plain text, as a download.
     Text,
+}
+
+/// One server-sent event of `GET /v1/runs/{id}/log?follow=true` (the
+/// schema of a `text/event-stream` answer describes each event).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only: the events are built by axum's `Event`
+pub struct LogEvent {
+    /// `line` (one log line), then `end` once the run is finished, or
+    /// `error` if the log could not be read (the stream ends after it).
+    event: LogEventKind,
+    /// For `line`: the line's id; reconnect with `after` set to the last one.
+    id: Option<String>,
+    /// For `line`: the log line as JSON (a `LogLine`); for `end`: the run's
+    /// status; for `error`: why the stream stopped.
+    data: String,
+}
+
+/// The kinds of [`LogEvent`].
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum LogEventKind {
+    Line,
+    End,
+    Error,
 }
 
 /// Most lines in a text download.
@@ -324,7 +349,7 @@ pub async fn run(
 /// A run's log: the engine's events and each attempt's result, per step.
 #[utoipa::path(get, path = "/v1/runs/{id}/log", tag = "pipelines", params(("id" = String, Path), LogQuery),
     responses((status = 200, description = "The lines (JSON); with `format=text` the whole log as a plain-text download; with `follow=true` a stream of server-sent events: `line` (a log line as JSON) and a final `end` (the run's status)",
-            content((RunLog = "application/json"), (String = "text/plain"), (String = "text/event-stream"))),
+            content((RunLog = "application/json"), (String = "text/plain"), (LogEvent = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
@@ -334,7 +359,12 @@ pub async fn log(
 ) -> Result<axum::response::Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state.pipelines.run(&id, &caller.authority())?;
-    let after = i64::try_from(q.after.unwrap_or(0)).unwrap_or(i64::MAX);
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request(format!(
+            "after must be a line id, 0 or more (got {after})"
+        )));
+    }
     if q.follow == Some(true) {
         return Ok(follow(state, id, after).into_response());
     }

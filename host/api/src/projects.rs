@@ -307,7 +307,7 @@ pub struct Decision {
 
 /// Approves: an admin who did not request it. A held plugin version that
 /// was uploaded to be active becomes active.
-#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "trust", request_body = Decision,
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "trust", request_body = Option<Decision>,
     params(("id" = String, Path)),
     responses((status = 200, body = Approval), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -321,7 +321,7 @@ pub async fn approve(
 }
 
 /// Rejects: the version stays stored but cannot be activated.
-#[utoipa::path(post, path = "/v1/approvals/{id}/reject", tag = "trust", request_body = Decision,
+#[utoipa::path(post, path = "/v1/approvals/{id}/reject", tag = "trust", request_body = Option<Decision>,
     params(("id" = String, Path)),
     responses((status = 200, body = Approval), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

@@ -50,8 +50,8 @@ pub struct Job {
     pub done: Vec<String>,
     /// Progress lines.
     pub progress: Vec<Progress>,
-    /// Outcome: on failure `{"error", "message", ...}`.
-    #[schema(value_type = Object)]
+    /// On failure `{"error", "message", ...}`; `null` otherwise.
+    #[schema(value_type = Option<Object>)]
     pub result: Value,
     /// Unix ms.
     pub created_ms: i64,
