@@ -66,9 +66,13 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
+    let target = sysroot.join("lib/rustlib/wasm32-wasip2");
+    if target.is_dir() {
         return Ok(());
     }
+    // Run again once the target is there, so that cargo stops replaying the
+    // warning below on every build.
+    println!("cargo:rerun-if-changed={}", target.display());
     println!(
         "cargo:warning=the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
     );
