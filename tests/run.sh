@@ -57,6 +57,7 @@ step "the end-to-end tests again, every server on PostgreSQL (CAPSTAN_TEST_BACKE
 CAPSTAN_TEST_BACKEND=postgres cargo test -p capstan-tests --no-fail-fast "$@" || status=$?
 
 step "API contract: Schemathesis against the served OpenAPI document"
-cargo build -p capstan --bin capstan --quiet
+# The server, and the test cluster for its provisions (kube-testenv).
+cargo build -p capstan -p capstan-tests --bin capstan --bin kube-testenv --quiet
 bash tests/contract.sh || status=$?
 exit $status

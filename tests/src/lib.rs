@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod haproxy;
+pub mod kube_admin;
 pub mod kube_env;
 pub mod peers;
 pub mod procs;

@@ -15,94 +15,18 @@ use serde_json::{Value, json};
 
 /// An API request as the cluster admin, independent of Capstan.
 fn admin(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let env = kube_env::shared();
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sk", "-X", method, "-w", "\n%{http_code}"])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {}", env.admin_token))
-        .arg("-H")
-        .arg("Content-Type: application/json");
-    if let Some(b) = body {
-        cmd.arg("--data-binary").arg(b.to_string());
-    }
-    let out = cmd
-        .arg(format!("{}{path}", env.server))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    kube_env::shared().admin(method, path, body)
 }
 
 /// A merge patch as the cluster admin (`path` may be a `/status` subresource).
 fn admin_patch(path: &str, patch: &Value) -> u16 {
-    let env = kube_env::shared();
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PATCH",
-        ])
-        .args(["-H", "Content-Type: application/merge-patch+json"])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {}", env.admin_token))
-        .arg("--data-binary")
-        .arg(patch.to_string())
-        .arg(format!("{}{path}", env.server))
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    kube_env::shared().admin_patch(path, patch)
 }
 
 /// Plays the quota controller (none runs here) for `namespaces` until
-/// `stop` is set: each ResourceQuota gets `status.hard` = its `spec.hard`
-/// and zero usage, as kube-controller-manager would write.
+/// the returned flag is set.
 fn quota_controller(namespaces: Vec<String>) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            for ns in &namespaces {
-                let (status, list) = admin(
-                    "GET",
-                    &format!("/api/v1/namespaces/{ns}/resourcequotas"),
-                    None,
-                );
-                if status != 200 {
-                    continue;
-                }
-                for q in list["items"].as_array().into_iter().flatten() {
-                    if q["status"]["hard"].is_object() && q["status"]["hard"] == q["spec"]["hard"] {
-                        continue;
-                    }
-                    let hard = q["spec"]["hard"].clone();
-                    let used: serde_json::Map<String, Value> = hard
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, _)| (k.clone(), json!("0")))
-                        .collect();
-                    let name = q["metadata"]["name"].as_str().unwrap_or_default();
-                    admin_patch(
-                        &format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"),
-                        &json!({ "status": { "hard": hard, "used": used } }),
-                    );
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    stop
+    kube_env::shared().quota_controller(Some(namespaces))
 }
 
 fn configmap_path(ns: &str, name: &str) -> String {

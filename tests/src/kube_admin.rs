@@ -1,0 +1,134 @@
+//! The test cluster as its admin sees it, independent of Capstan: requests
+//! with `curl` and the admin token, and a stand-in for the quota controller
+//! (kube-controller-manager does not run here).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::kube_env::KubeEnv;
+
+impl KubeEnv {
+    /// An API request as the cluster admin: the status and the JSON body
+    /// (`null` if there is none).
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        admin(&self.server, &self.admin_token, method, path, body)
+    }
+
+    /// A merge patch as the cluster admin (`path` may be a `/status`
+    /// subresource); the status.
+    pub fn admin_patch(&self, path: &str, patch: &Value) -> u16 {
+        admin_patch(&self.server, &self.admin_token, path, patch)
+    }
+
+    /// Plays the quota controller until the returned flag is set: every
+    /// ResourceQuota in `namespaces` (all namespaces if `None`) gets
+    /// `status.hard` = its `spec.hard` and zero usage, as
+    /// kube-controller-manager would write.
+    pub fn quota_controller(&self, namespaces: Option<Vec<String>>) -> Arc<AtomicBool> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (server, token) = (self.server.clone(), self.admin_token.clone());
+        let lists: Vec<String> = match namespaces {
+            Some(ns) => ns
+                .iter()
+                .map(|ns| format!("/api/v1/namespaces/{ns}/resourcequotas"))
+                .collect(),
+            None => vec!["/api/v1/resourcequotas".into()],
+        };
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                for list in &lists {
+                    count_quotas(&server, &token, list);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        stop
+    }
+}
+
+fn count_quotas(server: &str, token: &str, list: &str) {
+    let (status, list) = admin(server, token, "GET", list, None);
+    if status != 200 {
+        return;
+    }
+    for q in list["items"].as_array().into_iter().flatten() {
+        if q["status"]["hard"].is_object() && q["status"]["hard"] == q["spec"]["hard"] {
+            continue;
+        }
+        let hard = q["spec"]["hard"].clone();
+        let used: serde_json::Map<String, Value> = hard
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| (k.clone(), json!("0")))
+            .collect();
+        let (ns, name) = (&q["metadata"]["namespace"], &q["metadata"]["name"]);
+        let (ns, name) = (
+            ns.as_str().unwrap_or_default(),
+            name.as_str().unwrap_or_default(),
+        );
+        admin_patch(
+            server,
+            token,
+            &format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"),
+            &json!({ "status": { "hard": hard, "used": used } }),
+        );
+    }
+}
+
+fn admin(
+    server: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sk", "-X", method, "-w", "\n%{http_code}"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-H")
+        .arg("Content-Type: application/json");
+    if let Some(b) = body {
+        cmd.arg("--data-binary").arg(b.to_string());
+    }
+    let out = cmd
+        .arg(format!("{server}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn admin_patch(server: &str, token: &str, path: &str, patch: &Value) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+        ])
+        .args(["-H", "Content-Type: application/merge-patch+json"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("--data-binary")
+        .arg(patch.to_string())
+        .arg(format!("{server}{path}"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
