@@ -81,17 +81,20 @@ async fn wait_ready(peer: &mut Peer, path: &str) -> Result<bool> {
 
 /// Writes `config` as `file` (and `extra_files`) in a fresh directory,
 /// starts `bin` with the config, storage and listen flags plus `extra`, and
-/// waits for `/-/ready`; on another port if the process exits first.
+/// waits for `/-/ready`; on another port if the process exits first, unless
+/// the caller fixed the `port`.
 async fn start(
     bin: &str,
     (file, config): (&str, String),
     extra_files: &[(&str, &str)],
     storage_flag: &str,
     extra: &[&str],
+    port: Option<u16>,
 ) -> Result<Peer> {
-    for _attempt in 0..3 {
+    let attempts = if port.is_some() { 1 } else { 3 };
+    for _attempt in 0..attempts {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         std::fs::write(dir.path().join(file), &config)?;
         for (name, text) in extra_files {
             std::fs::write(dir.path().join(name), text)?;
@@ -118,7 +121,7 @@ async fn start(
         }
         eprintln!("{bin} exited at startup; its log:\n{}", peer.log_tail());
     }
-    bail!("{bin} exited at startup three times")
+    bail!("{bin} exited at startup ({attempts} attempt(s))")
 }
 
 /// Prometheus scraping `target` (`host:port`) every second, with an
@@ -137,17 +140,23 @@ pub async fn prometheus(target: &str, token: Option<&str>) -> Result<Peer> {
         &[],
         "--storage.tsdb.path",
         &[],
+        None,
     )
     .await
 }
 
 /// Prometheus scraping `target` (job `web`) every second and evaluating
-/// `rules` (a rules file's YAML) every second, sending alerts to the
-/// Alertmanager at `am` (`host:port`).
-pub async fn prometheus_alerting(target: &str, am: &str, rules: &str) -> Result<Peer> {
+/// `rules` (a rules file's YAML) every second, sending alerts to each
+/// Alertmanager of `ams` (`host:port`).
+pub async fn prometheus_alerting(target: &str, ams: &[&str], rules: &str) -> Result<Peer> {
     let bin = binary("prometheus")?;
+    let ams = ams
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let config = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am}']}}]\nscrape_configs:\n  - job_name: web\n    static_configs: [{{targets: ['{target}']}}]\n"
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: [{ams}]}}]\nscrape_configs:\n  - job_name: web\n    static_configs: [{{targets: ['{target}']}}]\n"
     );
     start(
         bin,
@@ -155,13 +164,26 @@ pub async fn prometheus_alerting(target: &str, am: &str, rules: &str) -> Result<
         &[("rules.yml", rules)],
         "--storage.tsdb.path",
         &[],
+        None,
     )
     .await
 }
 
 /// Alertmanager sending every alert group to `webhook` (with a bearer token),
-/// grouping fast (1 s) as the shared notes recommend for tests.
+/// grouping fast (1 s) as the shared notes recommend for tests. Without
+/// gossip (`--cluster.listen-address=`): two of them are an HA pair that
+/// cannot see each other, and each delivers every group itself.
 pub async fn alertmanager(webhook: &str, token: Option<&str>) -> Result<Peer> {
+    alertmanager_on(None, webhook, token).await
+}
+
+/// [`alertmanager`] on a port the caller picked (e.g. because Capstan's
+/// config names it before the Alertmanager can start).
+pub async fn alertmanager_on(
+    port: Option<u16>,
+    webhook: &str,
+    token: Option<&str>,
+) -> Result<Peer> {
     let bin = binary("alertmanager")?;
     let auth = token
         .map(|t| {
@@ -179,6 +201,7 @@ pub async fn alertmanager(webhook: &str, token: Option<&str>) -> Result<Peer> {
         &[],
         "--storage.path",
         &["--cluster.listen-address="],
+        port,
     )
     .await
 }

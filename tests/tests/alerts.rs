@@ -1016,7 +1016,7 @@ async fn prometheus_rule_to_alertmanager_to_capstan_fires_and_resolves() {
     let web_port = capstan_tests::procs::free_port();
     let target = format!("127.0.0.1:{web_port}");
     let am_host = am.url.trim_start_matches("http://");
-    let prom = capstan_tests::peers::prometheus_alerting(&target, am_host, TARGET_DOWN_RULE)
+    let prom = capstan_tests::peers::prometheus_alerting(&target, &[am_host], TARGET_DOWN_RULE)
         .await
         .unwrap();
     let wait_for = |what: &'static str| {

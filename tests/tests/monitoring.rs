@@ -16,97 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use capstan_tests::chat::Chat;
+use capstan_tests::peers;
 use capstan_tests::procs::free_port;
 use capstan_tests::{TestServer, bundled, client, guest, guests, manifest};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// A child process killed on drop, with its directory.
-struct Proc(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &str, config_name: &str, config: &str, args: &[String]) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(config_name), config).unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let child = std::process::Command::new(bin)
-        .args(args)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join(config_name).display()
-        ))
-        .arg(format!(
-            "--storage.{}path={}",
-            if bin.contains("alertmanager") {
-                ""
-            } else {
-                "tsdb."
-            },
-            dir.path().join("data").display()
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin} (tests/run.sh installs it): {e}"));
-    Proc(child, dir)
-}
-
-/// Two Alertmanagers of an HA pair that cannot see each other, both sending
-/// to `webhook` with `token`. Without gossip each one delivers every group
-/// itself, every time. (A clustered pair with a peer timeout too short for
-/// gossip duplicates only most of the time: the nflog entry of the first
-/// sometimes arrives in time, and the second stays quiet.)
-fn alertmanagers(webhook: &str, token: &str, web: [u16; 2]) -> [Proc; 2] {
-    let config = format!(
-        "route:\n  receiver: capstan\n  group_by: ['alertname']\n  group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 1h\n\
-         receivers:\n  - name: capstan\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n\
-         \x20       http_config:\n          authorization:\n            credentials: {token}\n"
-    );
-    [0, 1].map(|i| {
-        spawn(
-            "/usr/bin/prometheus-alertmanager",
-            "alertmanager.yml",
-            &config,
-            &[
-                format!("--web.listen-address=127.0.0.1:{}", web[i]),
-                // An empty address turns HA mode off.
-                "--cluster.listen-address=".into(),
-            ],
-        )
-    })
-}
-
-/// Prometheus scraping `capstan` (`host:port`) with a rule on the probe.
-fn prometheus(capstan: &str, alertmanagers: [u16; 2]) -> Proc {
-    let rules = "groups:\n- name: probes\n  rules:\n  - alert: ProbeDown\n    expr: capstan_plugin_http__probe_probe_success == 0\n    for: 0s\n    labels: {severity: page}\n    annotations: {summary: '{{ $labels.target }} is down'}\n";
-    let dir = tempfile::tempdir().unwrap();
-    let rules_path = dir.path().join("rules.yml");
-    std::fs::write(&rules_path, rules).unwrap();
-    let config = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{}']\n\
-         alerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['127.0.0.1:{}', '127.0.0.1:{}']}}]\n\
-         scrape_configs:\n  - job_name: capstan\n    static_configs: [{{targets: ['{capstan}']}}]\n",
-        rules_path.display(),
-        alertmanagers[0],
-        alertmanagers[1]
-    );
-    let port = free_port();
-    let p = spawn(
-        "/usr/bin/prometheus",
-        "prometheus.yml",
-        &config,
-        &[format!("--web.listen-address=127.0.0.1:{port}")],
-    );
-    // Keep the rules file's directory as long as Prometheus runs.
-    std::mem::forget(dir);
-    p
-}
+/// Fires while the bundled probe fails.
+const PROBE_DOWN_RULE: &str = "groups:\n- name: probes\n  rules:\n  - alert: ProbeDown\n    expr: capstan_plugin_http__probe_probe_success == 0\n    for: 0s\n    labels: {severity: page}\n    annotations: {summary: '{{ $labels.target }} is down'}\n";
 
 /// A service that answers 200 `ok`, or 503 while `down` is set.
 async fn service(down: Arc<AtomicBool>) -> String {
@@ -247,9 +164,20 @@ async fn a_probe_failure_reaches_one_signed_dingtalk_message_and_a_silence_then_
     // The real peers.
     let webhook = format!("{}/v1/alerts/alertmanager/capstan", server.url);
     let token = server.token.clone().unwrap();
-    let _ams = alertmanagers(&webhook, &token, am_web);
+    // An HA pair that cannot see each other (no gossip): each delivers.
+    let mut _ams = Vec::new();
+    for port in am_web {
+        _ams.push(
+            peers::alertmanager_on(Some(port), &webhook, Some(&token))
+                .await
+                .unwrap(),
+        );
+    }
     let capstan = server.url.trim_start_matches("http://").to_string();
-    let _prom = prometheus(&capstan, am_web);
+    let ams = am_web.map(|p| format!("127.0.0.1:{p}"));
+    let _prom = peers::prometheus_alerting(&capstan, &[&ams[0], &ams[1]], PROBE_DOWN_RULE)
+        .await
+        .unwrap();
 
     // The probe succeeds first (Prometheus has nothing to fire on)...
     let probe_ok =
