@@ -20,7 +20,13 @@ impl KubeEnv {
     /// A merge patch as the cluster admin (`path` may be a `/status`
     /// subresource); the status.
     pub fn admin_patch(&self, path: &str, patch: &Value) -> u16 {
-        admin_patch(&self.server, &self.admin_token, path, patch)
+        self.admin_patch_as("application/merge-patch+json", path, patch)
+    }
+
+    /// A patch of `content_type` (e.g. `application/apply-patch+yaml` for a
+    /// server-side apply) as the cluster admin; the status.
+    pub fn admin_patch_as(&self, content_type: &str, path: &str, patch: &Value) -> u16 {
+        patch_as(&self.server, &self.admin_token, content_type, path, patch)
     }
 
     /// Plays the quota controller until the returned flag is set: every
@@ -71,9 +77,10 @@ fn count_quotas(server: &str, token: &str, list: &str) {
             ns.as_str().unwrap_or_default(),
             name.as_str().unwrap_or_default(),
         );
-        admin_patch(
+        patch_as(
             server,
             token,
+            "application/merge-patch+json",
             &format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"),
             &json!({ "status": { "hard": hard, "used": used } }),
         );
@@ -108,7 +115,7 @@ fn admin(
     )
 }
 
-fn admin_patch(server: &str, token: &str, path: &str, patch: &Value) -> u16 {
+fn patch_as(server: &str, token: &str, content_type: &str, path: &str, patch: &Value) -> u16 {
     let out = std::process::Command::new("curl")
         .args([
             "-sk",
@@ -119,7 +126,8 @@ fn admin_patch(server: &str, token: &str, path: &str, patch: &Value) -> u16 {
             "-X",
             "PATCH",
         ])
-        .args(["-H", "Content-Type: application/merge-patch+json"])
+        .arg("-H")
+        .arg(format!("Content-Type: {content_type}"))
         .arg("-H")
         .arg(format!("Authorization: Bearer {token}"))
         .arg("--data-binary")

@@ -1205,32 +1205,17 @@ async fn a_field_manager_conflict_is_reported_not_forced() {
     .await;
     apply_ok(&s, "conflict", &plan(&s, "conflict").await).await;
     // Another tool takes the field over with its own server-side apply.
-    let env = kube_env::shared();
     let theirs = json!({ "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": { "name": "a", "namespace": ns }, "data": { "k": "theirs" } });
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PATCH",
-        ])
-        .args(["-H", "Content-Type: application/apply-patch+yaml"])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {}", env.admin_token))
-        .arg("--data-binary")
-        .arg(theirs.to_string())
-        .arg(format!(
-            "{}{}?fieldManager=other-team&force=true",
-            env.server,
+    let status = kube_env::shared().admin_patch_as(
+        "application/apply-patch+yaml",
+        &format!(
+            "{}?fieldManager=other-team&force=true",
             configmap_path(ns, "a")
-        ))
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+        ),
+        &theirs,
+    );
+    assert_eq!(status, 200);
     put(
         &s,
         "conflict",
