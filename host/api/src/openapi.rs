@@ -238,6 +238,18 @@ mod tests {
     }
 
     #[test]
+    fn a_followed_log_documents_each_event() {
+        let doc = super::document();
+        let stream = &doc["paths"]["/v1/runs/{id}/log"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+            ["schema"];
+        let name = stream["$ref"].as_str().unwrap_or_default();
+        let event = &doc["components"]["schemas"][name.trim_start_matches("#/components/schemas/")];
+        assert!(event["properties"]["data"].is_object(), "{event}");
+        let kinds = &doc["components"]["schemas"]["LogEventKind"]["enum"];
+        assert_eq!(kinds, &json!(["line", "end", "error"]), "{event}");
+    }
+
+    #[test]
     fn a_decision_body_is_optional() {
         let doc = super::document();
         for verb in ["approve", "reject"] {
