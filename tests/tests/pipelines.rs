@@ -1040,14 +1040,22 @@ async fn runs_steps_and_lock_waits_are_in_the_metrics() {
         wait_status(&server, &id, &["succeeded", "failed"]).await["status"],
         "succeeded"
     );
-    let text = server.metrics().await;
-    for needle in [
+    let needles = [
         "capstan_pipeline_runs_total{pipeline=\"measured\",status=\"succeeded\"} 1",
         "capstan_pipeline_step_duration_seconds_count{pipeline=\"measured\",step=\"deploy\",outcome=\"succeeded\"} 1",
         "capstan_pipeline_lock_wait_seconds_count{pipeline=\"measured\"} 1",
         "capstan_pipeline_runs_queued ",
         "capstan_pipeline_runs_waiting_lock ",
-    ] {
+    ];
+    // The run's counter goes up once its end is stored, so an API read of
+    // the run may come first: give the scrape a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = server.metrics().await;
+    while !needles.iter().all(|n| text.contains(n)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = server.metrics().await;
+    }
+    for needle in needles {
         assert!(
             text.contains(needle),
             "`{needle}` missing from:\n{}",
