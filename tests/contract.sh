@@ -4,7 +4,8 @@
 # serves, with the bundled plugins loaded. Exceptions are in
 # tests/contract/schemathesis.toml, each with its reason. Before the run,
 # tests/contract/seed.py stores one object of each kind (pipeline, runs
-# waiting for approval, channel, delivery, route, alert group) and hands their
+# waiting for approval, channel, delivery, route, alert group, provision and
+# plan when there is a cluster) and hands their
 # names and ids to the fuzzer, so that its requests reach the handlers' logic
 # rather than 404. Fails on any failure.
 #
@@ -36,10 +37,10 @@ token="contract-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))
 # No per-token rate limit: the fuzzer sends thousands of requests.
 printf '[api]\nrate_limit_per_sec = 0\n' > "$work/capstan.toml"
 kube_env=${CARGO_TARGET_DIR:-target}/debug/kube-testenv
+wasm=${CARGO_TARGET_DIR:-target}/wasm-guests/wasm32-wasip2/guest/project_provisioner.wasm
 kube_apiserver=${CAPSTAN_KUBE_APISERVER:-${CAPSTAN_CACHE:-$HOME/.cache/capstan}/kube/bin/kube-apiserver}
 cluster=
-if [ -x "$kube_env" ] && [ -x "$kube_apiserver" ] &&
-    [ -f "${CARGO_TARGET_DIR:-target}/wasm-guests/wasm32-wasip2/guest/project_provisioner.wasm" ]; then
+if [ -x "$kube_env" ] && [ -x "$kube_apiserver" ] && [ -f "$wasm" ]; then
     # It runs until fd 4, the write end of its stdin, closes (with this script).
     mkfifo "$work/kube.in"
     "$kube_env" < "$work/kube.in" > "$work/kube.out" 2> "$work/kube.log" &
@@ -65,7 +66,6 @@ for _ in $(seq 300); do
     sleep 0.2
 done
 cp tests/contract/schemathesis.toml "$work/schemathesis.toml"
-wasm=${CARGO_TARGET_DIR:-target}/wasm-guests/wasm32-wasip2/guest/project_provisioner.wasm
 python3 tests/contract/seed.py "http://127.0.0.1:$port" "$token" $cluster ${cluster:+"$wasm"} >> "$work/schemathesis.toml" ||
     { tail -20 "$work/server.log"; echo "seeding the server failed" >&2; exit 1; }
 status=0

@@ -138,9 +138,7 @@ def seed():
          {"name": "contract", "project": "default", "type": "slack",
           "webhook_secret": "contract-hook"})
     delivery = call("POST", "/v1/notify/channels/contract/send",
-                    {"body": "contract seed", "idempotency_key": "contract-seed"})
-    deliveries = [delivery["id"]] if "id" in delivery else [
-        d["id"] for d in call("GET", "/v1/notify/deliveries")["deliveries"]]
+                    {"body": "contract seed", "idempotency_key": "contract-seed"})["id"]
     call("PUT", "/v1/alerts/routes/contract",
          {"project": "default", "handlers": ["alert-notify"], "matchers": ['team="web"']})
     call("POST", "/v1/alerts/alertmanager/contract", ALERT_GROUP)
@@ -165,7 +163,7 @@ def seed():
         "runs": runs,
         "approvals": approvals,
         "channels": ["contract"],
-        "deliveries": deliveries,
+        "deliveries": [delivery],
         "routes": ["contract"],
         "groups": groups,
         "projects": ["default"],
