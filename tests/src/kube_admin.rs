@@ -14,7 +14,7 @@ impl KubeEnv {
     /// An API request as the cluster admin: the status and the JSON body
     /// (`null` if there is none).
     pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        admin(&self.server, &self.admin_token, method, path, body)
+        self.admin_as(method, "application/json", path, body)
     }
 
     /// A merge patch as the cluster admin (`path` may be a `/status`
@@ -26,7 +26,39 @@ impl KubeEnv {
     /// A patch of `content_type` (e.g. `application/apply-patch+yaml` for a
     /// server-side apply) as the cluster admin; the status.
     pub fn admin_patch_as(&self, content_type: &str, path: &str, patch: &Value) -> u16 {
-        patch_as(&self.server, &self.admin_token, content_type, path, patch)
+        self.admin_as("PATCH", content_type, path, Some(patch)).0
+    }
+
+    /// A request with a body of `content_type` as the cluster admin: the
+    /// status and the JSON body. Panics with the apiserver's log tail if it
+    /// does not answer at all.
+    pub fn admin_as(
+        &self,
+        method: &str,
+        content_type: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let answer = request(
+            &self.server,
+            &self.admin_token,
+            method,
+            content_type,
+            path,
+            body,
+        );
+        if let Err(e) = &answer {
+            let log =
+                std::fs::read_to_string(self.dir().join("kube-apiserver.log")).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .skip_while(|l| !l.contains("Observed a panic"))
+                .filter(|l| !l.starts_with('\t'))
+                .take(40)
+                .collect();
+            panic!("{method} {path}: {e}; apiserver log tail: {tail:#?}");
+        }
+        answer.unwrap_or((0, Value::Null))
     }
 
     /// Plays the quota controller until the returned flag is set: every
@@ -57,10 +89,10 @@ impl KubeEnv {
 }
 
 fn count_quotas(server: &str, token: &str, list: &str) {
-    let (status, list) = admin(server, token, "GET", list, None);
-    if status != 200 {
+    // The stand-in keeps going through a restart of the apiserver.
+    let Ok((200, list)) = request(server, token, "GET", "application/json", list, None) else {
         return;
-    }
+    };
     for q in list["items"].as_array().into_iter().flatten() {
         if q["status"]["hard"].is_object() && q["status"]["hard"] == q["spec"]["hard"] {
             continue;
@@ -77,66 +109,48 @@ fn count_quotas(server: &str, token: &str, list: &str) {
             ns.as_str().unwrap_or_default(),
             name.as_str().unwrap_or_default(),
         );
-        patch_as(
+        let _ = request(
             server,
             token,
+            "PATCH",
             "application/merge-patch+json",
             &format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"),
-            &json!({ "status": { "hard": hard, "used": used } }),
+            Some(&json!({ "status": { "hard": hard, "used": used } })),
         );
     }
 }
 
-fn admin(
+/// One `curl` request: the status and the JSON body (`null` if there is
+/// none), or why no status came back.
+fn request(
     server: &str,
     token: &str,
     method: &str,
+    content_type: &str,
     path: &str,
     body: Option<&Value>,
-) -> (u16, Value) {
+) -> Result<(u16, Value), String> {
     let mut cmd = std::process::Command::new("curl");
     cmd.args(["-sk", "-X", method, "-w", "\n%{http_code}"])
         .arg("-H")
         .arg(format!("Authorization: Bearer {token}"))
         .arg("-H")
-        .arg("Content-Type: application/json");
+        .arg(format!("Content-Type: {content_type}"));
     if let Some(b) = body {
         cmd.arg("--data-binary").arg(b.to_string());
     }
     let out = cmd
         .arg(format!("{server}{path}"))
         .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
-fn patch_as(server: &str, token: &str, content_type: &str, path: &str, patch: &Value) -> u16 {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PATCH",
-        ])
-        .arg("-H")
-        .arg(format!("Content-Type: {content_type}"))
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg("--data-binary")
-        .arg(patch.to_string())
-        .arg(format!("{server}{path}"))
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+        .map_err(|e| format!("running curl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    match code.trim().parse::<u16>() {
+        Ok(code) if code != 0 => Ok((code, serde_json::from_str(body).unwrap_or(Value::Null))),
+        _ => Err(format!(
+            "no answer ({}); stdout={text:?} stderr={}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }

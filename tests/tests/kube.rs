@@ -13,46 +13,7 @@ fn env() -> &'static KubeEnv {
 
 /// An API request as the cluster admin, independent of Capstan.
 fn admin(method: &str, path: &str, body: Option<&Value>, content_type: &str) -> (u16, Value) {
-    let env = env();
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sk", "-X", method, "-w", "\n%{http_code}"])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {}", env.admin_token))
-        .arg("-H")
-        .arg(format!("Content-Type: {content_type}"));
-    if let Some(b) = body {
-        cmd.arg("--data-binary").arg(b.to_string());
-    }
-    let out = cmd
-        .arg(format!("{}{path}", env.server))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    if code.trim() == "000" {
-        let log = std::fs::read_to_string(env.dir().join("kube-apiserver.log")).unwrap_or_default();
-        let tail: Vec<&str> = log
-            .lines()
-            .skip_while(|l| !l.contains("Observed a panic"))
-            .filter(|l| !l.starts_with('\t'))
-            .take(40)
-            .collect();
-        panic!(
-            "curl {method} {path}: no answer; stderr={} apiserver log tail: {tail:#?}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if code.trim().parse::<u16>().is_err() {
-        panic!(
-            "curl {method} {path}: {:?} stdout={text:?} stderr={}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    env().admin_as(method, content_type, path, body)
 }
 
 fn ensure_namespace(ns: &str) {
