@@ -85,6 +85,9 @@ struct Opts {
     /// `--perf DIR`: profile each `http` target's first round, or the
     /// `pipelines` server over its throughput window (see [`profile`]).
     perf: Option<PathBuf>,
+    /// `--pin`: the server (this process) on CPU 0 with one runtime worker,
+    /// every load generator on CPU 1 (see [`pin`]).
+    pin: bool,
 }
 
 /// Sizes of every scenario; `--quick` shrinks them for a smoke run.
@@ -154,12 +157,14 @@ fn parse_args(args: &[String]) -> Opts {
         bench: false,
         secs: None,
         perf: None,
+        pin: false,
     };
     let mut args = args.iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => o.secs = args.next().and_then(|s| s.parse().ok()),
             "--perf" => o.perf = args.next().map(PathBuf::from),
+            "--pin" => o.pin = true,
             "--bench" => o.bench = true,
             "--markdown" => o.markdown = true,
             "--quick" => o.quick = true,
@@ -350,6 +355,14 @@ fn machine_table(label: &str) -> Table {
     t.row(vec!["memory".into(), mem]);
     t.row(vec!["kernel".into(), kernel.trim().to_string()]);
     t.row(vec!["loadavg".into(), loadavg()]);
+    t.row(vec![
+        "pinning (`--pin`)".into(),
+        if pinned() {
+            "server on CPU 0 with 1 runtime worker, load generators on CPU 1".into()
+        } else {
+            "none: server and load generators share every CPU".into()
+        },
+    ]);
     t
 }
 
@@ -1222,6 +1235,9 @@ fn spawn_load(
     std::thread::Builder::new()
         .name("loadgen".into())
         .spawn(move || {
+            if pinned() {
+                pin(1).expect("binding the load generator to CPU 1");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("loadgen-worker")
@@ -1299,6 +1315,9 @@ fn loadgen_child(args: &[String]) -> anyhow::Result<()> {
         track_versions: false,
     };
     let secs = Duration::from_secs_f64(secs.parse()?);
+    if std::env::var_os("CAPSTAN_BENCH_PIN").is_some() {
+        PINNED.store(true, Ordering::Relaxed);
+    }
     let shared = LoadShared::new();
     let warmup = spec.warmup;
     let rx = spawn_load(spec, shared.clone());
@@ -1339,6 +1358,9 @@ async fn run_load_child(spec: LoadSpec, duration: Duration) -> anyhow::Result<Lo
         .arg(duration.as_secs_f64().to_string())
         .arg(body)
         .stdout(std::process::Stdio::piped());
+    if pinned() {
+        cmd.env("CAPSTAN_BENCH_PIN", "1");
+    }
     let child = cmd.spawn()?;
     tokio::time::sleep(spec.warmup).await;
     let before = CpuSnap::take();
@@ -1595,9 +1617,14 @@ async fn scenario_http(sizes: Sizes, perf: Option<PathBuf>) -> anyhow::Result<Ve
         ));
     }
     t.note(format!(
-        "Capstan invoke over HTTP reaches {:.0}% of the no-Wasm ceiling and {:.0}% of the same calls made in-process; response body {response_bytes} bytes; the load generator (2 threads) shares the 2 cores with the server",
+        "Capstan invoke over HTTP reaches {:.0}% of the no-Wasm ceiling and {:.0}% of the same calls made in-process; response body {response_bytes} bytes; {}",
         rps[0] / rps[1] * 100.0,
-        rps[0] / rps[5] * 100.0
+        rps[0] / rps[5] * 100.0,
+        if pinned() {
+            "`--pin`: the server on CPU 0 (1 runtime worker), the load generator (2 threads) on CPU 1"
+        } else {
+            "the load generator (2 threads) shares the 2 cores with the server"
+        }
     ));
     t.note("CPU from /proc/self/task/*/stat (10 ms ticks) over the measured window: `server` is every thread of this process but the load generator's (the ceiling's axum server runs on the same runtime); for the separate-process row the load generator's CPU is the child's; CPU cores well under 2 mean other processes on the machine took the rest");
     if perf.is_some() {
@@ -2276,9 +2303,37 @@ async fn noisy_run(
 
 // ---------------------------------------------------------------- main
 
+/// Set by `--pin` (and in a load generator child by its environment).
+static PINNED: AtomicBool = AtomicBool::new(false);
+
+fn pinned() -> bool {
+    PINNED.load(Ordering::Relaxed)
+}
+
+/// Binds the calling thread, and the threads it starts from now on, to one
+/// CPU. With `--pin` the server runs on CPU 0 and the load generator on
+/// CPU 1, as a server and its clients would on separate machines: neither
+/// evicts the other's caches nor waits for the other's time slice. Without
+/// it both share both CPUs, as in every figure before 2026-12-03.
+#[allow(unsafe_code)]
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; `CPU_SET` writes
+    // within it, and `sched_setaffinity` only reads `size_of` bytes of it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(if pinned() { 1 } else { 2 })
         .enable_all()
         .build()
 }
@@ -2312,6 +2367,10 @@ fn main() -> anyhow::Result<()> {
     let mut sizes = Sizes::new(opts.quick);
     if let Some(secs) = opts.secs {
         sizes.http_round = Duration::from_secs_f64(secs);
+    }
+    if opts.pin {
+        pin(0).context("--pin: binding the server to CPU 0")?;
+        PINNED.store(true, Ordering::Relaxed);
     }
     let started = Instant::now();
     let mut tables = vec![machine_table("Machine (at start)")];
