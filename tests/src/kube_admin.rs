@@ -39,26 +39,26 @@ impl KubeEnv {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let answer = request(
+        let e = match request(
             &self.server,
             &self.admin_token,
             method,
             content_type,
             path,
             body,
-        );
-        if let Err(e) = &answer {
-            let log =
-                std::fs::read_to_string(self.dir().join("kube-apiserver.log")).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .skip_while(|l| !l.contains("Observed a panic"))
-                .filter(|l| !l.starts_with('\t'))
-                .take(40)
-                .collect();
-            panic!("{method} {path}: {e}; apiserver log tail: {tail:#?}");
-        }
-        answer.unwrap_or((0, Value::Null))
+        ) {
+            Ok(answer) => return answer,
+            Err(e) => e,
+        };
+        let log =
+            std::fs::read_to_string(self.dir().join("kube-apiserver.log")).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .skip_while(|l| !l.contains("Observed a panic"))
+            .filter(|l| !l.starts_with('\t'))
+            .take(40)
+            .collect();
+        panic!("{method} {path}: {e}; apiserver log tail: {tail:#?}");
     }
 
     /// Plays the quota controller until the returned flag is set: every
